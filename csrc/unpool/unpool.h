@@ -1,0 +1,150 @@
+// Max pooling with indices and max unpooling: parameter structs and the per-element math shared
+// by the CPU kernels (unpool_cpu.cpp) and the CUDA kernels (unpool_kernel.cu). No torch headers.
+//
+// Layouts. Every tensor is dense in one of two layouts, chosen by the glue:
+//   planar        (N, C, S...)  element (n, c, s) at (n * C + c) * S + s
+//   channels-last (N, S..., C)  element (n, c, s) at (n * S + s) * C + c
+// where s is the flat spatial position (d * H + h) * W + w. 1-D and 2-D problems are the 3-D
+// problem with leading spatial sizes of 1.
+//
+// Index formats. Flat: s in the target plane (PyTorch's format). Compact (uint8): the
+// window-local position (kd * kH + kh) * kW + kw of the selected element.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/host_device.h"
+
+namespace pyvision_ops {
+
+struct PoolParams {
+  int64_t batch = 0, channels = 0;
+  int64_t in_h = 0, in_w = 0, out_h = 0, out_w = 0;
+  int64_t kernel_h = 1, kernel_w = 1, stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0, dilation_h = 1, dilation_w = 1;
+  bool channels_last = false;
+};
+
+// Unpooling, and everything that moves values between a pooled tensor ("source", the unpool
+// input or pool's grad_output) and a full-size tensor ("target", the unpool output or pool's
+// grad_input) through indices.
+struct UnpoolParams {
+  int64_t batch = 0, channels = 0;
+  int64_t source_size[3] = {1, 1, 1};  // pooled spatial sizes (d, h, w)
+  int64_t target_size[3] = {1, 1, 1};  // full-size spatial sizes (d, h, w)
+  int64_t kernel[3] = {1, 1, 1};
+  int64_t stride[3] = {1, 1, 1};
+  int64_t padding[3] = {0, 0, 0};
+  int64_t dilation[3] = {1, 1, 1};
+  bool channels_last = false;
+
+  PVO_HOST_DEVICE int64_t source_plane() const { return source_size[0] * source_size[1] * source_size[2]; }
+  PVO_HOST_DEVICE int64_t target_plane() const { return target_size[0] * target_size[1] * target_size[2]; }
+  PVO_HOST_DEVICE int64_t window_elements() const { return kernel[0] * kernel[1] * kernel[2]; }
+};
+
+// Offset of element (n, c, s) of a dense tensor with `plane` spatial elements.
+PVO_HOST_DEVICE PVO_INLINE int64_t element_offset(int64_t n, int64_t c, int64_t s, int64_t channels,
+                                                  int64_t plane, bool channels_last) {
+  return channels_last ? (n * plane + s) * channels + c : (n * channels + c) * plane + s;
+}
+
+// Inverse of element_offset for a linear position in memory order.
+PVO_HOST_DEVICE PVO_INLINE void element_coords(int64_t linear, int64_t channels, int64_t plane,
+                                               bool channels_last, int64_t& n, int64_t& c, int64_t& s) {
+  if (channels_last) {
+    c = linear % channels;
+    const int64_t ns = linear / channels;
+    s = ns % plane;
+    n = ns / plane;
+  } else {
+    s = linear % plane;
+    const int64_t nc = linear / plane;
+    c = nc % channels;
+    n = nc / channels;
+  }
+}
+
+// Flat target position of a compact index stored at source position `source_s`, or -1 when the
+// index is outside the window or the position it names is outside the target plane.
+PVO_HOST_DEVICE PVO_INLINE int64_t compact_target(const UnpoolParams& p, int64_t source_s, int64_t local) {
+  if (local < 0 || local >= p.window_elements()) return -1;
+  const int64_t pw = source_s % p.source_size[2];
+  const int64_t ph = (source_s / p.source_size[2]) % p.source_size[1];
+  const int64_t pd = source_s / (p.source_size[2] * p.source_size[1]);
+  const int64_t kw = local % p.kernel[2];
+  const int64_t kh = (local / p.kernel[2]) % p.kernel[1];
+  const int64_t kd = local / (p.kernel[2] * p.kernel[1]);
+  const int64_t td = pd * p.stride[0] - p.padding[0] + kd * p.dilation[0];
+  const int64_t th = ph * p.stride[1] - p.padding[1] + kh * p.dilation[1];
+  const int64_t tw = pw * p.stride[2] - p.padding[2] + kw * p.dilation[2];
+  if (td < 0 || td >= p.target_size[0] || th < 0 || th >= p.target_size[1] || tw < 0 || tw >= p.target_size[2]) {
+    return -1;
+  }
+  return (td * p.target_size[1] + th) * p.target_size[2] + tw;
+}
+
+// Flat target position named by index value `value` at source position `source_s`, or -1 when
+// it is out of range. Flat indices are used as they are; compact ones are decoded.
+template <bool Compact>
+PVO_HOST_DEVICE PVO_INLINE int64_t index_target(const UnpoolParams& p, int64_t source_s, int64_t value) {
+  if (Compact) return compact_target(p, source_s, value);
+  return (value >= 0 && value < p.target_plane()) ? value : -1;
+}
+
+// True when the windows tile the target exactly: stride == kernel, no padding, no dilation. Then
+// every target element belongs to at most one window and unpooling can write each element once.
+inline bool windows_tile_target(const UnpoolParams& p) {
+  for (int d = 0; d < 3; ++d) {
+    if (p.stride[d] != p.kernel[d] || p.padding[d] != 0 || p.dilation[d] != 1) return false;
+    if (p.source_size[d] * p.kernel[d] > p.target_size[d]) return false;
+  }
+  return true;
+}
+
+// True when no two windows share a target element, so a scatter needs no accumulation.
+inline bool windows_overlap(const UnpoolParams& p) {
+  for (int d = 0; d < 3; ++d) {
+    if (p.source_size[d] > 1 && p.stride[d] < (p.kernel[d] - 1) * p.dilation[d] + 1) return true;
+  }
+  return false;
+}
+
+// The max of one pooling window, PyTorch's rules: the first maximum in window order wins ties;
+// a NaN replaces the running max (so NaN propagates); the index starts at the first in-bounds
+// position. `load(flat_input_position)` returns the element converted to acc_t.
+template <typename acc_t, typename Load>
+PVO_HOST_DEVICE PVO_INLINE void pool_window_argmax(const PoolParams& p, int64_t oh, int64_t ow, const Load& load,
+                                                   acc_t& best, int64_t& best_flat, int64_t& best_local) {
+  const int64_t h0 = oh * p.stride_h - p.pad_h;
+  const int64_t w0 = ow * p.stride_w - p.pad_w;
+  int64_t kh_first = 0, kw_first = 0;
+  while (h0 + kh_first * p.dilation_h < 0) ++kh_first;
+  while (w0 + kw_first * p.dilation_w < 0) ++kw_first;
+  best_flat = (h0 + kh_first * p.dilation_h) * p.in_w + (w0 + kw_first * p.dilation_w);
+  best_local = kh_first * p.kernel_w + kw_first;
+  bool have_best = false;
+  for (int64_t kh = kh_first; kh < p.kernel_h; ++kh) {
+    const int64_t ih = h0 + kh * p.dilation_h;
+    if (ih >= p.in_h) break;
+    for (int64_t kw = kw_first; kw < p.kernel_w; ++kw) {
+      const int64_t iw = w0 + kw * p.dilation_w;
+      if (iw >= p.in_w) break;
+      const acc_t v = load(ih * p.in_w + iw);
+      // PyTorch starts from -inf and takes "v > best || isnan(v)"; taking the first element
+      // unconditionally is the same (a first -inf leaves best at -inf and the index here).
+      if (!have_best || v > best || v != v) {
+        best = v;
+        best_flat = ih * p.in_w + iw;
+        best_local = kh * p.kernel_w + kw;
+        have_best = true;
+      }
+    }
+  }
+  if (!have_best) {
+    best = -static_cast<acc_t>(INFINITY);  // window entirely in the padding: -inf, as PyTorch
+  }
+}
+
+}  // namespace pyvision_ops

@@ -1,0 +1,474 @@
+// CPU kernels of the pooling family: max_pool2d_with_indices (flat or compact indices), its
+// backward, max_unpool{1,2,3}d and their backward. Parallel over planes (or images for the
+// channels-last layout) with at::parallel_for, which runs on OpenMP threads (-fopenmp).
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+#include "common/checks.h"
+#include "unpool/unpool.h"
+#include "unpool/unpool_glue.h"
+
+namespace pyvision_ops {
+namespace {
+
+// Planes handed to one thread at a time; a 112x112 plane is ~50 KB, so a few per task.
+constexpr int64_t kPlaneGrain = 4;
+
+// ---------------------------------------------------------------------------------------------
+// max_pool2d_with_indices
+// ---------------------------------------------------------------------------------------------
+
+template <typename scalar_t, typename index_t, bool Compact>
+void pool_forward_planar(const PoolParams& p, const scalar_t* x, scalar_t* out, index_t* indices) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = p.batch * p.channels * p.out_h;
+  const int64_t in_plane = p.in_h * p.in_w;
+  const bool is_2x2 = p.kernel_h == 2 && p.kernel_w == 2 && p.stride_h == 2 && p.stride_w == 2 && p.pad_h == 0 &&
+                      p.pad_w == 0 && p.dilation_h == 1 && p.dilation_w == 1;
+  at::parallel_for(0, rows, std::max<int64_t>(1, 2048 / std::max<int64_t>(1, p.out_w)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t plane = row / p.out_h;
+      const int64_t oh = row % p.out_h;
+      const scalar_t* x_plane = x + plane * in_plane;
+      scalar_t* out_row = out + row * p.out_w;
+      index_t* index_row = indices + row * p.out_w;
+      int64_t ow = 0;
+      if (is_2x2 && 2 * oh + 1 < p.in_h) {
+        // SegNet's 2x2/2 windows: four loads, three compares, no bounds checks. The same rules
+        // as pool_window_argmax (first max wins, NaN replaces), unrolled.
+        const scalar_t* r0 = x_plane + 2 * oh * p.in_w;
+        const scalar_t* r1 = r0 + p.in_w;
+        const int64_t full = std::min(p.out_w, p.in_w / 2);
+        const int64_t base = 2 * oh * p.in_w;
+        for (; ow < full; ++ow) {
+          const acc_t a = static_cast<acc_t>(r0[2 * ow]);
+          const acc_t b = static_cast<acc_t>(r0[2 * ow + 1]);
+          const acc_t c = static_cast<acc_t>(r1[2 * ow]);
+          const acc_t d = static_cast<acc_t>(r1[2 * ow + 1]);
+          acc_t best = a;
+          int32_t local = 0;
+          if (b > best || b != b) { best = b; local = 1; }
+          if (c > best || c != c) { best = c; local = 2; }
+          if (d > best || d != d) { best = d; local = 3; }
+          out_row[ow] = static_cast<scalar_t>(best);
+          if (Compact) {
+            index_row[ow] = static_cast<index_t>(local);
+          } else {
+            index_row[ow] = static_cast<index_t>(base + (local >> 1) * p.in_w + 2 * ow + (local & 1));
+          }
+        }
+      }
+      for (; ow < p.out_w; ++ow) {
+        acc_t best;
+        int64_t best_flat, best_local;
+        pool_window_argmax<acc_t>(
+            p, oh, ow, [&](int64_t pos) { return static_cast<acc_t>(x_plane[pos]); }, best, best_flat, best_local);
+        out_row[ow] = static_cast<scalar_t>(best);
+        index_row[ow] = static_cast<index_t>(Compact ? best_local : best_flat);
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename index_t, bool Compact>
+void pool_forward_channels_last(const PoolParams& p, const scalar_t* x, scalar_t* out, index_t* indices) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = p.channels;
+  const int64_t pixels = p.batch * p.out_h * p.out_w;
+  at::parallel_for(0, pixels, std::max<int64_t>(1, 4096 / C), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> best(C);
+    std::vector<int64_t> best_index(C);
+    for (int64_t pixel = begin; pixel < end; ++pixel) {
+      const int64_t ow = pixel % p.out_w;
+      const int64_t oh = (pixel / p.out_w) % p.out_h;
+      const int64_t n = pixel / (p.out_w * p.out_h);
+      const scalar_t* x_image = x + n * p.in_h * p.in_w * C;
+      const int64_t h0 = oh * p.stride_h - p.pad_h;
+      const int64_t w0 = ow * p.stride_w - p.pad_w;
+      bool have_best = false;
+      for (int64_t kh = 0; kh < p.kernel_h; ++kh) {
+        const int64_t ih = h0 + kh * p.dilation_h;
+        if (ih < 0 || ih >= p.in_h) continue;
+        for (int64_t kw = 0; kw < p.kernel_w; ++kw) {
+          const int64_t iw = w0 + kw * p.dilation_w;
+          if (iw < 0 || iw >= p.in_w) continue;
+          const scalar_t* v = x_image + (ih * p.in_w + iw) * C;
+          const int64_t position = Compact ? kh * p.kernel_w + kw : ih * p.in_w + iw;
+          if (!have_best) {
+            for (int64_t c = 0; c < C; ++c) {
+              best[c] = static_cast<acc_t>(v[c]);
+              best_index[c] = position;
+            }
+            have_best = true;
+          } else {
+            for (int64_t c = 0; c < C; ++c) {
+              const acc_t value = static_cast<acc_t>(v[c]);
+              const bool take = value > best[c] || value != value;
+              best[c] = take ? value : best[c];
+              best_index[c] = take ? position : best_index[c];
+            }
+          }
+        }
+      }
+      scalar_t* out_pixel = out + pixel * C;
+      index_t* index_pixel = indices + pixel * C;
+      if (!have_best) {
+        // Window entirely in the padding (only reachable with dilation): -inf and the first
+        // in-bounds position, computed by the shared helper.
+        acc_t value;
+        int64_t flat, local;
+        pool_window_argmax<acc_t>(p, oh, ow, [](int64_t) { return acc_t(0); }, value, flat, local);
+        for (int64_t c = 0; c < C; ++c) {
+          out_pixel[c] = static_cast<scalar_t>(-static_cast<acc_t>(INFINITY));
+          index_pixel[c] = static_cast<index_t>(Compact ? local : flat);
+        }
+        continue;
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        out_pixel[c] = static_cast<scalar_t>(best[c]);
+        index_pixel[c] = static_cast<index_t>(best_index[c]);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
+                                                               c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                               c10::IntArrayRef dilation, bool ceil_mode,
+                                                               bool compact) {
+  const PoolParams p = make_pool_params(x_in, kernel_size, stride, padding, dilation, ceil_mode, compact);
+  const at::Tensor x = dense_in_layout(x_in, p.channels_last);
+  const std::vector<int64_t> out_sizes = {p.batch, p.channels, p.out_h, p.out_w};
+  at::Tensor values = empty_in_layout(out_sizes, x.options(), p.channels_last);
+  at::Tensor indices = empty_in_layout(out_sizes, x.options().dtype(compact ? at::kByte : at::kLong), p.channels_last);
+  if (values.numel() == 0) return {values, indices};
+  PVO_DISPATCH_FLOATING_TYPES(x.scalar_type(), "max_pool2d_with_indices_cpu", [&] {
+    const auto* x_data = x.const_data_ptr<scalar_t>();
+    auto* out_data = values.mutable_data_ptr<scalar_t>();
+    if (compact) {
+      auto* index_data = indices.mutable_data_ptr<uint8_t>();
+      p.channels_last ? pool_forward_channels_last<scalar_t, uint8_t, true>(p, x_data, out_data, index_data)
+                      : pool_forward_planar<scalar_t, uint8_t, true>(p, x_data, out_data, index_data);
+    } else {
+      auto* index_data = indices.mutable_data_ptr<int64_t>();
+      p.channels_last ? pool_forward_channels_last<scalar_t, int64_t, false>(p, x_data, out_data, index_data)
+                      : pool_forward_planar<scalar_t, int64_t, false>(p, x_data, out_data, index_data);
+    }
+  });
+  return {values, indices};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Moving values from a pooled "source" to a full-size "target" through indices: unpooling
+// (overwrite) and the pooling backward (accumulate when windows overlap).
+// ---------------------------------------------------------------------------------------------
+
+// Zero the target plane, then scatter. Returns the first bad logical position of this plane.
+template <typename source_t, typename target_t, typename index_t, bool Compact, bool Accumulate>
+int64_t scatter_plane(const UnpoolParams& p, int64_t plane, const source_t* source, const index_t* indices,
+                      target_t* target) {
+  const int64_t source_plane = p.source_plane();
+  std::fill(target, target + p.target_plane(), target_t(0));
+  for (int64_t s = 0; s < source_plane; ++s) {
+    const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[s]));
+    if (t < 0) return plane * source_plane + s;
+    if (Accumulate) {
+      target[t] += static_cast<target_t>(source[s]);
+    } else {
+      target[t] = static_cast<target_t>(source[s]);
+    }
+  }
+  return kNoBadIndex;
+}
+
+// Write-once unpooling of one plane when the windows tile the target (stride == kernel, no
+// padding): each target element is either its window's value or zero, so the target is written
+// in one dense pass instead of zero-fill then scatter. Returns false (plane must be redone by
+// scatter_plane) if some index does not point inside its own window.
+template <typename source_t, typename target_t, typename index_t, bool Compact, int64_t KernelW>
+bool tile_plane(const UnpoolParams& p, const source_t* source, const index_t* indices, target_t* target) {
+  const int64_t kernel_w = KernelW > 0 ? KernelW : p.kernel[2];
+  const int64_t sd = p.source_size[0], sh = p.source_size[1], sw = p.source_size[2];
+  const int64_t th_size = p.target_size[1], tw_size = p.target_size[2];
+  const int64_t covered_w = sw * kernel_w;
+  int64_t matches = 0;
+  for (int64_t pd = 0; pd < sd; ++pd) {
+    for (int64_t kd = 0; kd < p.kernel[0]; ++kd) {
+      const int64_t td = pd * p.kernel[0] + kd;
+      for (int64_t ph = 0; ph < sh; ++ph) {
+        const source_t* source_row = source + (pd * sh + ph) * sw;
+        const index_t* index_row = indices + (pd * sh + ph) * sw;
+        for (int64_t kh = 0; kh < p.kernel[1]; ++kh) {
+          const int64_t th = ph * p.kernel[1] + kh;
+          const int64_t row_start = (td * th_size + th) * tw_size;
+          target_t* target_row = target + row_start;
+          const int64_t local_row = (kd * p.kernel[1] + kh) * kernel_w;
+          for (int64_t pw = 0; pw < sw; ++pw) {
+            const int64_t value_index = static_cast<int64_t>(index_row[pw]);
+            const target_t value = static_cast<target_t>(source_row[pw]);
+            for (int64_t kw = 0; kw < kernel_w; ++kw) {
+              const int64_t expected = Compact ? local_row + kw : row_start + pw * kernel_w + kw;
+              const bool hit = value_index == expected;
+              matches += hit;
+              target_row[pw * kernel_w + kw] = hit ? value : target_t(0);
+            }
+          }
+          std::fill(target_row + covered_w, target_row + tw_size, target_t(0));
+        }
+      }
+      // Rows below the last window of this depth slice.
+      std::fill(target + (td * th_size + sh * p.kernel[1]) * tw_size, target + (td + 1) * th_size * tw_size,
+                target_t(0));
+    }
+  }
+  // Depth slices past the last window.
+  std::fill(target + sd * p.kernel[0] * th_size * tw_size, target + p.target_plane(), target_t(0));
+  return matches == p.source_plane();
+}
+
+template <typename source_t, typename target_t, typename index_t, bool Compact, bool Accumulate>
+int64_t scatter_planar(const UnpoolParams& p, const source_t* source, const index_t* indices, target_t* target) {
+  const int64_t planes = p.batch * p.channels;
+  const int64_t source_plane = p.source_plane();
+  const int64_t target_plane = p.target_plane();
+  const bool tile = !Accumulate && windows_tile_target(p);
+  std::atomic<int64_t> first(kNoBadIndex);
+  at::parallel_for(0, planes, kPlaneGrain, [&](int64_t begin, int64_t end) {
+    int64_t local_first = kNoBadIndex;
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const source_t* s = source + plane * source_plane;
+      const index_t* i = indices + plane * source_plane;
+      target_t* t = target + plane * target_plane;
+      bool done = false;
+      if (tile) {
+        done = p.kernel[2] == 2 ? tile_plane<source_t, target_t, index_t, Compact, 2>(p, s, i, t)
+                                : tile_plane<source_t, target_t, index_t, Compact, 0>(p, s, i, t);
+      }
+      if (!done) {
+        const int64_t plane_bad = scatter_plane<source_t, target_t, index_t, Compact, Accumulate>(p, plane, s, i, t);
+        local_first = std::min(local_first, plane_bad);
+      }
+    }
+    int64_t seen = first.load();
+    while (local_first < seen && !first.compare_exchange_weak(seen, local_first)) {
+    }
+  });
+  return first.load();
+}
+
+template <typename source_t, typename target_t, typename index_t, bool Compact, bool Accumulate>
+int64_t scatter_channels_last(const UnpoolParams& p, const source_t* source, const index_t* indices,
+                              target_t* target) {
+  const int64_t C = p.channels;
+  const int64_t source_plane = p.source_plane();
+  const int64_t target_plane = p.target_plane();
+  std::atomic<int64_t> first(kNoBadIndex);
+  at::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
+    int64_t local_first = kNoBadIndex;
+    for (int64_t n = begin; n < end; ++n) {
+      const source_t* s_image = source + n * source_plane * C;
+      const index_t* i_image = indices + n * source_plane * C;
+      target_t* t_image = target + n * target_plane * C;
+      std::fill(t_image, t_image + target_plane * C, target_t(0));
+      for (int64_t s = 0; s < source_plane; ++s) {
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(i_image[s * C + c]));
+          if (t < 0) {
+            local_first = std::min(local_first, (n * C + c) * source_plane + s);
+            continue;
+          }
+          if (Accumulate) {
+            t_image[t * C + c] += static_cast<target_t>(s_image[s * C + c]);
+          } else {
+            t_image[t * C + c] = static_cast<target_t>(s_image[s * C + c]);
+          }
+        }
+      }
+    }
+    int64_t seen = first.load();
+    while (local_first < seen && !first.compare_exchange_weak(seen, local_first)) {
+    }
+  });
+  return first.load();
+}
+
+// Dispatches on layout, index type and accumulation; returns the first bad logical position.
+template <typename source_t, typename target_t>
+int64_t scatter_to_target(const UnpoolParams& p, const source_t* source, const at::Tensor& indices, target_t* target,
+                          bool accumulate) {
+  auto run = [&](auto index_tag, auto compact_tag, auto accumulate_tag) {
+    using index_t = decltype(index_tag);
+    constexpr bool compact = decltype(compact_tag)::value;
+    constexpr bool acc = decltype(accumulate_tag)::value;
+    const index_t* index_data = indices.const_data_ptr<index_t>();
+    return p.channels_last ? scatter_channels_last<source_t, target_t, index_t, compact, acc>(p, source, index_data, target)
+                           : scatter_planar<source_t, target_t, index_t, compact, acc>(p, source, index_data, target);
+  };
+  using yes = std::true_type;
+  using no = std::false_type;
+  switch (indices.scalar_type()) {
+    case at::kLong: return accumulate ? run(int64_t{}, no{}, yes{}) : run(int64_t{}, no{}, no{});
+    case at::kInt: return accumulate ? run(int32_t{}, no{}, yes{}) : run(int32_t{}, no{}, no{});
+    default: return accumulate ? run(uint8_t{}, yes{}, yes{}) : run(uint8_t{}, yes{}, no{});
+  }
+}
+
+// Unpool (accumulate=false) or pooling backward: returns the new target tensor of `target_sizes`.
+at::Tensor source_to_target(const char* op, const at::Tensor& source_in, const at::Tensor& indices_in,
+                            const UnpoolParams& p, c10::IntArrayRef target_sizes, bool accumulate) {
+  const at::Tensor source = dense_in_layout(source_in, p.channels_last);
+  const at::Tensor indices = dense_in_layout(indices_in, p.channels_last);
+  at::Tensor target = empty_in_layout(target_sizes, source.options(), p.channels_last);
+  if (target.numel() == 0) return target;
+  if (source.numel() == 0) return target.zero_();
+  const bool compact = indices.scalar_type() == at::kByte;
+  int64_t bad = kNoBadIndex;
+  const bool reduced = source.scalar_type() == at::kHalf || source.scalar_type() == at::kBFloat16;
+  if (accumulate && reduced) {
+    // Overlapping windows add several gradients into one element: sum them in float32.
+    at::Tensor wide = empty_in_layout(target_sizes, source.options().dtype(at::kFloat), p.channels_last);
+    PVO_DISPATCH_FLOATING_TYPES(source.scalar_type(), "max_unpool_cpu", [&] {
+      bad = scatter_to_target<scalar_t, float>(p, source.const_data_ptr<scalar_t>(), indices,
+                                               wide.mutable_data_ptr<float>(), true);
+    });
+    if (bad == kNoBadIndex) target.copy_(wide);
+  } else {
+    PVO_DISPATCH_FLOATING_TYPES(source.scalar_type(), "max_unpool_cpu", [&] {
+      bad = scatter_to_target<scalar_t, scalar_t>(p, source.const_data_ptr<scalar_t>(), indices,
+                                                  target.mutable_data_ptr<scalar_t>(), accumulate);
+    });
+  }
+  if (bad != kNoBadIndex) raise_bad_index(op, indices, p, bad, compact);
+  return target;
+}
+
+template <int64_t Dims>
+at::Tensor max_unpool_cpu(const at::Tensor& x, const at::Tensor& indices, c10::IntArrayRef kernel_size,
+                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef output_size) {
+  static const char* names[] = {"", "max_unpool1d", "max_unpool2d", "max_unpool3d"};
+  const UnpoolParams p = make_unpool_params(names[Dims], Dims, x, indices, kernel_size, stride, padding, output_size);
+  std::vector<int64_t> sizes = {p.batch, p.channels};
+  sizes.insert(sizes.end(), output_size.begin(), output_size.end());
+  return source_to_target(names[Dims], x, indices, p, sizes, /*accumulate=*/false);
+}
+
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
+                                   c10::IntArrayRef input_size, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                   c10::IntArrayRef padding, c10::IntArrayRef dilation, bool compact) {
+  constexpr const char* op = "_max_pool2d_backward";
+  TORCH_CHECK_VALUE(indices.sizes() == grad_output.sizes(), op, ": indices must have the shape of grad_output ",
+                    shape_string(grad_output.sizes()), ", got ", shape_string(indices.sizes()));
+  TORCH_CHECK(compact == (indices.scalar_type() == at::kByte), op, ": compact=", compact,
+              " does not match indices of dtype ", indices.scalar_type());
+  const UnpoolParams p = make_backward_params(op, grad_output.sizes(), grad_output, indices, input_size, kernel_size,
+                                              stride, padding, dilation);
+  const std::vector<int64_t> sizes = {p.batch, p.channels, input_size[0], input_size[1]};
+  return source_to_target(op, grad_output, indices, p, sizes, windows_overlap(p));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gather: the unpooling backward (grad_x[i] = grad_output[target(i)]).
+// ---------------------------------------------------------------------------------------------
+
+template <typename scalar_t, typename index_t, bool Compact>
+int64_t gather_from_target(const UnpoolParams& p, const scalar_t* target, const index_t* indices, scalar_t* source) {
+  const int64_t C = p.channels;
+  const int64_t source_plane = p.source_plane();
+  const int64_t target_plane = p.target_plane();
+  std::atomic<int64_t> first(kNoBadIndex);
+  const int64_t outer = p.channels_last ? p.batch : p.batch * C;
+  at::parallel_for(0, outer, p.channels_last ? 1 : kPlaneGrain, [&](int64_t begin, int64_t end) {
+    int64_t local_first = kNoBadIndex;
+    for (int64_t o = begin; o < end; ++o) {
+      if (p.channels_last) {
+        for (int64_t s = 0; s < source_plane; ++s) {
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t i = (o * source_plane + s) * C + c;
+            const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[i]));
+            if (t < 0) {
+              local_first = std::min(local_first, (o * C + c) * source_plane + s);
+              source[i] = scalar_t(0);
+              continue;
+            }
+            source[i] = target[(o * target_plane + t) * C + c];
+          }
+        }
+      } else {
+        const scalar_t* t_plane = target + o * target_plane;
+        for (int64_t s = 0; s < source_plane; ++s) {
+          const int64_t i = o * source_plane + s;
+          const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[i]));
+          if (t < 0) {
+            local_first = std::min(local_first, i);
+            source[i] = scalar_t(0);
+            continue;
+          }
+          source[i] = t_plane[t];
+        }
+      }
+    }
+    int64_t seen = first.load();
+    while (local_first < seen && !first.compare_exchange_weak(seen, local_first)) {
+    }
+  });
+  return first.load();
+}
+
+at::Tensor max_unpool_backward_cpu(const at::Tensor& grad_output_in, const at::Tensor& indices_in,
+                                   c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                   c10::IntArrayRef dilation) {
+  constexpr const char* op = "_max_unpool_backward";
+  const int64_t dims = static_cast<int64_t>(kernel_size.size());
+  TORCH_CHECK_VALUE(indices_in.dim() == dims + 2 && grad_output_in.dim() == dims + 2, op,
+                    ": grad_output and indices must be ", dims + 2, "-D, got ", grad_output_in.dim(), "-D and ",
+                    indices_in.dim(), "-D");
+  TORCH_CHECK_VALUE(indices_in.size(0) == grad_output_in.size(0) && indices_in.size(1) == grad_output_in.size(1), op,
+                    ": grad_output ", shape_string(grad_output_in.sizes()), " and indices ",
+                    shape_string(indices_in.sizes()), " must agree in batch and channels");
+  const auto target_spatial = grad_output_in.sizes().slice(2);
+  // The geometry's "source" is the indices' shape; the grad_output is the full-size target.
+  UnpoolParams p = make_backward_params(op, indices_in.sizes(), grad_output_in, indices_in, target_spatial,
+                                        kernel_size, stride, padding, dilation);
+  p.channels_last = suggests_channels_last(indices_in) || suggests_channels_last(grad_output_in);
+  const at::Tensor grad_output = dense_in_layout(grad_output_in, p.channels_last);
+  const at::Tensor indices = dense_in_layout(indices_in, p.channels_last);
+  at::Tensor grad_x = empty_in_layout(indices.sizes(), grad_output.options(), p.channels_last);
+  if (grad_x.numel() == 0) return grad_x;
+  int64_t bad = kNoBadIndex;
+  PVO_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "max_unpool_backward_cpu", [&] {
+    const auto* target = grad_output.const_data_ptr<scalar_t>();
+    auto* source = grad_x.mutable_data_ptr<scalar_t>();
+    switch (indices.scalar_type()) {
+      case at::kLong:
+        bad = gather_from_target<scalar_t, int64_t, false>(p, target, indices.const_data_ptr<int64_t>(), source);
+        break;
+      case at::kInt:
+        bad = gather_from_target<scalar_t, int32_t, false>(p, target, indices.const_data_ptr<int32_t>(), source);
+        break;
+      default:
+        bad = gather_from_target<scalar_t, uint8_t, true>(p, target, indices.const_data_ptr<uint8_t>(), source);
+    }
+  });
+  if (bad != kNoBadIndex) raise_bad_index(op, indices, p, bad, indices.scalar_type() == at::kByte);
+  return grad_x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyvision_ops, CPU, m) {
+  m.impl("max_pool2d_with_indices", &max_pool2d_with_indices_cpu);
+  m.impl("_max_pool2d_backward", &max_pool2d_backward_cpu);
+  m.impl("max_unpool1d", &max_unpool_cpu<1>);
+  m.impl("max_unpool2d", &max_unpool_cpu<2>);
+  m.impl("max_unpool3d", &max_unpool_cpu<3>);
+  m.impl("_max_unpool_backward", &max_unpool_backward_cpu);
+}
+
+}  // namespace pyvision_ops

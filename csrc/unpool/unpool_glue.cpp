@@ -1,0 +1,199 @@
+#include "unpool/unpool_glue.h"
+
+#include <sstream>
+
+#include "common/checks.h"
+
+namespace pyvision_ops {
+
+namespace {
+
+int64_t pooled_size(int64_t input, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation, bool ceil_mode) {
+  // PyTorch's pooling_output_shape: floor (or ceil) division, and with ceil_mode the last window
+  // must start inside the input or the left padding.
+  const int64_t numerator = input + 2 * pad - dilation * (kernel - 1) - 1 + (ceil_mode ? stride - 1 : 0);
+  int64_t out = (numerator >= 0 ? numerator / stride : -((-numerator + stride - 1) / stride)) + 1;
+  if (ceil_mode && (out - 1) * stride >= input + pad) --out;
+  return out;
+}
+
+}  // namespace
+
+bool suggests_channels_last(const at::Tensor& t) {
+  if (t.dim() == 4) return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+  if (t.dim() == 5) return t.is_contiguous(at::MemoryFormat::ChannelsLast3d) && !t.is_contiguous();
+  return false;
+}
+
+at::Tensor dense_in_layout(const at::Tensor& t, bool channels_last) {
+  if (!channels_last) return t.contiguous();
+  return t.contiguous(t.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast);
+}
+
+at::Tensor empty_in_layout(c10::IntArrayRef sizes, const at::TensorOptions& options, bool channels_last) {
+  if (!channels_last) return at::empty(sizes, options);
+  return at::empty(sizes, options.memory_format(sizes.size() == 5 ? at::MemoryFormat::ChannelsLast3d
+                                                                    : at::MemoryFormat::ChannelsLast));
+}
+
+IndexKind index_kind(const at::Tensor& indices, const char* op) {
+  switch (indices.scalar_type()) {
+    case at::kLong: return IndexKind::Int64;
+    case at::kInt: return IndexKind::Int32;
+    case at::kByte: return IndexKind::Uint8Compact;
+    default:
+      TORCH_CHECK(false, op, ": indices must be int64 or int32 (flat) or uint8 (compact), got ",
+                  indices.scalar_type());
+  }
+}
+
+PoolParams make_pool_params(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                            c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode, bool compact) {
+  constexpr const char* op = "max_pool2d_with_indices";
+  check_dim(x, 4, op, "x", "(N, C, H, W)");
+  check_floating(x, op, "x");
+  check_all_at_least(kernel_size, 1, 2, op, "kernel_size");
+  check_all_at_least(stride, 1, 2, op, "stride");
+  check_all_at_least(padding, 0, 2, op, "padding");
+  check_all_at_least(dilation, 1, 2, op, "dilation");
+  for (int d = 0; d < 2; ++d) {
+    TORCH_CHECK_VALUE(padding[d] <= kernel_size[d] / 2, op,
+                      ": padding must be at most half of kernel_size, got padding=", shape_string(padding),
+                      " and kernel_size=", shape_string(kernel_size));
+  }
+  if (compact) {
+    TORCH_CHECK_VALUE(kernel_size[0] * kernel_size[1] <= 256, op,
+                      ": compact=True stores window positions in uint8 and needs kH * kW <= 256, got kernel_size=",
+                      shape_string(kernel_size), " (", kernel_size[0] * kernel_size[1], " positions)");
+  }
+  TORCH_CHECK_VALUE(x.size(1) > 0 && x.size(2) > 0 && x.size(3) > 0, op,
+                    ": x must have non-zero C, H and W (only the batch may be empty), got shape ",
+                    shape_string(x.sizes()));
+  PoolParams p;
+  p.batch = x.size(0);
+  p.channels = x.size(1);
+  p.in_h = x.size(2);
+  p.in_w = x.size(3);
+  p.kernel_h = kernel_size[0];
+  p.kernel_w = kernel_size[1];
+  p.stride_h = stride[0];
+  p.stride_w = stride[1];
+  p.pad_h = padding[0];
+  p.pad_w = padding[1];
+  p.dilation_h = dilation[0];
+  p.dilation_w = dilation[1];
+  p.out_h = pooled_size(p.in_h, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h, ceil_mode);
+  p.out_w = pooled_size(p.in_w, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w, ceil_mode);
+  TORCH_CHECK_VALUE(p.out_h >= 1 && p.out_w >= 1, op, ": input of spatial size (", p.in_h, ", ", p.in_w,
+                    ") is too small for kernel_size=", shape_string(kernel_size), ", dilation=",
+                    shape_string(dilation), " and padding=", shape_string(padding), ": the output would be (",
+                    p.out_h, ", ", p.out_w, ")");
+  p.channels_last = suggests_channels_last(x);
+  return p;
+}
+
+UnpoolParams make_unpool_params(const char* op, int64_t dims, const at::Tensor& x, const at::Tensor& indices,
+                                c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                c10::IntArrayRef output_size) {
+  static const char* layouts[] = {"", "(N, C, L)", "(N, C, H, W)", "(N, C, D, H, W)"};
+  check_dim(x, dims + 2, op, "x", layouts[dims]);
+  check_floating(x, op, "x");
+  const IndexKind kind = index_kind(indices, op);
+  check_same_device(x, indices, op, "x", "indices");
+  TORCH_CHECK_VALUE(indices.sizes() == x.sizes(), op, ": indices must have the shape of x ",
+                    shape_string(x.sizes()), ", got ", shape_string(indices.sizes()));
+  check_all_at_least(kernel_size, 1, dims, op, "kernel_size");
+  check_all_at_least(stride, 1, dims, op, "stride");
+  check_all_at_least(padding, 0, dims, op, "padding");
+  check_all_at_least(output_size, 0, dims, op, "output_size");
+  UnpoolParams p;
+  p.batch = x.size(0);
+  p.channels = x.size(1);
+  const int offset = 3 - static_cast<int>(dims);
+  for (int64_t d = 0; d < dims; ++d) {
+    const int64_t default_size = (x.size(2 + d) - 1) * stride[d] - 2 * padding[d] + kernel_size[d];
+    const int64_t low = default_size - stride[d];
+    const int64_t high = default_size + stride[d];
+    // F.max_unpool*d's rule: output_size may differ from the default by less than the stride.
+    TORCH_CHECK_VALUE(output_size[d] > low && output_size[d] < high && output_size[d] > 0, op,
+                      ": invalid output_size ", shape_string(output_size), ": dimension ", d,
+                      " must be strictly between ", low, " and ", high, " for input size ", x.size(2 + d),
+                      ", kernel_size ", kernel_size[d], ", stride ", stride[d], " and padding ", padding[d]);
+    p.source_size[offset + d] = x.size(2 + d);
+    p.target_size[offset + d] = output_size[d];
+    p.kernel[offset + d] = kernel_size[d];
+    p.stride[offset + d] = stride[d];
+    p.padding[offset + d] = padding[d];
+  }
+  if (kind == IndexKind::Uint8Compact) {
+    TORCH_CHECK_VALUE(p.window_elements() <= 256, op, ": uint8 (compact) indices need at most 256 window ",
+                      "positions, got kernel_size=", shape_string(kernel_size));
+  }
+  p.channels_last = suggests_channels_last(x);
+  return p;
+}
+
+UnpoolParams make_backward_params(const char* op, c10::IntArrayRef source_sizes, const at::Tensor& values,
+                                  const at::Tensor& indices,
+                                  c10::IntArrayRef target_spatial, c10::IntArrayRef kernel_size,
+                                  c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  const int64_t dims = static_cast<int64_t>(kernel_size.size());
+  TORCH_CHECK_VALUE(dims >= 1 && dims <= 3, op, ": kernel_size must have 1 to 3 elements, got ",
+                    shape_string(kernel_size));
+  check_floating(values, op, "grad_output");
+  index_kind(indices, op);
+  check_same_device(values, indices, op, "grad_output", "indices");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(source_sizes.size()) == dims + 2, op, ": expected a ", dims + 2,
+                    "-D pooled shape, got ", shape_string(source_sizes));
+  check_all_at_least(kernel_size, 1, dims, op, "kernel_size");
+  check_all_at_least(stride, 1, dims, op, "stride");
+  check_all_at_least(padding, 0, dims, op, "padding");
+  check_all_at_least(dilation, 1, dims, op, "dilation");
+  check_all_at_least(target_spatial, 0, dims, op, "target size");
+  UnpoolParams p;
+  p.batch = source_sizes[0];
+  p.channels = source_sizes[1];
+  const int offset = 3 - static_cast<int>(dims);
+  for (int64_t d = 0; d < dims; ++d) {
+    p.source_size[offset + d] = source_sizes[2 + d];
+    p.target_size[offset + d] = target_spatial[d];
+    p.kernel[offset + d] = kernel_size[d];
+    p.stride[offset + d] = stride[d];
+    p.padding[offset + d] = padding[d];
+    p.dilation[offset + d] = dilation[d];
+  }
+  p.channels_last = suggests_channels_last(values);
+  return p;
+}
+
+void raise_bad_index(const char* op, const at::Tensor& indices, const UnpoolParams& p, int64_t logical_position,
+                     bool compact) {
+  const int64_t plane = p.source_plane();
+  const int64_t s = logical_position % plane;
+  const int64_t nc = logical_position / plane;
+  const int64_t c = nc % p.channels;
+  const int64_t n = nc / p.channels;
+  // Coordinates of the bad element in the indices tensor (spatial dims as the caller sees them).
+  const int64_t dims = indices.dim() - 2;
+  std::vector<int64_t> coords = {n, c};
+  const int64_t spatial[3] = {s / (p.source_size[1] * p.source_size[2]), (s / p.source_size[2]) % p.source_size[1],
+                              s % p.source_size[2]};
+  for (int64_t d = 3 - dims; d < 3; ++d) coords.push_back(spatial[d]);
+  at::Tensor element = indices;
+  for (auto coord : coords) element = element.select(0, coord);
+  const int64_t value = element.item<int64_t>();
+  std::ostringstream where;
+  where << "indices[";
+  for (size_t i = 0; i < coords.size(); ++i) where << (i ? ", " : "") << coords[i];
+  where << "] = " << value;
+  std::vector<int64_t> target(p.target_size + (3 - dims), p.target_size + 3);
+  if (compact) {
+    TORCH_CHECK(false, op, ": invalid compact index ", where.str(), ": a uint8 index is a window position and ",
+                "must be < ", p.window_elements(), " (the kernel's size) and name an element inside the ",
+                "output of spatial size ", shape_string(target));
+  }
+  TORCH_CHECK(false, op, ": index out of range: ", where.str(), ", but a flat index must be in [0, ",
+              p.target_plane(), ") for an output of spatial size ", shape_string(target));
+}
+
+}  // namespace pyvision_ops

@@ -1,0 +1,48 @@
+// Torch-side helpers of the pooling family, shared by the CPU and CUDA glue so that both devices
+// run exactly the same checks and produce the same layouts and error messages.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "unpool/unpool.h"
+
+namespace pyvision_ops {
+
+// Checks the arguments of max_pool2d_with_indices and returns the geometry. `x` is 4-D.
+PoolParams make_pool_params(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                            c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode, bool compact);
+
+// Checks the arguments of max_unpool{1,2,3}d (`dims` spatial dims) and returns the geometry.
+UnpoolParams make_unpool_params(const char* op, int64_t dims, const at::Tensor& x, const at::Tensor& indices,
+                                c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                c10::IntArrayRef output_size);
+
+// Geometry of the pooling backward / unpooling backward: moving values between the pooled
+// `source` (grad_output of pooling, or indices' shape) and the full-size `target`.
+// `values` is the floating tensor moved (grad_output), `source_sizes` the pooled shape.
+UnpoolParams make_backward_params(const char* op, c10::IntArrayRef source_sizes, const at::Tensor& values,
+                                  const at::Tensor& indices,
+                                  c10::IntArrayRef target_spatial, c10::IntArrayRef kernel_size,
+                                  c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation);
+
+// The layout the kernels use for `t`: channels-last when t is channels-last and not also
+// contiguous (the same rule as pyvision_ops/ops/unpool.py::_suggests_channels_last).
+bool suggests_channels_last(const at::Tensor& t);
+
+// `t` made dense in the requested layout (no copy when it already is).
+at::Tensor dense_in_layout(const at::Tensor& t, bool channels_last);
+
+// A new dense tensor of `sizes` in the requested layout.
+at::Tensor empty_in_layout(c10::IntArrayRef sizes, const at::TensorOptions& options, bool channels_last);
+
+IndexKind index_kind(const at::Tensor& indices, const char* op);
+
+// Raises the out-of-range error for the element of `indices` at logical position
+// (n * C + c) * plane + s, naming the index, its position and the valid range.
+[[noreturn]] void raise_bad_index(const char* op, const at::Tensor& indices, const UnpoolParams& p,
+                                  int64_t logical_position, bool compact);
+
+// No bad index seen (the reduction identity for "first bad position").
+constexpr int64_t kNoBadIndex = INT64_MAX;
+
+}  // namespace pyvision_ops

@@ -1,0 +1,15 @@
+"""Functional API: one module per op family."""
+
+from pyvision_ops.ops.unpool import (
+    max_pool2d_with_indices,
+    max_unpool1d,
+    max_unpool2d,
+    max_unpool3d,
+)
+
+__all__ = [
+    "max_pool2d_with_indices",
+    "max_unpool1d",
+    "max_unpool2d",
+    "max_unpool3d",
+]

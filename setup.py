@@ -98,7 +98,29 @@ def _write_build_info(with_cuda: bool, archs: str, cuda_version: str) -> str:
     return str(folder)
 
 
+def _locate_cuda_home() -> None:
+    """Point CUDA_HOME at the toolkit when the user has not.
+
+    torch guesses CUDA_HOME from the folder above `which nvcc`; a wrapper script in /usr/local/bin
+    then makes it /usr/local, which holds no CUDA headers. Prefer a folder that has both nvcc and
+    cuda_runtime.h: CUDA_HOME/CUDA_PATH if set, else /usr/local/cuda, else above nvcc's real path.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    candidates = ["/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(os.path.realpath(nvcc)).parent.parent))
+    for home in candidates:
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.exists(
+            os.path.join(home, "include", "cuda_runtime.h")
+        ):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
 def _extensions():
+    _locate_cuda_home()
     import torch
     from torch.utils import cpp_extension
 
@@ -136,7 +158,9 @@ def _extensions():
 
     if with_cuda:
         wheel_includes, wheel_libs = _nvidia_wheel_dirs()
-        include_dirs += wheel_includes
+        # Searched after the toolkit's own headers: only what the toolkit lacks comes from there.
+        for folder in wheel_includes:
+            cxx_flags += ["-idirafter", folder]
         library_dirs += wheel_libs
         link_dir = _cudart_link_dir(cpp_extension.CUDA_HOME, wheel_libs)
         if link_dir:

@@ -1,0 +1,56 @@
+# The README's two commands: `make test` and `make bench`. Both create .venv if it is missing,
+# install what the project needs (torch included, unless one is already importable), build the
+# extension with `pip install --no-build-isolation -e .` (ninja rebuilds only what changed) and run.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.pyvision_ops-deps
+TORCH_SPEC ?= torch>=2.4
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: test bench build deps cmake-check gpu-check clean
+
+$(PY):
+	# --system-site-packages: a torch already installed for this interpreter is used as it is.
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+$(DEPS_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=64" wheel
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+		echo "using the installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	else \
+		$(PY) -m pip install --quiet "$(TORCH_SPEC)"; \
+	fi
+	$(PY) -m pip install --quiet numpy scipy pytest pytest-benchmark expecttest tqdm matplotlib ninja pybind11
+	touch $@
+
+deps: $(DEPS_STAMP)
+
+build: $(DEPS_STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(PY) -m pyvision_ops.info
+
+test: build
+	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+bench: build
+	$(PY) -m pyvision_ops.bench $(BENCH_ARGS)
+
+# Builds csrc/ as a C++ library against libtorch with CMake and runs a small C++ program that
+# calls pyvision_ops::max_unpool2d through the dispatcher (CPU).
+cmake-check: $(DEPS_STAMP)
+	cmake -S . -B cmake-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
+		-DPython3_EXECUTABLE="$(abspath $(PY))"
+	cmake --build cmake-build --parallel $${MAX_JOBS:-2}
+	./cmake-build/pyvision_ops_dispatch_check
+
+# For a machine with a GPU (and a torch that has CUDA): build, CUDA tests, compute-sanitizer,
+# CUDA benchmark; logs and JSON go to $GPU_CHECK_OUT (default gpu-check-results/).
+gpu-check:
+	bash scripts/gpu_check.sh
+
+clean:
+	rm -rf build cmake-build pyvision_ops/_C*.so

@@ -1,0 +1,279 @@
+// CUDA kernels of the pooling family. No torch headers: see unpool_kernel.h for the contract.
+// One thread per element of the tensor being written, in its memory order (planar or
+// channels-last), so that writes are coalesced; 64-bit index arithmetic throughout.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <climits>
+#include <type_traits>
+
+#include "common/cuda_check.h"
+#include "unpool/unpool_kernel.h"
+
+namespace pyvision_ops {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Blocks for `total` threads with a grid-stride loop; capped so the grid stays launchable.
+inline unsigned int blocks_for(int64_t total) {
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > (1LL << 20) ? (1LL << 20) : blocks));
+}
+
+template <typename T> struct AccType { using type = float; };
+template <> struct AccType<double> { using type = double; };
+
+__device__ PVO_INLINE float to_acc(float v) { return v; }
+__device__ PVO_INLINE double to_acc(double v) { return v; }
+__device__ PVO_INLINE float to_acc(__half v) { return __half2float(v); }
+__device__ PVO_INLINE float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ PVO_INLINE T from_acc(typename AccType<T>::type v);
+template <> __device__ PVO_INLINE float from_acc<float>(float v) { return v; }
+template <> __device__ PVO_INLINE double from_acc<double>(double v) { return v; }
+template <> __device__ PVO_INLINE __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ PVO_INLINE __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T> __device__ PVO_INLINE T zero_value() { return from_acc<T>(0); }
+
+__device__ PVO_INLINE void record_bad(long long* status, int64_t logical) {
+  atomicMin(reinterpret_cast<unsigned long long*>(status), static_cast<unsigned long long>(logical));
+}
+
+__global__ void reset_status_kernel(long long* status) {
+  status[0] = LLONG_MAX;
+  status[1] = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// max_pool2d_with_indices
+// ---------------------------------------------------------------------------------------------
+
+template <typename scalar_t, typename index_t, bool Compact>
+__global__ void max_pool2d_forward_kernel(const PoolParams p, const scalar_t* __restrict__ x,
+                                          scalar_t* __restrict__ values, index_t* __restrict__ indices) {
+  using acc_t = typename AccType<scalar_t>::type;
+  const int64_t out_plane = p.out_h * p.out_w;
+  const int64_t in_plane = p.in_h * p.in_w;
+  const int64_t total = p.batch * p.channels * out_plane;
+  for (int64_t linear = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; linear < total;
+       linear += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t n, c, s;
+    element_coords(linear, p.channels, out_plane, p.channels_last, n, c, s);
+    const int64_t oh = s / p.out_w;
+    const int64_t ow = s % p.out_w;
+    // Element (n, c, pos) of x: the layout decides the base and the step between positions.
+    const int64_t base = element_offset(n, c, 0, p.channels, in_plane, p.channels_last);
+    const int64_t step = p.channels_last ? p.channels : 1;
+    acc_t best;
+    int64_t best_flat, best_local;
+    pool_window_argmax<acc_t>(
+        p, oh, ow, [&](int64_t pos) { return to_acc(x[base + pos * step]); }, best, best_flat, best_local);
+    values[linear] = from_acc<scalar_t>(best);
+    indices[linear] = static_cast<index_t>(Compact ? best_local : best_flat);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unpooling: write-once tile kernel, scatter fallback, gather backward
+// ---------------------------------------------------------------------------------------------
+
+template <typename scalar_t, typename index_t, bool Compact>
+__global__ void tile_unpool_kernel(const UnpoolParams p, const scalar_t* __restrict__ source,
+                                   const index_t* __restrict__ indices, scalar_t* __restrict__ target,
+                                   long long* status) {
+  const int64_t target_plane = p.target_plane();
+  const int64_t source_plane = p.source_plane();
+  const int64_t total = p.batch * p.channels * target_plane;
+  for (int64_t linear = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; linear < total;
+       linear += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t n, c, t;
+    element_coords(linear, p.channels, target_plane, p.channels_last, n, c, t);
+    const int64_t tw = t % p.target_size[2];
+    const int64_t th = (t / p.target_size[2]) % p.target_size[1];
+    const int64_t td = t / (p.target_size[2] * p.target_size[1]);
+    const int64_t pd = td / p.kernel[0], ph = th / p.kernel[1], pw = tw / p.kernel[2];
+    scalar_t out = zero_value<scalar_t>();
+    if (pd < p.source_size[0] && ph < p.source_size[1] && pw < p.source_size[2]) {
+      const int64_t kd = td - pd * p.kernel[0], kh = th - ph * p.kernel[1], kw = tw - pw * p.kernel[2];
+      const int64_t window = (pd * p.source_size[1] + ph) * p.source_size[2] + pw;
+      const int64_t at = element_offset(n, c, window, p.channels, source_plane, p.channels_last);
+      const int64_t value_index = static_cast<int64_t>(indices[at]);
+      const int64_t local = (kd * p.kernel[1] + kh) * p.kernel[2] + kw;
+      if (value_index == (Compact ? local : t)) out = source[at];
+      if (local == 0) {
+        // One thread per window checks that its index stays inside the window; otherwise the
+        // glue redoes the whole tensor with zero-fill + scatter (which also names bad indices).
+        const int64_t named = index_target<Compact>(p, window, value_index);
+        bool inside = named >= 0;
+        if (inside && !Compact) {
+          const int64_t nw = named % p.target_size[2];
+          const int64_t nh = (named / p.target_size[2]) % p.target_size[1];
+          const int64_t nd = named / (p.target_size[2] * p.target_size[1]);
+          inside = nd / p.kernel[0] == pd && nh / p.kernel[1] == ph && nw / p.kernel[2] == pw;
+        }
+        if (!inside) status[1] = 1;
+      }
+    }
+    target[linear] = out;
+  }
+}
+
+template <typename scalar_t, typename target_t, typename index_t, bool Compact, bool Accumulate>
+__global__ void scatter_kernel(const UnpoolParams p, const scalar_t* __restrict__ source,
+                               const index_t* __restrict__ indices, target_t* __restrict__ target,
+                               long long* status) {
+  const int64_t source_plane = p.source_plane();
+  const int64_t target_plane = p.target_plane();
+  const int64_t total = p.batch * p.channels * source_plane;
+  for (int64_t linear = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; linear < total;
+       linear += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t n, c, s;
+    element_coords(linear, p.channels, source_plane, p.channels_last, n, c, s);
+    const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[linear]));
+    if (t < 0) {
+      record_bad(status, (n * p.channels + c) * source_plane + s);
+      continue;
+    }
+    const int64_t at = element_offset(n, c, t, p.channels, target_plane, p.channels_last);
+    if constexpr (Accumulate) {
+      atomicAdd(target + at, static_cast<target_t>(source[linear]));
+    } else {
+      target[at] = source[linear];
+    }
+  }
+}
+
+template <typename scalar_t, typename index_t, bool Compact>
+__global__ void gather_kernel(const UnpoolParams p, const scalar_t* __restrict__ target,
+                              const index_t* __restrict__ indices, scalar_t* __restrict__ source,
+                              long long* status) {
+  const int64_t source_plane = p.source_plane();
+  const int64_t target_plane = p.target_plane();
+  const int64_t total = p.batch * p.channels * source_plane;
+  for (int64_t linear = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; linear < total;
+       linear += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t n, c, s;
+    element_coords(linear, p.channels, source_plane, p.channels_last, n, c, s);
+    const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[linear]));
+    if (t < 0) {
+      record_bad(status, (n * p.channels + c) * source_plane + s);
+      source[linear] = zero_value<scalar_t>();
+      continue;
+    }
+    source[linear] = target[element_offset(n, c, t, p.channels, target_plane, p.channels_last)];
+  }
+}
+
+// Calls f(scalar_t{}) with the CUDA element type of `kind`.
+template <typename F>
+cudaError_t dispatch_scalar(ScalarKind kind, F&& f) {
+  switch (kind) {
+    case ScalarKind::Float32: return f(float{});
+    case ScalarKind::Float64: return f(double{});
+    case ScalarKind::Float16: return f(__half{});
+    case ScalarKind::BFloat16: return f(__nv_bfloat16{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Calls f(index_t{}, std::bool_constant<compact>{}) for the index kind.
+template <typename F>
+cudaError_t dispatch_index(IndexKind kind, F&& f) {
+  switch (kind) {
+    case IndexKind::Int64: return f(int64_t{}, std::false_type{});
+    case IndexKind::Int32: return f(int32_t{}, std::false_type{});
+    case IndexKind::Uint8Compact: return f(uint8_t{}, std::true_type{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t launch_reset_status(long long* status, cudaStream_t stream) {
+  reset_status_kernel<<<1, 1, 0, stream>>>(status);
+  PVO_RETURN_LAST_LAUNCH_ERROR();
+}
+
+cudaError_t launch_max_pool2d_forward(const PoolParams& p, ScalarKind scalar, bool compact, const void* x,
+                                      void* values, void* indices, cudaStream_t stream) {
+  const int64_t total = p.batch * p.channels * p.out_h * p.out_w;
+  if (total == 0) return cudaSuccess;
+  return dispatch_scalar(scalar, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const auto* x_data = static_cast<const scalar_t*>(x);
+    auto* out_data = static_cast<scalar_t*>(values);
+    if (compact) {
+      max_pool2d_forward_kernel<scalar_t, uint8_t, true>
+          <<<blocks_for(total), kThreads, 0, stream>>>(p, x_data, out_data, static_cast<uint8_t*>(indices));
+    } else {
+      max_pool2d_forward_kernel<scalar_t, int64_t, false>
+          <<<blocks_for(total), kThreads, 0, stream>>>(p, x_data, out_data, static_cast<int64_t*>(indices));
+    }
+    PVO_RETURN_LAST_LAUNCH_ERROR();
+  });
+}
+
+cudaError_t launch_tile_unpool(const UnpoolParams& p, ScalarKind scalar, IndexKind index, const void* source,
+                               const void* indices, void* target, long long* status, cudaStream_t stream) {
+  const int64_t total = p.batch * p.channels * p.target_plane();
+  if (total == 0) return cudaSuccess;
+  return dispatch_scalar(scalar, [&](auto scalar_tag) {
+    using scalar_t = decltype(scalar_tag);
+    return dispatch_index(index, [&](auto index_tag, auto compact_tag) {
+      using index_t = decltype(index_tag);
+      tile_unpool_kernel<scalar_t, index_t, decltype(compact_tag)::value><<<blocks_for(total), kThreads, 0, stream>>>(
+          p, static_cast<const scalar_t*>(source), static_cast<const index_t*>(indices),
+          static_cast<scalar_t*>(target), status);
+      PVO_RETURN_LAST_LAUNCH_ERROR();
+    });
+  });
+}
+
+cudaError_t launch_scatter(const UnpoolParams& p, ScalarKind scalar, IndexKind index, bool accumulate,
+                           const void* source, const void* indices, void* target, long long* status,
+                           cudaStream_t stream) {
+  const int64_t total = p.batch * p.channels * p.source_plane();
+  if (total == 0) return cudaSuccess;
+  return dispatch_scalar(scalar, [&](auto scalar_tag) {
+    using scalar_t = decltype(scalar_tag);
+    return dispatch_index(index, [&](auto index_tag, auto compact_tag) {
+      using index_t = decltype(index_tag);
+      constexpr bool compact = decltype(compact_tag)::value;
+      const auto* s = static_cast<const scalar_t*>(source);
+      const auto* i = static_cast<const index_t*>(indices);
+      if (!accumulate) {
+        scatter_kernel<scalar_t, scalar_t, index_t, compact, false>
+            <<<blocks_for(total), kThreads, 0, stream>>>(p, s, i, static_cast<scalar_t*>(target), status);
+      } else if constexpr (std::is_same_v<scalar_t, double>) {
+        scatter_kernel<scalar_t, double, index_t, compact, true>
+            <<<blocks_for(total), kThreads, 0, stream>>>(p, s, i, static_cast<double*>(target), status);
+      } else if constexpr (std::is_same_v<scalar_t, float>) {
+        scatter_kernel<scalar_t, float, index_t, compact, true>
+            <<<blocks_for(total), kThreads, 0, stream>>>(p, s, i, static_cast<float*>(target), status);
+      } else {
+        return cudaErrorInvalidValue;  // the glue accumulates half types in a float32 buffer
+      }
+      PVO_RETURN_LAST_LAUNCH_ERROR();
+    });
+  });
+}
+
+cudaError_t launch_gather(const UnpoolParams& p, ScalarKind scalar, IndexKind index, const void* target,
+                          const void* indices, void* source, long long* status, cudaStream_t stream) {
+  const int64_t total = p.batch * p.channels * p.source_plane();
+  if (total == 0) return cudaSuccess;
+  return dispatch_scalar(scalar, [&](auto scalar_tag) {
+    using scalar_t = decltype(scalar_tag);
+    return dispatch_index(index, [&](auto index_tag, auto compact_tag) {
+      using index_t = decltype(index_tag);
+      gather_kernel<scalar_t, index_t, decltype(compact_tag)::value><<<blocks_for(total), kThreads, 0, stream>>>(
+          p, static_cast<const scalar_t*>(target), static_cast<const index_t*>(indices),
+          static_cast<scalar_t*>(source), status);
+      PVO_RETURN_LAST_LAUNCH_ERROR();
+    });
+  });
+}
+
+}  // namespace pyvision_ops

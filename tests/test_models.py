@@ -1,0 +1,300 @@
+"""SegNet and the DeconvNet projection: shapes, gradients, index formats, training, references."""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import DEVICES
+from pyvision_ops.models import SegNet, deconvnet_project
+from pyvision_ops.models.segnet import synthetic_rectangles
+import pyvision_ops.nn as pvnn
+
+TINY_STAGES = ((8, 8), (16, 16), (16,))
+
+
+def _conv_channels(module: nn.Module) -> List[Tuple[int, int]]:
+    return [(m.in_channels, m.out_channels) for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+# --------------------------------------------------------------------------------------------
+# SegNet
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("compact_indices", [True, False])
+def test_segnet_odd_input_size_keeps_resolution(device, compact_indices):
+    model = SegNet(in_channels=3, num_classes=5, stages=TINY_STAGES, compact_indices=compact_indices).to(device)
+    images = torch.randn(2, 3, 45, 61, device=device)
+    logits = model(images)
+    assert logits.shape == (2, 5, 45, 61)
+    assert logits.device == images.device
+    assert torch.isfinite(logits).all()
+
+
+def test_segnet_default_is_vgg16_bn_layout():
+    model = SegNet()
+    # VGG16's convolutional part ("configuration D"): widths of its 13 convolutions.
+    vgg16_widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    encoder_channels = list(zip([3] + vgg16_widths[:-1], vgg16_widths))
+    assert _conv_channels(model.encoder) == encoder_channels
+    # The decoder mirrors the encoder; its last convolution is the classifier.
+    mirrored = [(c_out, c_in) for c_in, c_out in reversed(encoder_channels)]
+    assert _conv_channels(model.decoder) + _conv_channels(model.classifier) == mirrored[:-1] + [(64, 11)]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 13 + 12
+    assert model.pool.compact and model.pool.return_indices
+
+    with torch.no_grad():
+        logits = model.eval()(torch.randn(1, 3, 32, 32))
+    assert logits.shape == (1, 11, 32, 32)
+
+
+def test_segnet_backward_reaches_every_parameter():
+    model = SegNet(in_channels=3, num_classes=4, stages=TINY_STAGES)
+    images = torch.randn(2, 3, 21, 26, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 21, 26))
+    F.cross_entropy(model(images), labels).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("compact_indices, index_dtype", [(True, torch.uint8), (False, torch.int64)])
+def test_segnet_switches_format(compact_indices, index_dtype):
+    model = SegNet(in_channels=3, num_classes=4, stages=TINY_STAGES, compact_indices=compact_indices)
+    features, switches = model.encode(torch.randn(2, 3, 45, 61))
+    assert features.shape == (2, 16, 5, 7)
+    assert [tuple(s.input_size) for s in switches] == [(45, 61), (22, 30), (11, 15)]
+    assert [tuple(s.indices.shape) for s in switches] == [(2, 8, 22, 30), (2, 16, 11, 15), (2, 16, 5, 7)]
+    assert all(s.indices.dtype == index_dtype for s in switches)
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_segnet_compact_and_flat_indices_give_identical_outputs(train_mode):
+    compact = SegNet(in_channels=3, num_classes=4, stages=TINY_STAGES, compact_indices=True)
+    flat = SegNet(in_channels=3, num_classes=4, stages=TINY_STAGES, compact_indices=False)
+    flat.load_state_dict(compact.state_dict())
+    compact.train(train_mode)
+    flat.train(train_mode)
+    images = torch.randn(2, 3, 45, 61)
+    compact_logits, flat_logits = compact(images), flat(images)
+    torch.testing.assert_close(compact_logits, flat_logits, rtol=0, atol=0)
+
+    grad = torch.randn_like(compact_logits)
+    compact_logits.backward(grad)
+    flat_logits.backward(grad)
+    for (name, a), (_, b) in zip(compact.named_parameters(), flat.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=name)
+
+
+def test_segnet_loads_state_dict_from_path_or_mapping(tmp_path):
+    source = SegNet(in_channels=1, num_classes=2, stages=((4,), (8,))).eval()
+    path = tmp_path / "segnet.pt"
+    torch.save(source.state_dict(), path)
+    images = torch.randn(1, 1, 16, 20)
+    with torch.no_grad():
+        expected = source(images)
+        for weights in (path, str(path), source.state_dict()):
+            loaded = SegNet(in_channels=1, num_classes=2, stages=((4,), (8,)), state_dict=weights).eval()
+            torch.testing.assert_close(loaded(images), expected, rtol=0, atol=0)
+
+
+def test_segnet_compiles_without_graph_breaks():
+    # aot_eager traces the ops' fake kernels and autograd formulas without needing a compiler.
+    model = SegNet(in_channels=3, num_classes=4, stages=((8,), (16,)))
+    images = torch.randn(2, 3, 21, 26)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    logits = compiled(images)
+    logits.sum().backward()
+    torch.testing.assert_close(logits, model(images))
+
+
+def test_segnet_rejects_empty_stages():
+    with pytest.raises(ValueError, match="stages"):
+        SegNet(stages=())
+    with pytest.raises(ValueError, match="stages"):
+        SegNet(stages=((8,), ()))
+
+
+def test_segnet_learns_synthetic_rectangles():
+    torch.manual_seed(0)
+    model = SegNet(in_channels=1, num_classes=2, stages=((8, 8), (16, 16)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _step in range(40):
+        images, labels = synthetic_rectangles(8, 32, 32, generator=generator)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    initial, final = losses[0], sum(losses[-5:]) / 5
+    assert final < 0.7 * initial, f"loss went from {initial:.3f} to {final:.3f}"
+
+
+def test_synthetic_rectangles_labels_mark_the_bright_box():
+    images, labels = synthetic_rectangles(16, 24, 30, generator=torch.Generator().manual_seed(1))
+    assert images.shape == (16, 1, 24, 30) and labels.shape == (16, 24, 30)
+    assert labels.dtype == torch.int64 and set(labels.unique().tolist()) == {0, 1}
+    inside, outside = images[:, 0][labels == 1].mean(), images[:, 0][labels == 0].mean()
+    assert inside - outside > 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# DeconvNet projection
+# --------------------------------------------------------------------------------------------
+
+
+class _VGGStyle(nn.Module):
+    """A module with a ``features`` stack, as torchvision's VGG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 12, 3, padding=1),
+            nn.ReLU(inplace=True),
+            pvnn.MaxPool2d(3, stride=2, padding=1),
+            nn.Conv2d(12, 16, 3, stride=2),
+            nn.ReLU(inplace=True),
+        )
+
+
+def _reference_projection(
+    conv: nn.Conv2d, x: torch.Tensor, channel: torch.Tensor, top_only: bool = False
+) -> torch.Tensor:
+    """Conv -> ReLU -> 2x2 max pooling and back, from torch.nn.functional alone."""
+    activations = F.relu(F.conv2d(x, conv.weight, conv.bias, padding=conv.padding))
+    pooled, indices = F.max_pool2d(activations, 2, return_indices=True)
+    selected = torch.zeros_like(pooled)
+    for sample in range(x.shape[0]):
+        feature_map = pooled[sample, channel[sample]]
+        if top_only:
+            kept = torch.zeros_like(feature_map)
+            top = feature_map.argmax()
+            kept.view(-1)[top] = feature_map.view(-1)[top]
+            feature_map = kept
+        selected[sample, channel[sample]] = feature_map
+    unpooled = F.max_unpool2d(selected, indices, 2, output_size=activations.shape[-2:])
+    return F.conv_transpose2d(F.relu(unpooled), conv.weight, padding=conv.padding)
+
+
+@pytest.mark.parametrize("top_only", [False, True])
+@pytest.mark.parametrize("channel", [None, 3])
+def test_deconvnet_matches_manual_projection(channel, top_only):
+    conv = nn.Conv2d(3, 6, 3, padding=1).double()
+    net = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2))
+    x = torch.randn(2, 3, 17, 20, dtype=torch.float64)
+    projection = deconvnet_project(net, 2, x, channel=channel, top_only=top_only)
+
+    with torch.no_grad():
+        pooled = F.max_pool2d(F.relu(conv(x)), 2)
+        if channel is None:
+            chosen = pooled.flatten(2).amax(dim=2).argmax(dim=1)
+        else:
+            chosen = torch.full((2,), channel)
+        expected = _reference_projection(conv, x, chosen, top_only)
+    assert projection.shape == x.shape
+    assert projection.abs().sum() > 0
+    torch.testing.assert_close(projection, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layer", [0, 2, 5, 7, -1])
+def test_deconvnet_output_has_input_shape(device, layer):
+    model = _VGGStyle().to(device)
+    x = torch.randn(2, 3, 37, 45, device=device)
+    projection = deconvnet_project(model, layer, x)
+    assert projection.shape == x.shape and projection.device == x.device
+    assert torch.isfinite(projection).all() and projection.abs().sum() > 0
+
+
+def test_deconvnet_unbatched_input():
+    model = _VGGStyle()
+    x = torch.randn(3, 29, 33)
+    projection = deconvnet_project(model, 5, x, channel=0)
+    assert projection.shape == x.shape
+    torch.testing.assert_close(projection, deconvnet_project(model, 5, x[None], channel=0)[0])
+
+
+def test_deconvnet_leaves_model_and_input_untouched():
+    model = _VGGStyle().train()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    x = torch.randn(1, 3, 32, 32)
+    x_before = x.clone()
+    projection = deconvnet_project(model, 7, x, channel=1)
+    assert not projection.requires_grad
+    assert model.training
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0, msg=name)
+    assert all(p.grad is None for p in model.parameters())
+    torch.testing.assert_close(x, x_before, rtol=0, atol=0)
+
+
+def test_deconvnet_layer_by_module_index_or_negative_index():
+    model = _VGGStyle()
+    x = torch.randn(1, 3, 32, 32)
+    by_module = deconvnet_project(model, model.features[5], x, channel=2)
+    by_index = deconvnet_project(model.features, 5, x, channel=2)
+    by_negative = deconvnet_project(list(model.features)[:6], -1, x, channel=2)
+    torch.testing.assert_close(by_module, by_index, rtol=0, atol=0)
+    torch.testing.assert_close(by_module, by_negative, rtol=0, atol=0)
+
+
+def test_deconvnet_compact_and_flat_switches_agree():
+    model = _VGGStyle()
+    x = torch.randn(2, 3, 37, 45)
+    compact = deconvnet_project(model, 7, x, compact_indices=True)
+    flat = deconvnet_project(model, 7, x, compact_indices=False)
+    torch.testing.assert_close(compact, flat, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_deconvnet_of_linear_stack_is_the_adjoint():
+    # Without ReLU, the projection is the transpose of the network's Jacobian applied to the
+    # selected map, which autograd computes independently (non-overlapping pooling windows, so
+    # unpooling and the pooling gradient agree).
+    torch.manual_seed(0)
+    layers = nn.Sequential(
+        nn.Conv2d(3, 6, 3, stride=2, padding=1),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(6, 6, 3, padding="same", dilation=2, groups=3),
+        nn.Conv2d(6, 8, 4, padding="same"),  # even kernel: 'same' pads one more after than before
+        pvnn.MaxPool2d(3, padding=1),
+        nn.Conv2d(8, 5, (3, 2), stride=(2, 3), padding=(1, 0)),
+    ).double()
+    x = torch.randn(2, 3, 41, 53, dtype=torch.float64, requires_grad=True)
+    channel = 4
+    projection = deconvnet_project(layers, -1, x, channel=channel)
+
+    output = layers(x)
+    selected = torch.zeros_like(output)
+    selected[:, channel] = output[:, channel].detach()
+    (expected,) = torch.autograd.grad(output, x, grad_outputs=selected)
+    assert projection.shape == x.shape
+    torch.testing.assert_close(projection, expected)
+
+
+def test_deconvnet_rejects_bad_arguments():
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(TypeError, match="BatchNorm2d"):
+        deconvnet_project(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()), 2, x)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.raises(IndexError, match="channel"):
+        deconvnet_project(net, 1, x, channel=4)
+    with pytest.raises(IndexError, match="layer"):
+        deconvnet_project(net, 2, x)
+    with pytest.raises(ValueError, match="top-level"):
+        deconvnet_project(net, nn.ReLU(), x)
+    with pytest.raises(ValueError, match="padding_mode"):
+        deconvnet_project(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")), 0, x)

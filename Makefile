@@ -41,9 +41,7 @@ bench: build
 # Builds csrc/ as a C++ library against libtorch with CMake and runs a small C++ program that
 # calls pyvision_ops::max_unpool2d through the dispatcher (CPU).
 cmake-check: $(DEPS_STAMP)
-	cmake -S . -B cmake-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
-		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
-		-DPython3_EXECUTABLE="$(abspath $(PY))"
+	$(PY) scripts/build_env.py --configure cmake-build
 	cmake --build cmake-build --parallel $${MAX_JOBS:-2}
 	./cmake-build/pyvision_ops_dispatch_check
 

@@ -20,6 +20,9 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
+from build_env import locate_cuda_home, nvidia_wheel_dirs  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent
 VERSION = "0.1.0"
 
@@ -30,28 +33,6 @@ def _say(message: str) -> None:
 
 def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _nvidia_wheel_dirs() -> tuple[list[str], list[str]]:
-    """Include and library folders of the CUDA runtime shipped inside torch's nvidia/* wheels.
-
-    A CUDA build of torch from PyPI brings the CUDA headers ATen's CUDA headers include
-    (cusparse.h, cublas_v2.h, ...) and the runtime libraries in site-packages/nvidia/<pkg>/;
-    a minimal toolkit (nvcc only) lacks them. Found from the installed packages, never a fixed path.
-    """
-    includes: list[str] = []
-    libs: list[str] = []
-    try:
-        import nvidia  # type: ignore[import-not-found]
-    except ImportError:
-        return includes, libs
-    for base in getattr(nvidia, "__path__", []):
-        for folder in sorted(Path(base).iterdir()):
-            if (folder / "include").is_dir():
-                includes.append(str(folder / "include"))
-            if (folder / "lib").is_dir():
-                libs.append(str(folder / "lib"))
-    return includes, libs
 
 
 def _cudart_link_dir(cuda_home: str, lib_dirs: list[str]) -> str | None:
@@ -98,29 +79,8 @@ def _write_build_info(with_cuda: bool, archs: str, cuda_version: str) -> str:
     return str(folder)
 
 
-def _locate_cuda_home() -> None:
-    """Point CUDA_HOME at the toolkit when the user has not.
-
-    torch guesses CUDA_HOME from the folder above `which nvcc`; a wrapper script in /usr/local/bin
-    then makes it /usr/local, which holds no CUDA headers. Prefer a folder that has both nvcc and
-    cuda_runtime.h: CUDA_HOME/CUDA_PATH if set, else /usr/local/cuda, else above nvcc's real path.
-    """
-    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
-        return
-    candidates = ["/usr/local/cuda"]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(str(Path(os.path.realpath(nvcc)).parent.parent))
-    for home in candidates:
-        if os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.exists(
-            os.path.join(home, "include", "cuda_runtime.h")
-        ):
-            os.environ["CUDA_HOME"] = home
-            return
-
-
 def _extensions():
-    _locate_cuda_home()
+    locate_cuda_home()
     import torch
     from torch.utils import cpp_extension
 
@@ -157,7 +117,7 @@ def _extensions():
     define_macros = [] if debug else [("NDEBUG", None)]
 
     if with_cuda:
-        wheel_includes, wheel_libs = _nvidia_wheel_dirs()
+        wheel_includes, wheel_libs = nvidia_wheel_dirs()
         # Searched after the toolkit's own headers: only what the toolkit lacks comes from there.
         for folder in wheel_includes:
             cxx_flags += ["-idirafter", folder]

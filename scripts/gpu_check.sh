@@ -19,6 +19,15 @@ note "gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$summary"
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tee -a "$summary"
 
+# Link with the system's own g++ when there is one: a compiler that links parts of libstdc++
+# statically into the extension gives it a second copy of the C++ runtime beside torch's, and
+# number formatting in error messages then crashed (seen on the H100 image, whose default CXX is
+# /opt/gcc/bin/g++).
+if [ -x /usr/bin/g++ ] && [ -z "${KEEP_CXX:-}" ]; then
+  export CXX=/usr/bin/g++ CC=/usr/bin/gcc
+fi
+note "host compiler: ${CXX:-default} ($(${CXX:-g++} --version | head -1))"
+rm -rf build/temp-* pyvision_ops/_C*.so
 start=$(date +%s)
 if FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
   note "build: ok ($(( $(date +%s) - start )) s)"

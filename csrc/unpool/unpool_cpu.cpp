@@ -9,10 +9,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
 #include "unpool/unpool.h"
+#include "unpool/unpool_cpu_simd.h"
 #include "unpool/unpool_glue.h"
 
 namespace pyvision_ops {
@@ -32,6 +34,8 @@ void pool_forward_planar(const PoolParams& p, const scalar_t* x, scalar_t* out, 
   const int64_t in_plane = p.in_h * p.in_w;
   const bool is_2x2 = p.kernel_h == 2 && p.kernel_w == 2 && p.stride_h == 2 && p.stride_w == 2 && p.pad_h == 0 &&
                       p.pad_w == 0 && p.dilation_h == 1 && p.dilation_w == 1;
+  // AVX2 rows need the row width to fit the 32-bit multiply of the flat-index computation.
+  const bool use_avx2 = is_2x2 && cpu_has_avx2() && p.in_w < (int64_t{1} << 31);
   at::parallel_for(0, rows, std::max<int64_t>(1, 2048 / std::max<int64_t>(1, p.out_w)), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t plane = row / p.out_h;
@@ -47,6 +51,13 @@ void pool_forward_planar(const PoolParams& p, const scalar_t* x, scalar_t* out, 
         const scalar_t* r1 = r0 + p.in_w;
         const int64_t full = std::min(p.out_w, p.in_w / 2);
         const int64_t base = 2 * oh * p.in_w;
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (use_avx2) {
+            max_pool2x2_row_avx2(r0, r1, out_row, Compact ? nullptr : reinterpret_cast<int64_t*>(index_row),
+                                 Compact ? reinterpret_cast<uint8_t*>(index_row) : nullptr, full, base, p.in_w);
+            ow = full;
+          }
+        }
         for (; ow < full; ++ow) {
           const acc_t a = static_cast<acc_t>(r0[2 * ow]);
           const acc_t b = static_cast<acc_t>(r0[2 * ow + 1]);
@@ -199,6 +210,25 @@ bool tile_plane(const UnpoolParams& p, const source_t* source, const index_t* in
   const int64_t th_size = p.target_size[1], tw_size = p.target_size[2];
   const int64_t covered_w = sw * kernel_w;
   int64_t matches = 0;
+  if constexpr (std::is_same_v<source_t, float> && std::is_same_v<target_t, float> &&
+                (std::is_same_v<index_t, int64_t> || std::is_same_v<index_t, uint8_t>)) {
+    if (kernel_w == 2 && p.kernel[1] == 2 && p.kernel[0] == 1 && sd == 1 && cpu_has_avx2()) {
+      // 2-D 2x2 windows: two target rows per source row, 8 windows per AVX2 step.
+      for (int64_t ph = 0; ph < sh; ++ph) {
+        float* t0 = target + 2 * ph * tw_size;
+        const int64_t* flat = nullptr;
+        const uint8_t* compact = nullptr;
+        if constexpr (std::is_same_v<index_t, int64_t>) flat = indices + ph * sw;
+        else compact = indices + ph * sw;
+        matches += max_unpool2x2_row_avx2(source + ph * sw, flat, compact, t0, t0 + tw_size, sw,
+                                          2 * ph * tw_size, tw_size);
+        std::fill(t0 + covered_w, t0 + tw_size, 0.0f);
+        std::fill(t0 + tw_size + covered_w, t0 + 2 * tw_size, 0.0f);
+      }
+      std::fill(target + 2 * sh * tw_size, target + p.target_plane(), 0.0f);
+      return matches == p.source_plane();
+    }
+  }
   for (int64_t pd = 0; pd < sd; ++pd) {
     for (int64_t kd = 0; kd < p.kernel[0]; ++kd) {
       const int64_t td = pd * p.kernel[0] + kd;

@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <climits>
 #include <type_traits>
 
@@ -41,6 +42,24 @@ __device__ PVO_INLINE void record_bad(long long* status, int64_t logical) {
   atomicMin(reinterpret_cast<unsigned long long*>(status), static_cast<unsigned long long>(logical));
 }
 
+// (n, c, s) of a linear position in memory order, in the kernel's offset type: 32-bit when every
+// tensor of the launch has fewer than 2^30 elements (integer division is far cheaper), else 64.
+template <typename offset_t>
+__device__ PVO_INLINE void coords_of(offset_t linear, offset_t channels, offset_t plane, bool channels_last,
+                                     offset_t& n, offset_t& c, offset_t& s) {
+  if (channels_last) {
+    c = linear % channels;
+    const offset_t ns = linear / channels;
+    s = ns % plane;
+    n = ns / plane;
+  } else {
+    s = linear % plane;
+    const offset_t nc = linear / plane;
+    c = nc % channels;
+    n = nc / channels;
+  }
+}
+
 __global__ void reset_status_kernel(long long* status) {
   status[0] = LLONG_MAX;
   status[1] = 0;
@@ -50,19 +69,20 @@ __global__ void reset_status_kernel(long long* status) {
 // max_pool2d_with_indices
 // ---------------------------------------------------------------------------------------------
 
-template <typename scalar_t, typename index_t, bool Compact>
+template <typename scalar_t, typename index_t, bool Compact, typename offset_t>
 __global__ void max_pool2d_forward_kernel(const PoolParams p, const scalar_t* __restrict__ x,
                                           scalar_t* __restrict__ values, index_t* __restrict__ indices) {
   using acc_t = typename AccType<scalar_t>::type;
-  const int64_t out_plane = p.out_h * p.out_w;
+  const offset_t out_w = static_cast<offset_t>(p.out_w);
+  const offset_t out_plane = static_cast<offset_t>(p.out_h * p.out_w);
   const int64_t in_plane = p.in_h * p.in_w;
-  const int64_t total = p.batch * p.channels * out_plane;
-  for (int64_t linear = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; linear < total;
-       linear += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t n, c, s;
-    element_coords(linear, p.channels, out_plane, p.channels_last, n, c, s);
-    const int64_t oh = s / p.out_w;
-    const int64_t ow = s % p.out_w;
+  const offset_t channels = static_cast<offset_t>(p.channels);
+  const offset_t total = static_cast<offset_t>(p.batch * p.channels * p.out_h * p.out_w);
+  for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
+    offset_t n, c, s;
+    coords_of<offset_t>(linear, channels, out_plane, p.channels_last, n, c, s);
+    const int64_t oh = s / out_w;
+    const int64_t ow = s - (s / out_w) * out_w;
     // Element (n, c, pos) of x: the layout decides the base and the step between positions.
     const int64_t base = element_offset(n, c, 0, p.channels, in_plane, p.channels_last);
     const int64_t step = p.channels_last ? p.channels : 1;
@@ -79,39 +99,48 @@ __global__ void max_pool2d_forward_kernel(const PoolParams p, const scalar_t* __
 // Unpooling: write-once tile kernel, scatter fallback, gather backward
 // ---------------------------------------------------------------------------------------------
 
-template <typename scalar_t, typename index_t, bool Compact>
+template <typename scalar_t, typename index_t, bool Compact, typename offset_t>
 __global__ void tile_unpool_kernel(const UnpoolParams p, const scalar_t* __restrict__ source,
                                    const index_t* __restrict__ indices, scalar_t* __restrict__ target,
                                    long long* status) {
-  const int64_t target_plane = p.target_plane();
-  const int64_t source_plane = p.source_plane();
-  const int64_t total = p.batch * p.channels * target_plane;
-  for (int64_t linear = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; linear < total;
-       linear += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t n, c, t;
-    element_coords(linear, p.channels, target_plane, p.channels_last, n, c, t);
-    const int64_t tw = t % p.target_size[2];
-    const int64_t th = (t / p.target_size[2]) % p.target_size[1];
-    const int64_t td = t / (p.target_size[2] * p.target_size[1]);
-    const int64_t pd = td / p.kernel[0], ph = th / p.kernel[1], pw = tw / p.kernel[2];
+  const offset_t target_plane = static_cast<offset_t>(p.target_plane());
+  const offset_t source_plane = static_cast<offset_t>(p.source_plane());
+  const offset_t channels = static_cast<offset_t>(p.channels);
+  const offset_t tw_size = static_cast<offset_t>(p.target_size[2]), th_size = static_cast<offset_t>(p.target_size[1]);
+  const offset_t kd_size = static_cast<offset_t>(p.kernel[0]), kh_size = static_cast<offset_t>(p.kernel[1]),
+                 kw_size = static_cast<offset_t>(p.kernel[2]);
+  const offset_t total = static_cast<offset_t>(p.batch * p.channels * p.target_plane());
+  for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
+    offset_t n, c, t;
+    coords_of<offset_t>(linear, channels, target_plane, p.channels_last, n, c, t);
+    const offset_t tw = t % tw_size;
+    const offset_t th = (t / tw_size) % th_size;
+    const offset_t td = t / (tw_size * th_size);
+    const offset_t pd = td / kd_size, ph = th / kh_size, pw = tw / kw_size;
     scalar_t out = zero_value<scalar_t>();
     if (pd < p.source_size[0] && ph < p.source_size[1] && pw < p.source_size[2]) {
-      const int64_t kd = td - pd * p.kernel[0], kh = th - ph * p.kernel[1], kw = tw - pw * p.kernel[2];
-      const int64_t window = (pd * p.source_size[1] + ph) * p.source_size[2] + pw;
-      const int64_t at = element_offset(n, c, window, p.channels, source_plane, p.channels_last);
+      const offset_t kd = td - pd * kd_size, kh = th - ph * kh_size, kw = tw - pw * kw_size;
+      const offset_t window = (pd * static_cast<offset_t>(p.source_size[1]) + ph) * static_cast<offset_t>(p.source_size[2]) + pw;
+      const offset_t at = p.channels_last ? (n * source_plane + window) * channels + c
+                                          : (n * channels + c) * source_plane + window;
       const int64_t value_index = static_cast<int64_t>(indices[at]);
-      const int64_t local = (kd * p.kernel[1] + kh) * p.kernel[2] + kw;
-      if (value_index == (Compact ? local : t)) out = source[at];
+      const offset_t local = (kd * kh_size + kh) * kw_size + kw;
+      if (value_index == (Compact ? static_cast<int64_t>(local) : static_cast<int64_t>(t))) out = source[at];
       if (local == 0) {
         // One thread per window checks that its index stays inside the window; otherwise the
         // glue redoes the whole tensor with zero-fill + scatter (which also names bad indices).
-        const int64_t named = index_target<Compact>(p, window, value_index);
-        bool inside = named >= 0;
-        if (inside && !Compact) {
-          const int64_t nw = named % p.target_size[2];
-          const int64_t nh = (named / p.target_size[2]) % p.target_size[1];
-          const int64_t nd = named / (p.target_size[2] * p.target_size[1]);
-          inside = nd / p.kernel[0] == pd && nh / p.kernel[1] == ph && nw / p.kernel[2] == pw;
+        bool inside;
+        if (Compact) {
+          inside = value_index < static_cast<int64_t>(kd_size * kh_size * kw_size);  // tiles lie inside the target
+        } else {
+          const int64_t offset = value_index - static_cast<int64_t>(t);  // from the window's first element
+          inside = false;
+          for (offset_t a = 0; a < kd_size; ++a) {
+            for (offset_t b = 0; b < kh_size; ++b) {
+              const int64_t row = (static_cast<int64_t>(a) * th_size + b) * tw_size;
+              inside |= offset >= row && offset < row + kw_size;
+            }
+          }
         }
         if (!inside) status[1] = 1;
       }
@@ -120,17 +149,18 @@ __global__ void tile_unpool_kernel(const UnpoolParams p, const scalar_t* __restr
   }
 }
 
-template <typename scalar_t, typename target_t, typename index_t, bool Compact, bool Accumulate>
+template <typename scalar_t, typename target_t, typename index_t, bool Compact, bool Accumulate, typename offset_t>
 __global__ void scatter_kernel(const UnpoolParams p, const scalar_t* __restrict__ source,
                                const index_t* __restrict__ indices, target_t* __restrict__ target,
                                long long* status) {
   const int64_t source_plane = p.source_plane();
   const int64_t target_plane = p.target_plane();
-  const int64_t total = p.batch * p.channels * source_plane;
-  for (int64_t linear = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; linear < total;
-       linear += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t n, c, s;
-    element_coords(linear, p.channels, source_plane, p.channels_last, n, c, s);
+  const offset_t total = static_cast<offset_t>(p.batch * p.channels * source_plane);
+  for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
+    offset_t n_, c_, s_;
+    coords_of<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(source_plane),
+                        p.channels_last, n_, c_, s_);
+    const int64_t n = n_, c = c_, s = s_;
     const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[linear]));
     if (t < 0) {
       record_bad(status, (n * p.channels + c) * source_plane + s);
@@ -145,17 +175,18 @@ __global__ void scatter_kernel(const UnpoolParams p, const scalar_t* __restrict_
   }
 }
 
-template <typename scalar_t, typename index_t, bool Compact>
+template <typename scalar_t, typename index_t, bool Compact, typename offset_t>
 __global__ void gather_kernel(const UnpoolParams p, const scalar_t* __restrict__ target,
                               const index_t* __restrict__ indices, scalar_t* __restrict__ source,
                               long long* status) {
   const int64_t source_plane = p.source_plane();
   const int64_t target_plane = p.target_plane();
-  const int64_t total = p.batch * p.channels * source_plane;
-  for (int64_t linear = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; linear < total;
-       linear += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t n, c, s;
-    element_coords(linear, p.channels, source_plane, p.channels_last, n, c, s);
+  const offset_t total = static_cast<offset_t>(p.batch * p.channels * source_plane);
+  for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
+    offset_t n_, c_, s_;
+    coords_of<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(source_plane),
+                        p.channels_last, n_, c_, s_);
+    const int64_t n = n_, c = c_, s = s_;
     const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[linear]));
     if (t < 0) {
       record_bad(status, (n * p.channels + c) * source_plane + s);
@@ -189,6 +220,14 @@ cudaError_t dispatch_index(IndexKind kind, F&& f) {
   return cudaErrorInvalidValue;
 }
 
+// Calls f(offset_t{}) with int32_t when every tensor of the launch is small enough for 32-bit
+// offsets (with room for the grid-stride increment), else int64_t.
+template <typename F>
+cudaError_t dispatch_offset(int64_t largest, F&& f) {
+  if (largest < (int64_t{1} << 30)) return f(int32_t{});
+  return f(int64_t{});
+}
+
 }  // namespace
 
 cudaError_t launch_reset_status(long long* status, cudaStream_t stream) {
@@ -200,18 +239,22 @@ cudaError_t launch_max_pool2d_forward(const PoolParams& p, ScalarKind scalar, bo
                                       void* values, void* indices, cudaStream_t stream) {
   const int64_t total = p.batch * p.channels * p.out_h * p.out_w;
   if (total == 0) return cudaSuccess;
+  const int64_t largest = std::max(total, p.batch * p.channels * p.in_h * p.in_w);
   return dispatch_scalar(scalar, [&](auto tag) {
     using scalar_t = decltype(tag);
-    const auto* x_data = static_cast<const scalar_t*>(x);
-    auto* out_data = static_cast<scalar_t*>(values);
-    if (compact) {
-      max_pool2d_forward_kernel<scalar_t, uint8_t, true>
-          <<<blocks_for(total), kThreads, 0, stream>>>(p, x_data, out_data, static_cast<uint8_t*>(indices));
-    } else {
-      max_pool2d_forward_kernel<scalar_t, int64_t, false>
-          <<<blocks_for(total), kThreads, 0, stream>>>(p, x_data, out_data, static_cast<int64_t*>(indices));
-    }
-    PVO_RETURN_LAST_LAUNCH_ERROR();
+    return dispatch_offset(largest, [&](auto offset_tag) {
+      using offset_t = decltype(offset_tag);
+      const auto* x_data = static_cast<const scalar_t*>(x);
+      auto* out_data = static_cast<scalar_t*>(values);
+      if (compact) {
+        max_pool2d_forward_kernel<scalar_t, uint8_t, true, offset_t>
+            <<<blocks_for(total), kThreads, 0, stream>>>(p, x_data, out_data, static_cast<uint8_t*>(indices));
+      } else {
+        max_pool2d_forward_kernel<scalar_t, int64_t, false, offset_t>
+            <<<blocks_for(total), kThreads, 0, stream>>>(p, x_data, out_data, static_cast<int64_t*>(indices));
+      }
+      PVO_RETURN_LAST_LAUNCH_ERROR();
+    });
   });
 }
 
@@ -223,10 +266,14 @@ cudaError_t launch_tile_unpool(const UnpoolParams& p, ScalarKind scalar, IndexKi
     using scalar_t = decltype(scalar_tag);
     return dispatch_index(index, [&](auto index_tag, auto compact_tag) {
       using index_t = decltype(index_tag);
-      tile_unpool_kernel<scalar_t, index_t, decltype(compact_tag)::value><<<blocks_for(total), kThreads, 0, stream>>>(
-          p, static_cast<const scalar_t*>(source), static_cast<const index_t*>(indices),
-          static_cast<scalar_t*>(target), status);
-      PVO_RETURN_LAST_LAUNCH_ERROR();
+      return dispatch_offset(total, [&](auto offset_tag) {
+        using offset_t = decltype(offset_tag);
+        tile_unpool_kernel<scalar_t, index_t, decltype(compact_tag)::value, offset_t>
+            <<<blocks_for(total), kThreads, 0, stream>>>(p, static_cast<const scalar_t*>(source),
+                                                         static_cast<const index_t*>(indices),
+                                                         static_cast<scalar_t*>(target), status);
+        PVO_RETURN_LAST_LAUNCH_ERROR();
+      });
     });
   });
 }
@@ -243,19 +290,23 @@ cudaError_t launch_scatter(const UnpoolParams& p, ScalarKind scalar, IndexKind i
       constexpr bool compact = decltype(compact_tag)::value;
       const auto* s = static_cast<const scalar_t*>(source);
       const auto* i = static_cast<const index_t*>(indices);
-      if (!accumulate) {
-        scatter_kernel<scalar_t, scalar_t, index_t, compact, false>
-            <<<blocks_for(total), kThreads, 0, stream>>>(p, s, i, static_cast<scalar_t*>(target), status);
-      } else if constexpr (std::is_same_v<scalar_t, double>) {
-        scatter_kernel<scalar_t, double, index_t, compact, true>
-            <<<blocks_for(total), kThreads, 0, stream>>>(p, s, i, static_cast<double*>(target), status);
-      } else if constexpr (std::is_same_v<scalar_t, float>) {
-        scatter_kernel<scalar_t, float, index_t, compact, true>
-            <<<blocks_for(total), kThreads, 0, stream>>>(p, s, i, static_cast<float*>(target), status);
-      } else {
-        return cudaErrorInvalidValue;  // the glue accumulates half types in a float32 buffer
-      }
-      PVO_RETURN_LAST_LAUNCH_ERROR();
+      const int64_t largest = std::max(total, p.batch * p.channels * p.target_plane());
+      return dispatch_offset(largest, [&](auto offset_tag) {
+        using offset_t = decltype(offset_tag);
+        if (!accumulate) {
+          scatter_kernel<scalar_t, scalar_t, index_t, compact, false, offset_t>
+              <<<blocks_for(total), kThreads, 0, stream>>>(p, s, i, static_cast<scalar_t*>(target), status);
+        } else if constexpr (std::is_same_v<scalar_t, double>) {
+          scatter_kernel<scalar_t, double, index_t, compact, true, offset_t>
+              <<<blocks_for(total), kThreads, 0, stream>>>(p, s, i, static_cast<double*>(target), status);
+        } else if constexpr (std::is_same_v<scalar_t, float>) {
+          scatter_kernel<scalar_t, float, index_t, compact, true, offset_t>
+              <<<blocks_for(total), kThreads, 0, stream>>>(p, s, i, static_cast<float*>(target), status);
+        } else {
+          return cudaErrorInvalidValue;  // the glue accumulates half types in a float32 buffer
+        }
+        PVO_RETURN_LAST_LAUNCH_ERROR();
+      });
     });
   });
 }
@@ -268,10 +319,15 @@ cudaError_t launch_gather(const UnpoolParams& p, ScalarKind scalar, IndexKind in
     using scalar_t = decltype(scalar_tag);
     return dispatch_index(index, [&](auto index_tag, auto compact_tag) {
       using index_t = decltype(index_tag);
-      gather_kernel<scalar_t, index_t, decltype(compact_tag)::value><<<blocks_for(total), kThreads, 0, stream>>>(
-          p, static_cast<const scalar_t*>(target), static_cast<const index_t*>(indices),
-          static_cast<scalar_t*>(source), status);
-      PVO_RETURN_LAST_LAUNCH_ERROR();
+      const int64_t largest = std::max(total, p.batch * p.channels * p.target_plane());
+      return dispatch_offset(largest, [&](auto offset_tag) {
+        using offset_t = decltype(offset_tag);
+        gather_kernel<scalar_t, index_t, decltype(compact_tag)::value, offset_t>
+            <<<blocks_for(total), kThreads, 0, stream>>>(p, static_cast<const scalar_t*>(target),
+                                                         static_cast<const index_t*>(indices),
+                                                         static_cast<scalar_t*>(source), status);
+        PVO_RETURN_LAST_LAUNCH_ERROR();
+      });
     });
   });
 }

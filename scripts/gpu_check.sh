@@ -35,6 +35,8 @@ else
   note "build: FAILED (see build.log)"; tail -40 "$OUT/build.log"; exit 1
 fi
 "$PY" -m pyvision_ops.info 2>&1 | tee -a "$summary"
+# A second, static copy of libstdc++ inside the extension is what crashed error messages before.
+note "libstdc++ ostream code linked into the extension: $(nm -C pyvision_ops/_C*.so | grep -c ' [TtWw] .*_M_insert<long>') symbols (0 expected)"
 
 start=$(date +%s)
 "$PY" -m pytest tests -q -p no:cacheprovider -rfE > "$OUT/tests.log" 2>&1
@@ -47,7 +49,7 @@ grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20 | tee -a "$summary"
 for family_test in tests/test_unpool.py; do
   start=$(date +%s)
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT:-300}" compute-sanitizer --tool memcheck --error-exitcode 9 \
-    "$PY" -m pytest "$family_test" -q -p no:cacheprovider -m needs_cuda >> "$OUT/sanitizer.log" 2>&1
+    "$PY" -m pytest "$family_test" -q -p no:cacheprovider -m "needs_cuda and not slow" >> "$OUT/sanitizer.log" 2>&1
   rc=$?
   note "compute-sanitizer memcheck $family_test: exit $rc, $(grep -c '========= Invalid\|========= Program hit' "$OUT/sanitizer.log") error reports ($(( $(date +%s) - start )) s)"
 done

@@ -68,20 +68,31 @@ at::Tensor source_to_target_cuda(const char* op, const at::Tensor& source_in, co
     const at::Tensor host = status.cpu();
     if (host.const_data_ptr<int64_t>()[1] == 0) return target;
   }
-  // Overlapping windows add several gradients into one element: half types sum in float32.
-  const bool widen = accumulate && (source.scalar_type() == at::kHalf || source.scalar_type() == at::kBFloat16);
-  const at::Tensor scattered = widen ? source.to(at::kFloat) : source;
-  at::Tensor destination =
-      widen ? empty_in_layout(target_sizes, source.options().dtype(at::kFloat), p.channels_last) : target;
-  destination.zero_();
-  check_launch(launch_scatter(p, scalar_kind(scattered.scalar_type()), index, accumulate, scattered.const_data_ptr(),
-                              indices.const_data_ptr(), destination.mutable_data_ptr(), status_ptr(status), stream),
-               op, "scatter");
+  if (!accumulate) {
+    // Any indices, duplicates included: deterministic claim + resolve (last in raster order wins).
+    const bool wide = p.source_plane() >= (int64_t{1} << 31);
+    at::Tensor winner = at::full({p.batch * p.channels * p.target_plane()}, -1,
+                                 source.options().dtype(wide ? at::kLong : at::kInt));
+    check_launch(launch_claim_resolve(p, scalar, index, source.const_data_ptr(), indices.const_data_ptr(),
+                                      winner.mutable_data_ptr(), wide, target.mutable_data_ptr(), status_ptr(status),
+                                      stream),
+                 op, "claim_resolve");
+  } else {
+    // Pooling backward with overlapping windows: gradients add up (half types sum in float32).
+    const bool widen = source.scalar_type() == at::kHalf || source.scalar_type() == at::kBFloat16;
+    const at::Tensor scattered = widen ? source.to(at::kFloat) : source;
+    at::Tensor destination =
+        widen ? empty_in_layout(target_sizes, source.options().dtype(at::kFloat), p.channels_last) : target;
+    destination.zero_();
+    check_launch(launch_scatter(p, scalar_kind(scattered.scalar_type()), index, true, scattered.const_data_ptr(),
+                                indices.const_data_ptr(), destination.mutable_data_ptr(), status_ptr(status), stream),
+                 op, "scatter");
+    if (widen) target.copy_(destination);
+  }
   // Errors must surface as exceptions naming the index, so the first bad position is read back.
   const at::Tensor host = status.cpu();
   const int64_t bad = host.const_data_ptr<int64_t>()[0];
   if (bad != kNoBadIndex) raise_bad_index(op, indices, p, bad, index == IndexKind::Uint8Compact);
-  if (widen) target.copy_(destination);
   return target;
 }
 

@@ -175,6 +175,47 @@ __global__ void scatter_kernel(const UnpoolParams p, const scalar_t* __restrict_
   }
 }
 
+// Deterministic unpooling when several windows may name one target element: PyTorch's CPU loop
+// lets the last source element in raster order win, so each target element keeps the largest
+// source position that names it (claim), and is then read from that position (resolve).
+template <typename index_t, bool Compact, typename offset_t, typename winner_t>
+__global__ void claim_kernel(const UnpoolParams p, const index_t* __restrict__ indices, winner_t* __restrict__ winner,
+                             long long* status) {
+  const int64_t source_plane = p.source_plane();
+  const int64_t target_plane = p.target_plane();
+  const offset_t total = static_cast<offset_t>(p.batch * p.channels * source_plane);
+  for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
+    offset_t n_, c_, s_;
+    coords_of<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(source_plane),
+                        p.channels_last, n_, c_, s_);
+    const int64_t plane = static_cast<int64_t>(n_) * p.channels + c_;
+    const int64_t t = index_target<Compact>(p, s_, static_cast<int64_t>(indices[linear]));
+    if (t < 0) {
+      record_bad(status, plane * source_plane + s_);
+      continue;
+    }
+    atomicMax(winner + plane * target_plane + t, static_cast<winner_t>(s_));
+  }
+}
+
+template <typename scalar_t, typename offset_t, typename winner_t>
+__global__ void resolve_kernel(const UnpoolParams p, const scalar_t* __restrict__ source,
+                               const winner_t* __restrict__ winner, scalar_t* __restrict__ target) {
+  const int64_t source_plane = p.source_plane();
+  const int64_t target_plane = p.target_plane();
+  const offset_t total = static_cast<offset_t>(p.batch * p.channels * target_plane);
+  for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
+    offset_t n, c, t;
+    coords_of<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(target_plane),
+                        p.channels_last, n, c, t);
+    const int64_t plane = static_cast<int64_t>(n) * p.channels + c;
+    const winner_t w = winner[plane * target_plane + t];
+    target[linear] = w < 0 ? zero_value<scalar_t>()
+                           : source[element_offset(n, c, static_cast<int64_t>(w), p.channels, source_plane,
+                                                   p.channels_last)];
+  }
+}
+
 template <typename scalar_t, typename index_t, bool Compact, typename offset_t>
 __global__ void gather_kernel(const UnpoolParams p, const scalar_t* __restrict__ target,
                               const index_t* __restrict__ indices, scalar_t* __restrict__ source,
@@ -306,6 +347,37 @@ cudaError_t launch_scatter(const UnpoolParams& p, ScalarKind scalar, IndexKind i
           return cudaErrorInvalidValue;  // the glue accumulates half types in a float32 buffer
         }
         PVO_RETURN_LAST_LAUNCH_ERROR();
+      });
+    });
+  });
+}
+
+cudaError_t launch_claim_resolve(const UnpoolParams& p, ScalarKind scalar, IndexKind index, const void* source,
+                                 const void* indices, void* winner, bool wide_winner, void* target, long long* status,
+                                 cudaStream_t stream) {
+  const int64_t source_total = p.batch * p.channels * p.source_plane();
+  const int64_t target_total = p.batch * p.channels * p.target_plane();
+  if (target_total == 0) return cudaSuccess;
+  return dispatch_scalar(scalar, [&](auto scalar_tag) {
+    using scalar_t = decltype(scalar_tag);
+    return dispatch_index(index, [&](auto index_tag, auto compact_tag) {
+      using index_t = decltype(index_tag);
+      constexpr bool compact = decltype(compact_tag)::value;
+      return dispatch_offset(std::max(source_total, target_total), [&](auto offset_tag) {
+        using offset_t = decltype(offset_tag);
+        auto run = [&](auto winner_tag) {
+          using winner_t = decltype(winner_tag);
+          auto* w = static_cast<winner_t*>(winner);
+          if (source_total > 0) {
+            claim_kernel<index_t, compact, offset_t, winner_t><<<blocks_for(source_total), kThreads, 0, stream>>>(
+                p, static_cast<const index_t*>(indices), w, status);
+            PVO_RETURN_IF_CUDA_ERROR(cudaGetLastError());
+          }
+          resolve_kernel<scalar_t, offset_t, winner_t><<<blocks_for(target_total), kThreads, 0, stream>>>(
+              p, static_cast<const scalar_t*>(source), w, static_cast<scalar_t*>(target));
+          PVO_RETURN_LAST_LAUNCH_ERROR();
+        };
+        return wide_winner ? run(static_cast<long long>(0)) : run(static_cast<int>(0));
       });
     });
   });

@@ -21,10 +21,18 @@ cudaError_t launch_max_pool2d_forward(const PoolParams& p, ScalarKind scalar, bo
 cudaError_t launch_tile_unpool(const UnpoolParams& p, ScalarKind scalar, IndexKind index, const void* source,
                                const void* indices, void* target, long long* status, cudaStream_t stream);
 
-// Scatter into a zero-filled target; `accumulate` adds (Float32/Float64 targets only).
+// Scatter into a zero-filled target (the pooling backward); `accumulate` adds (Float32/Float64
+// targets only).
 cudaError_t launch_scatter(const UnpoolParams& p, ScalarKind scalar, IndexKind index, bool accumulate,
                            const void* source, const void* indices, void* target, long long* status,
                            cudaStream_t stream);
+
+// Deterministic overwrite unpooling for any indices (duplicates: the last source position in
+// raster order wins, as PyTorch's CPU loop). `winner` is a workspace of N * C * target_plane
+// elements (int32, or int64 when `wide_winner`) filled with -1 by the caller.
+cudaError_t launch_claim_resolve(const UnpoolParams& p, ScalarKind scalar, IndexKind index, const void* source,
+                                 const void* indices, void* winner, bool wide_winner, void* target, long long* status,
+                                 cudaStream_t stream);
 
 // source[i] = target[target_of(indices[i])]: the unpooling backward.
 cudaError_t launch_gather(const UnpoolParams& p, ScalarKind scalar, IndexKind index, const void* target,

@@ -407,40 +407,80 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
 // Gather: the unpooling backward (grad_x[i] = grad_output[target(i)]).
 // ---------------------------------------------------------------------------------------------
 
-template <typename scalar_t, typename index_t, bool Compact>
-int64_t gather_from_target(const UnpoolParams& p, const scalar_t* target, const index_t* indices, scalar_t* source) {
+// Window-local offsets of every compact position, so that decoding an index needs no division.
+struct CompactWindowTable {
+  int64_t count = 0;
+  int64_t offset[3][256] = {};  // (d, h, w) offset of window position `local` from the window start
+
+  explicit CompactWindowTable(const UnpoolParams& p) {
+    count = p.window_elements();
+    for (int64_t local = 0; local < count && local < 256; ++local) {
+      offset[0][local] = (local / (p.kernel[1] * p.kernel[2])) * p.dilation[0];
+      offset[1][local] = ((local / p.kernel[2]) % p.kernel[1]) * p.dilation[1];
+      offset[2][local] = (local % p.kernel[2]) * p.dilation[2];
+    }
+  }
+};
+
+// Gather (the unpooling backward): source[i] = target[target_of(indices[i])]. Source positions
+// are walked as (d, h, w) loops so compact indices decode through the table, not by division.
+template <typename scalar_t, typename index_t, bool Compact, bool ChannelsLast>
+int64_t gather_from_target_layout(const UnpoolParams& p, const scalar_t* __restrict__ target,
+                                  const index_t* __restrict__ indices, scalar_t* __restrict__ source) {
   const int64_t C = p.channels;
   const int64_t source_plane = p.source_plane();
   const int64_t target_plane = p.target_plane();
+  const int64_t SD = p.source_size[0], SH = p.source_size[1], SW = p.source_size[2];
+  const int64_t TD = p.target_size[0], TH = p.target_size[1], TW = p.target_size[2];
+  const int64_t stride_d = p.stride[0], stride_h = p.stride[1], stride_w = p.stride[2];
+  const int64_t pad_d = p.padding[0], pad_h = p.padding[1], pad_w = p.padding[2];
+  const CompactWindowTable table(p);
+  const int64_t* off_d = table.offset[0];
+  const int64_t* off_h = table.offset[1];
+  const int64_t* off_w = table.offset[2];
+  const int64_t window_count = table.count;
+  // Planar: one task per plane; channels-last: one per image, channels innermost.
+  const int64_t inner = ChannelsLast ? C : 1;
   std::atomic<int64_t> first(kNoBadIndex);
-  const int64_t outer = p.channels_last ? p.batch : p.batch * C;
-  at::parallel_for(0, outer, p.channels_last ? 1 : kPlaneGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, ChannelsLast ? p.batch : p.batch * C, ChannelsLast ? 1 : kPlaneGrain,
+                   [&](int64_t begin, int64_t end) {
     int64_t local_first = kNoBadIndex;
     for (int64_t o = begin; o < end; ++o) {
-      if (p.channels_last) {
-        for (int64_t s = 0; s < source_plane; ++s) {
-          for (int64_t c = 0; c < C; ++c) {
-            const int64_t i = (o * source_plane + s) * C + c;
-            const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[i]));
-            if (t < 0) {
-              local_first = std::min(local_first, (o * C + c) * source_plane + s);
-              source[i] = scalar_t(0);
-              continue;
+      const scalar_t* t_base = target + o * target_plane * inner;
+      const index_t* i_base = indices + o * source_plane * inner;
+      scalar_t* s_base = source + o * source_plane * inner;
+      int64_t s = 0;
+      for (int64_t pd = 0; pd < SD; ++pd) {
+        const int64_t d0 = pd * stride_d - pad_d;
+        for (int64_t ph = 0; ph < SH; ++ph) {
+          const int64_t h0 = ph * stride_h - pad_h;
+          for (int64_t pw = 0; pw < SW; ++pw, ++s) {
+            const int64_t w0 = pw * stride_w - pad_w;
+            for (int64_t c = 0; c < inner; ++c) {
+              const int64_t i = s * inner + c;
+              const int64_t value = static_cast<int64_t>(i_base[i]);
+              int64_t t = -1;
+              if constexpr (Compact) {
+                if (value < window_count) {
+                  const int64_t td = d0 + off_d[value], th = h0 + off_h[value], tw = w0 + off_w[value];
+                  if (static_cast<uint64_t>(td) < static_cast<uint64_t>(TD) &&
+                      static_cast<uint64_t>(th) < static_cast<uint64_t>(TH) &&
+                      static_cast<uint64_t>(tw) < static_cast<uint64_t>(TW)) {
+                    t = (td * TH + th) * TW + tw;
+                  }
+                }
+              } else if (static_cast<uint64_t>(value) < static_cast<uint64_t>(target_plane)) {
+                t = value;
+              }
+              if (t < 0) {
+                const int64_t plane = ChannelsLast ? o * C + c : o;
+                local_first = std::min(local_first, plane * source_plane + s);
+                s_base[i] = scalar_t(0);
+                continue;
+              }
+              s_base[i] = t_base[t * inner + c];
             }
-            source[i] = target[(o * target_plane + t) * C + c];
           }
-        }
-      } else {
-        const scalar_t* t_plane = target + o * target_plane;
-        for (int64_t s = 0; s < source_plane; ++s) {
-          const int64_t i = o * source_plane + s;
-          const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[i]));
-          if (t < 0) {
-            local_first = std::min(local_first, i);
-            source[i] = scalar_t(0);
-            continue;
-          }
-          source[i] = t_plane[t];
         }
       }
     }
@@ -449,6 +489,51 @@ int64_t gather_from_target(const UnpoolParams& p, const scalar_t* target, const 
     }
   });
   return first.load();
+}
+
+// SegNet's case (planar, compact, 2-D 2x2 windows tiling the target): the code picks one of two
+// target rows and one of two columns, with no other arithmetic.
+template <typename scalar_t>
+int64_t gather_compact_2x2_planar(const UnpoolParams& p, const scalar_t* __restrict__ target,
+                                  const uint8_t* __restrict__ indices, scalar_t* __restrict__ source) {
+  const int64_t SH = p.source_size[1], SW = p.source_size[2], TW = p.target_size[2];
+  const int64_t source_plane = p.source_plane(), target_plane = p.target_plane();
+  std::atomic<int64_t> first(kNoBadIndex);
+  at::parallel_for(0, p.batch * p.channels, kPlaneGrain, [&](int64_t begin, int64_t end) {
+    int64_t local_first = kNoBadIndex;
+    for (int64_t o = begin; o < end; ++o) {
+      for (int64_t ph = 0; ph < SH; ++ph) {
+        const scalar_t* row0 = target + o * target_plane + 2 * ph * TW;
+        const uint8_t* codes = indices + o * source_plane + ph * SW;
+        scalar_t* out = source + o * source_plane + ph * SW;
+        for (int64_t pw = 0; pw < SW; ++pw) {
+          const int64_t code = codes[pw];
+          if (code > 3) {
+            local_first = std::min(local_first, o * source_plane + ph * SW + pw);
+            out[pw] = scalar_t(0);
+            continue;
+          }
+          // Arithmetic, not a branch on the code: the codes are random, a branch mispredicts.
+          out[pw] = row0[2 * pw + (code >> 1) * TW + (code & 1)];
+        }
+      }
+    }
+    int64_t seen = first.load();
+    while (local_first < seen && !first.compare_exchange_weak(seen, local_first)) {
+    }
+  });
+  return first.load();
+}
+
+template <typename scalar_t, typename index_t, bool Compact>
+int64_t gather_from_target(const UnpoolParams& p, const scalar_t* target, const index_t* indices, scalar_t* source) {
+  if constexpr (Compact) {
+    if (!p.channels_last && p.kernel[0] == 1 && p.kernel[1] == 2 && p.kernel[2] == 2 && windows_tile_target(p)) {
+      return gather_compact_2x2_planar<scalar_t>(p, target, indices, source);
+    }
+  }
+  return p.channels_last ? gather_from_target_layout<scalar_t, index_t, Compact, true>(p, target, indices, source)
+                         : gather_from_target_layout<scalar_t, index_t, Compact, false>(p, target, indices, source);
 }
 
 at::Tensor max_unpool_backward_cpu(const at::Tensor& grad_output_in, const at::Tensor& indices_in,

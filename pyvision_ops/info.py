@@ -32,8 +32,12 @@ def main() -> None:
         print(f"GPU: {torch.cuda.get_device_name()} (capability {torch.cuda.get_device_capability()})")
     else:
         print("GPU: none visible")
-    ops = sorted(name for name in dir(torch.ops.pyvision_ops) if not name.startswith("__"))
-    print(f"operators: {', '.join(op for op in ops if op not in {'name'})}")
+    ops = sorted(
+        name.split("::", 1)[1]
+        for name in torch._C._dispatch_get_all_op_names()
+        if name.startswith("pyvision_ops::")
+    )
+    print(f"operators: {', '.join(ops)}")
 
 
 if __name__ == "__main__":

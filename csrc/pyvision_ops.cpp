@@ -17,5 +17,13 @@ TORCH_LIBRARY(pyvision_ops, m) {
         "int[3] output_size) -> Tensor");
   m.def("_max_unpool_backward(Tensor grad_output, Tensor indices, int[] kernel_size, int[] stride, "
         "int[] padding, int[] dilation) -> Tensor");
+
+  // --- 2. Gram matrix and style loss ---------------------------------------------------------
+  m.def("gram_matrix(Tensor features, bool normalize) -> Tensor");
+  m.def("_gram_matrix_backward(Tensor grad_gram, Tensor features, bool normalize) -> Tensor");
+  // reduction: 0 = sum, 1 = mean. Returns (loss, gram); the Gram is kept for the backward.
+  m.def("_style_loss_forward(Tensor features, Tensor target_gram, bool normalize, int reduction) -> (Tensor, Tensor)");
+  m.def("_style_loss_backward(Tensor grad_loss, Tensor grad_gram, Tensor features, Tensor gram, "
+        "Tensor target_gram, bool normalize, int reduction) -> Tensor");
 }
 

@@ -17,10 +17,12 @@ __all__ = [
     "as_list",
     "compact_to_flat",
     "flat_to_compact",
+    "reference_gram_matrix",
     "reference_max_pool2d",
     "reference_max_pool2d_backward",
     "reference_max_unpool",
     "reference_max_unpool_backward",
+    "reference_style_loss",
     "unpool_output_range",
 ]
 
@@ -223,3 +225,44 @@ def reference_max_unpool_backward(
     idx = idx.to(torch.int64)
     plane = g.flatten(2)
     return plane.gather(2, idx.flatten(2)).view(idx.shape)
+
+
+def reference_gram_matrix(features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """G[n] = F[n] F[n]^T in float64 on the CPU, F = ``features`` (N, C, H, W) or (N, C, L) viewed
+    as (N, C, H*W); divided by C*H*W when ``normalize``.
+
+    Differentiable: the float64 copy stays on the autograd graph, so a float64 CPU leaf passed in
+    receives the exact gradient (dG + dG^T) F / norm through PyTorch's autograd.
+    """
+    assert features.dim() in (3, 4), f"features must be 3-D or 4-D, got {features.dim()}-D"
+    f = features.to(device="cpu", dtype=torch.float64)
+    n, c = f.shape[0], f.shape[1]
+    f = f.reshape(n, c, f.shape[2:].numel())  # also for an empty batch
+    gram = torch.einsum("ncl,ndl->ncd", f, f)
+    if normalize:
+        gram = gram / (c * f.shape[2])
+    return gram
+
+
+def reference_style_loss(
+    features: torch.Tensor, target_gram: torch.Tensor, normalize: bool = True, reduction: str = "sum"
+) -> torch.Tensor:
+    """||G(features) - target_gram||^2 in float64 on the CPU, a 0-d tensor.
+
+    ``target_gram`` is (N, C, C), or (C, C) / (1, C, C) shared by the batch, and is a constant (no
+    gradient). "sum" adds the squared differences over all N*C*C elements, "mean" averages them.
+    Differentiable in ``features`` as ``reference_gram_matrix`` is.
+    """
+    gram = reference_gram_matrix(features, normalize)
+    n, c = gram.shape[0], gram.shape[1]
+    target = target_gram.detach().to(device="cpu", dtype=torch.float64)
+    if target.dim() == 2:
+        target = target.unsqueeze(0)
+    assert target.dim() == 3 and target.shape[0] in (1, n) and tuple(target.shape[1:]) == (c, c), (
+        f"target_gram of shape {tuple(target_gram.shape)} does not match a Gram of shape {tuple(gram.shape)}"
+    )
+    squared = (gram - target.expand(n, c, c)).pow(2)
+    if reduction == "sum":
+        return squared.sum()
+    assert reduction == "mean", reduction
+    return squared.mean()

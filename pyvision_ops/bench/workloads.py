@@ -552,3 +552,6 @@ def _register_unpool_family() -> None:
 
 
 _register_unpool_family()
+
+# Later families register themselves on import (they need the definitions above).
+from pyvision_ops.bench import gram_workloads  # noqa: E402,F401

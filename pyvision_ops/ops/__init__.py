@@ -1,5 +1,6 @@
 """Functional API: one module per op family."""
 
+from pyvision_ops.ops.gram import gram_matrix, perceptual_loss, style_loss
 from pyvision_ops.ops.unpool import (
     max_pool2d_with_indices,
     max_unpool1d,
@@ -8,6 +9,9 @@ from pyvision_ops.ops.unpool import (
 )
 
 __all__ = [
+    "gram_matrix",
+    "style_loss",
+    "perceptual_loss",
     "max_pool2d_with_indices",
     "max_unpool1d",
     "max_unpool2d",

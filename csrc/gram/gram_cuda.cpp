@@ -1,0 +1,35 @@
+// CUDA glue of the Gram family: the same checks and in-place view as the CPU path (gram_glue),
+// device guard, current stream, launch check. The derived ops (backward, style loss) are
+// device-generic and registered in gram_glue.cpp.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "gram/gram_glue.h"
+#include "gram/gram_kernel.h"
+
+namespace pyvision_ops {
+namespace {
+
+at::Tensor gram_matrix_cuda(const at::Tensor& features, bool normalize) {
+  const GramInput in = prepare_gram_input("gram_matrix", features, normalize);
+  const GramParams& p = in.params;
+  const c10::cuda::CUDAGuard guard(features.device());
+  const at::ScalarType compute = gram_compute_dtype(features.scalar_type());
+  at::Tensor gram = at::empty({p.batch, p.channels, p.channels}, features.options().dtype(compute));
+  if (gram.numel() == 0) return gram.to(features.scalar_type());
+  if (p.length == 0) return gram.zero_().to(features.scalar_type());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaError_t status = launch_gram_matrix(p, scalar_kind(features.scalar_type()), in.view.const_data_ptr(),
+                                                gram.mutable_data_ptr(), stream);
+  TORCH_CHECK(status == cudaSuccess, "gram_matrix: CUDA kernel failed: ", cudaGetErrorString(status));
+  return gram.to(features.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyvision_ops, CUDA, m) { m.impl("gram_matrix", &gram_matrix_cuda); }
+
+}  // namespace pyvision_ops

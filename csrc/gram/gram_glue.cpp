@@ -1,0 +1,139 @@
+#include "gram/gram_glue.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+
+namespace pyvision_ops {
+
+at::ScalarType gram_compute_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
+
+GramInput prepare_gram_input(const char* op, const at::Tensor& features, bool normalize) {
+  TORCH_CHECK_VALUE(features.dim() == 3 || features.dim() == 4, op,
+                    ": features must be 3-D (N, C, L) or 4-D (N, C, H, W), got ", features.dim(),
+                    "-D tensor of shape ", shape_string(features.sizes()));
+  check_floating(features, op, "features");
+  GramInput in;
+  GramParams& p = in.params;
+  p.batch = features.size(0);
+  p.channels = features.size(1);
+  p.length = 1;
+  for (int64_t d = 2; d < features.dim(); ++d) p.length *= features.size(d);
+  p.scale = (normalize && p.channels * p.length > 0) ? 1.0 / static_cast<double>(p.channels * p.length) : 1.0;
+  // Channels-last memory (C innermost) is read in place as X (N, L, C): G = X^T X.
+  const at::Tensor moved = features.movedim(1, -1);  // (N, spatial..., C), a view
+  const bool channels_last = features.size(1) > 1 && moved.is_contiguous() && !features.is_contiguous();
+  p.channels_last = channels_last;
+  in.view = channels_last ? moved.reshape({p.batch, p.length, p.channels})
+                          : features.contiguous().reshape({p.batch, p.channels, p.length});
+  return in;
+}
+
+namespace {
+
+at::Tensor call_gram_matrix(const at::Tensor& features, bool normalize) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pyvision_ops::gram_matrix", "")
+                       .typed<at::Tensor(const at::Tensor&, bool)>();
+  return op.call(features, normalize);
+}
+
+// dF = S F * scale for a symmetric S (N, C, C), laid out like `features` (channels-last stays so).
+at::Tensor symmetric_times_features(const at::Tensor& symmetric, const at::Tensor& features, const GramInput& in) {
+  const at::Tensor view = in.view.to(symmetric.scalar_type());
+  at::Tensor product;
+  if (in.params.channels_last) {
+    // X (N, L, C): dX = X S (S symmetric), kept in (N, L, C) memory = the caller's channels-last.
+    product = at::bmm(view, symmetric);
+    std::vector<int64_t> moved_sizes = {features.size(0)};
+    for (int64_t d = 2; d < features.dim(); ++d) moved_sizes.push_back(features.size(d));
+    moved_sizes.push_back(features.size(1));
+    product = product.view(moved_sizes).movedim(-1, 1);
+  } else {
+    product = at::bmm(symmetric, view).view(features.sizes());
+  }
+  return product.to(features.scalar_type());
+}
+
+// The target Gram as (N, C, C) in `dtype`: (N, C, C), or (C, C) / (1, C, C) for the whole batch.
+at::Tensor expand_target(const char* op, const at::Tensor& target, const GramParams& p, at::ScalarType dtype,
+                         const at::Tensor& features) {
+  check_floating(target, op, "target_gram");
+  check_same_device(features, target, op, "features", "target_gram");
+  const int64_t C = p.channels;
+  const bool shared = (target.dim() == 2 && target.size(0) == C && target.size(1) == C) ||
+                      (target.dim() == 3 && target.size(0) == 1 && target.size(1) == C && target.size(2) == C);
+  const bool per_item = target.dim() == 3 && target.size(0) == p.batch && target.size(1) == C && target.size(2) == C;
+  TORCH_CHECK_VALUE(shared || per_item, op, ": target_gram must have shape (", p.batch, ", ", C, ", ", C, "), (", C,
+                    ", ", C, ") or (1, ", C, ", ", C, ") for features of shape ", shape_string(features.sizes()),
+                    ", got ", shape_string(target.sizes()));
+  at::Tensor t = target.to(dtype);
+  if (t.dim() == 2) t = t.unsqueeze(0);
+  return t.expand({p.batch, C, C});
+}
+
+double reduction_scale(int64_t reduction, const GramParams& p) {
+  TORCH_CHECK_VALUE(reduction == 0 || reduction == 1, "style_loss: reduction must be 0 (sum) or 1 (mean), got ",
+                    reduction);
+  if (reduction == 0) return 1.0;
+  const int64_t count = p.batch * p.channels * p.channels;
+  return count > 0 ? 1.0 / static_cast<double>(count) : std::numeric_limits<double>::quiet_NaN();
+}
+
+at::Tensor gram_matrix_backward(const at::Tensor& grad_gram, const at::Tensor& features, bool normalize) {
+  constexpr const char* op = "_gram_matrix_backward";
+  const GramInput in = prepare_gram_input(op, features, normalize);
+  const int64_t C = in.params.channels;
+  TORCH_CHECK_VALUE(grad_gram.dim() == 3 && grad_gram.size(0) == in.params.batch && grad_gram.size(1) == C &&
+                        grad_gram.size(2) == C,
+                    op, ": grad_gram must have shape (", in.params.batch, ", ", C, ", ", C, "), got ",
+                    shape_string(grad_gram.sizes()));
+  if (features.numel() == 0) return at::zeros_like(features);
+  const at::ScalarType compute = gram_compute_dtype(features.scalar_type());
+  const at::Tensor g = grad_gram.to(compute);
+  const at::Tensor symmetric = (g + g.transpose(1, 2)).mul_(in.params.scale);
+  return symmetric_times_features(symmetric, features, in);
+}
+
+std::tuple<at::Tensor, at::Tensor> style_loss_forward(const at::Tensor& features, const at::Tensor& target_gram,
+                                                      bool normalize, int64_t reduction) {
+  constexpr const char* op = "style_loss";
+  const GramInput in = prepare_gram_input(op, features, normalize);
+  const at::ScalarType compute = gram_compute_dtype(features.scalar_type());
+  const at::Tensor target = expand_target(op, target_gram, in.params, compute, features);
+  const double scale = reduction_scale(reduction, in.params);
+  const at::Tensor gram = call_gram_matrix(features, normalize);
+  // The loss is summed in float32 (float64 for float64) from the Gram.
+  const at::Tensor difference = gram.to(compute) - target;
+  at::Tensor loss = difference.pow(2).sum().mul_(scale);
+  return {loss.to(features.scalar_type()), gram};
+}
+
+at::Tensor style_loss_backward(const at::Tensor& grad_loss, const at::Tensor& grad_gram, const at::Tensor& features,
+                               const at::Tensor& gram, const at::Tensor& target_gram, bool normalize,
+                               int64_t reduction) {
+  constexpr const char* op = "_style_loss_backward";
+  const GramInput in = prepare_gram_input(op, features, normalize);
+  if (features.numel() == 0) return at::zeros_like(features);
+  const at::ScalarType compute = gram_compute_dtype(features.scalar_type());
+  const at::Tensor target = expand_target(op, target_gram, in.params, compute, features);
+  const double scale = reduction_scale(reduction, in.params);
+  // d loss / d G = 2 * scale * (G - G_t); through G = F F^T * s: dF = (dG + dG^T) F * s.
+  const at::Tensor difference = gram.to(compute) - target;
+  at::Tensor d_gram = difference.mul(grad_loss.to(compute).mul(2.0 * scale));
+  if (grad_gram.numel() > 0) d_gram = d_gram + grad_gram.to(compute);
+  const at::Tensor symmetric = (d_gram + d_gram.transpose(1, 2)).mul_(in.params.scale);
+  return symmetric_times_features(symmetric, features, in);
+}
+
+}  // namespace
+
+// Built on gram_matrix and ATen ops only, so one registration serves every device.
+TORCH_LIBRARY_IMPL(pyvision_ops, CompositeExplicitAutograd, m) {
+  m.impl("_gram_matrix_backward", &gram_matrix_backward);
+  m.impl("_style_loss_forward", &style_loss_forward);
+  m.impl("_style_loss_backward", &style_loss_backward);
+}
+
+}  // namespace pyvision_ops

@@ -1,0 +1,734 @@
+"""Op family 2: gram_matrix, style_loss (fused forward and backward) and perceptual_loss.
+
+Every result is compared with an independent float64 reference (tests/references.py: einsum on
+float64 CPU copies; gradients by PyTorch's autograd through that reference). Low-precision dtypes
+accumulate in float32, so they are held to a tolerance set by the rounding of the result, relative
+to the largest element of the reference (off-diagonal Gram entries cancel; their error is bounded
+by the diagonal's scale, not their own).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pytest
+import torch
+
+import pyvision_ops
+from pyvision_ops.ops import gram as gram_ops
+from conftest import DEVICES, needs_cuda
+from references import reference_gram_matrix, reference_style_loss
+
+ops = torch.ops.pyvision_ops
+ERRORS = (RuntimeError, ValueError)
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+HALF_DTYPES = [torch.float16, torch.bfloat16]
+REDUCTION_CODES = gram_ops._REDUCTIONS  # the Python layer's "sum"/"mean" -> schema int
+
+# Results: float32 accumulation, then rounding to the output dtype (2^-11 for float16, 2^-8 for
+# bfloat16) -- tolerances a few roundings wide, relative to max |reference|.
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+# Gradients sum C products of already-rounded low-precision values: a little wider.
+GRAD_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
+    """Elementwise |actual - expected| <= tol * (|expected| + max |expected|), any dtype/device."""
+    assert tuple(actual.shape) == tuple(expected.shape), f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a = actual.detach().cpu().to(torch.float64)
+    e = expected.detach().cpu().to(torch.float64)
+    assert bool(torch.isfinite(a).all()), f"non-finite values in the result: {a[~torch.isfinite(a)][:5].tolist()}"
+    scale = float(e.abs().max()) if e.numel() else 0.0
+    torch.testing.assert_close(a, e, rtol=tol, atol=tol * scale)
+
+
+def assert_unchanged(before: torch.Tensor, after: torch.Tensor) -> None:
+    """The caller's tensor still holds exactly what it held before the call."""
+    torch.testing.assert_close(after, before, rtol=0, atol=0, equal_nan=True)
+
+
+def assert_symmetric(gram: torch.Tensor) -> None:
+    """One triangle is computed and mirrored: G equals its transpose bit for bit."""
+    t = gram.detach().cpu()
+    assert torch.equal(t, t.transpose(-1, -2)), (
+        f"Gram not exactly symmetric: max |G - G^T| = {float((t - t.transpose(-1, -2)).abs().max())}"
+    )
+
+
+def poison_allocator(shape: Sequence[int], dtype: torch.dtype, device) -> None:
+    """Free a NaN-filled block of the output's size just before the op allocates its output, so a
+    kernel that skips elements (a missed tile, an unmirrored triangle) returns NaN, not zeros."""
+    block = torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+    del block
+
+
+def features_of(shape: Sequence[int], dtype: torch.dtype, device, scale: float = 1.0) -> torch.Tensor:
+    """Fresh random features: ReLU-like (mostly non-negative, as VGG activations) plus a signed
+    part, so the Gram has both large diagonal and cancelling off-diagonal entries."""
+    x = torch.randn(*shape, dtype=torch.float64)
+    x = (x.abs() * 0.7 + torch.randn(*shape, dtype=torch.float64) * 0.5) * scale
+    return x.to(device=device, dtype=dtype)
+
+
+def target_gram_of(
+    shape: Sequence[int], dtype: torch.dtype, device, normalize: bool, scale: float = 1.0
+) -> torch.Tensor:
+    """A style target of the same convention, from other features at 1.5x ``scale`` (so the
+    difference G - G_target is of the order of G: the loss is well conditioned)."""
+    other = features_of(shape, torch.float64, "cpu", scale=1.5 * scale)
+    return reference_gram_matrix(other, normalize).to(device=device, dtype=dtype)
+
+
+def with_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """``t``'s values stored in ``layout``; every layout but "contiguous" is non-contiguous."""
+    if layout == "contiguous":
+        return t.contiguous()
+    if layout == "channels_last":  # (N, C, H, W) with C fastest; for 3-D, (N, L, C) transposed
+        if t.dim() == 4:
+            out = t.contiguous(memory_format=torch.channels_last)
+        else:
+            out = t.transpose(1, 2).contiguous().transpose(1, 2)
+    elif layout == "transposed":  # last two dims swapped in memory
+        out = t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    elif layout == "sliced":  # every other channel of a NaN-filled buffer, last dim offset by 1
+        shape = list(t.shape)
+        shape[1] *= 2
+        shape[-1] += 3
+        big = torch.full(shape, float("nan"), dtype=t.dtype, device=t.device)
+        out = big[:, ::2, ..., 1 : 1 + t.shape[-1]]
+        out.copy_(t)
+    elif layout == "expanded":  # batch item 0 repeated with stride 0
+        out = t[:1].expand_as(t)
+    else:
+        raise ValueError(layout)
+    assert not out.is_contiguous()
+    return out
+
+
+def raises(match: str):
+    return pytest.raises(ERRORS, match=match)
+
+
+def sync(device) -> None:
+    """Surface any asynchronous CUDA error here, in the test that caused it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def expect_error(fn, tensors: Sequence[torch.Tensor], match: str):
+    before = [t.clone() for t in tensors]
+    with raises(match) as info:
+        fn()
+        sync(tensors[0].device)
+    for b, t in zip(before, tensors):
+        assert_unchanged(b, t)
+    sync(tensors[0].device)  # no sticky asynchronous error left behind
+    return info
+
+
+def shape_id(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+# Odd channel counts (1, 3, 65, 513 -- no tile divides them), spatial sizes that are no multiple of
+# any tile (7x9, L=1), several batch items, 3-D and 4-D. C=513 keeps HW small to stay fast.
+GRAM_SHAPES = [
+    (2, 3, 7, 9),
+    (3, 1, 5, 5),
+    (3, 65, 7, 9),
+    (2, 513, 3, 5),
+    (2, 130, 17, 19),
+    (2, 17, 1),
+    (3, 5, 1, 1),
+    (2, 33, 100),
+]
+BACKWARD_SHAPES = [(2, 3, 7, 9), (3, 65, 5, 3), (2, 1, 4, 4), (2, 17, 1), (2, 33, 20)]
+
+
+# --------------------------------------------------------------------------------------------
+# API surface
+# --------------------------------------------------------------------------------------------
+
+
+def test_functions_are_exported_at_top_level():
+    assert pyvision_ops.gram_matrix is gram_ops.gram_matrix
+    assert pyvision_ops.style_loss is gram_ops.style_loss
+    assert pyvision_ops.perceptual_loss is gram_ops.perceptual_loss
+    for name in ("gram_matrix", "_gram_matrix_backward", "_style_loss_forward", "_style_loss_backward"):
+        assert hasattr(ops, name), f"torch.ops.pyvision_ops.{name} is not registered"
+
+
+# --------------------------------------------------------------------------------------------
+# gram_matrix: forward
+# --------------------------------------------------------------------------------------------
+
+
+def check_gram(x: torch.Tensor, normalize: bool, tol: float) -> torch.Tensor:
+    before = x.clone()
+    n, c = x.shape[0], x.shape[1]
+    expected = reference_gram_matrix(x.detach(), normalize)
+    poison_allocator((n, c, c), x.dtype, x.device)
+    gram = pyvision_ops.gram_matrix(x, normalize=normalize)
+    assert gram.dtype == x.dtype and gram.device == x.device
+    assert tuple(gram.shape) == (n, c, c)
+    assert_close_scaled(gram, expected, tol)
+    assert_symmetric(gram)
+    assert_unchanged(before, x)
+    return gram
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
+@pytest.mark.parametrize("shape", GRAM_SHAPES, ids=shape_id)
+def test_gram_matrix_matches_reference(shape, normalize, dtype, device):
+    x = features_of(shape, dtype, device)
+    check_gram(x, normalize, TOL[dtype])
+
+
+def test_gram_matrix_default_normalizes_by_chw():
+    x = features_of((2, 4, 3, 5), torch.float64, "cpu")
+    raw = pyvision_ops.gram_matrix(x, normalize=False)
+    default = pyvision_ops.gram_matrix(x)
+    torch.testing.assert_close(default, raw / (4 * 3 * 5), rtol=1e-14, atol=0)
+    assert_close_scaled(default, reference_gram_matrix(x, True), 1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced", "expanded"])
+@pytest.mark.parametrize("shape", [(2, 65, 7, 9), (3, 3, 5, 4), (2, 19, 30)], ids=shape_id)
+def test_gram_matrix_any_strides(shape, layout, dtype, device):
+    """channels_last (read in place as F^T F over (HW, C)), non-contiguous and stride-0 inputs
+    give the same Gram as the contiguous tensor holding the same values."""
+    x = with_layout(features_of(shape, dtype, device), layout)
+    gram = check_gram(x, True, TOL[dtype])
+    if layout == "expanded":
+        assert torch.equal(gram[1:].cpu(), gram[:1].expand_as(gram[1:]).cpu())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
+def test_gram_matrix_half_does_not_overflow(dtype, device):
+    """The AMP overflow: in float16, F F^T of a 1x64x512x512 map with values around 10 reaches
+    ~2.6e7 > 65504 before the division, so bmm-based Gram code returns inf. Ours accumulates
+    in float32 and divides before rounding: finite and accurate."""
+    x = (10.0 + torch.randn(1, 64, 512, 512)).to(device=device, dtype=dtype)
+    expected = reference_gram_matrix(x, normalize=True)
+    assert float(expected.max()) * 64 * 512 * 512 > 65504  # the raw product does overflow float16
+    gram = pyvision_ops.gram_matrix(x, normalize=True)
+    assert gram.dtype == dtype
+    assert bool(torch.isfinite(gram).all()), "Gram overflowed"
+    rtol = {torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(gram.double().cpu(), expected, rtol=rtol, atol=0)
+    assert_symmetric(gram)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
+@pytest.mark.parametrize("shape", [(0, 5, 3, 4), (0, 5, 7), (0, 1, 1, 1)], ids=shape_id)
+def test_gram_matrix_empty_batch(shape, normalize, device):
+    x = features_of(shape, torch.float32, device).requires_grad_(True)
+    gram = pyvision_ops.gram_matrix(x, normalize)
+    assert tuple(gram.shape) == (0, shape[1], shape[1]) and gram.dtype == x.dtype and gram.device == x.device
+    gram.sum().backward()
+    assert x.grad is not None and tuple(x.grad.shape) == shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 3, 0, 4), (2, 3, 0)], ids=shape_id)
+def test_gram_matrix_empty_spatial_is_an_empty_sum(shape, device):
+    """No positions: every inner product is an empty sum, 0 (every element must be written)."""
+    x = torch.randn(shape, device=device)
+    poison_allocator((2, 3, 3), x.dtype, device)
+    gram = pyvision_ops.gram_matrix(x, normalize=False)
+    assert tuple(gram.shape) == (2, 3, 3)
+    assert torch.equal(gram.cpu(), torch.zeros(2, 3, 3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gram_matrix_no_channels(device):
+    x = torch.randn(2, 0, 3, 4, device=device)
+    gram = pyvision_ops.gram_matrix(x)
+    assert tuple(gram.shape) == (2, 0, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# gram_matrix: backward
+# --------------------------------------------------------------------------------------------
+
+
+def reference_gram_backward(x: torch.Tensor, grad_gram: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """dL/dF by PyTorch's autograd through the float64 reference."""
+    x64 = x.detach().to(device="cpu", dtype=torch.float64).requires_grad_(True)
+    reference_gram_matrix(x64, normalize).backward(grad_gram.detach().to(device="cpu", dtype=torch.float64))
+    return x64.grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
+@pytest.mark.parametrize("shape", BACKWARD_SHAPES, ids=shape_id)
+def test_gram_matrix_backward_matches_reference(shape, normalize, dtype, device):
+    """A non-symmetric dG: the gradient needs (dG + dG^T), not 2 dG."""
+    x = features_of(shape, dtype, device).requires_grad_(True)
+    gram = pyvision_ops.gram_matrix(x, normalize)
+    grad = torch.randn(gram.shape, device=device).to(dtype)
+    assert not torch.equal(grad, grad.transpose(-1, -2)) or shape[1] == 1
+    poison_allocator(x.shape, dtype, device)
+    gram.backward(grad)
+    expected = reference_gram_backward(x, grad, normalize)
+    assert x.grad.dtype == dtype and x.grad.shape == x.shape and x.grad.device == x.device
+    assert_close_scaled(x.grad, expected, GRAD_TOL[dtype])
+
+    # The documented closed form, dF = (dG + dG^T) F / norm, is what autograd computed.
+    g64, x64 = grad.double().cpu(), x.detach().double().cpu().reshape(shape[0], shape[1], -1)
+    norm = shape[1] * x64.shape[-1] if normalize else 1
+    closed_form = torch.bmm(g64 + g64.transpose(1, 2), x64).reshape(shape) / norm
+    torch.testing.assert_close(expected, closed_form, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_gram_matrix_backward_with_strided_inputs_and_grads(layout, device):
+    """Autograd hands backward odd grads: `.sum()` gives a stride-0 expanded tensor, a transpose
+    after the op a transposed one, slicing a zero-padded one. All must be read through strides."""
+    shape = (2, 6, 5, 7)
+    x = with_layout(features_of(shape, torch.float32, device), layout).requires_grad_(True)
+
+    pyvision_ops.gram_matrix(x).sum().backward()
+    assert_close_scaled(x.grad, reference_gram_backward(x, torch.ones(2, 6, 6), True), 2e-5)
+
+    x.grad = None
+    gram = pyvision_ops.gram_matrix(x)
+    weight = torch.randn(2, 6, 6, device=device)
+    (gram.transpose(1, 2) * weight).sum().backward()
+    assert_close_scaled(x.grad, reference_gram_backward(x, weight.transpose(1, 2), True), 2e-5)
+
+    x.grad = None
+    gram = pyvision_ops.gram_matrix(x, normalize=False)
+    weight = torch.randn(2, 3, 6, device=device)
+    (gram[:, ::2] * weight).sum().backward()
+    full = torch.zeros(2, 6, 6)
+    full[:, ::2] = weight.cpu()
+    assert_close_scaled(x.grad, reference_gram_backward(x, full, False), 2e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gram_matrix_backward_op_directly(layout, device):
+    """The registered backward op on its own: (dG + dG^T) F / norm, result in features' shape."""
+    x = with_layout(features_of((3, 9, 4, 6), torch.float64, device), layout)
+    grad = torch.randn(3, 9, 9, dtype=torch.float64, device=device)
+    before_x, before_grad = x.clone(), grad.clone()
+    for normalize in (True, False):
+        out = ops._gram_matrix_backward(grad, x, normalize)
+        assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+        assert_close_scaled(out, reference_gram_backward(x, grad, normalize), 1e-12)
+    assert_unchanged(before_x, x)
+    assert_unchanged(before_grad, grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
+@pytest.mark.parametrize("shape", [(2, 3, 2, 3), (2, 3, 5), (1, 1, 3, 2), (2, 4, 1)], ids=shape_id)
+def test_gram_matrix_gradcheck(shape, normalize, device):
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: pyvision_ops.gram_matrix(t, normalize), (x,), fast_mode=True)
+
+
+# --------------------------------------------------------------------------------------------
+# style_loss
+# --------------------------------------------------------------------------------------------
+
+
+def target_shape(kind: str, n: int, c: int):
+    return {"batched": (n, c, c), "shared": (c, c), "shared_batch1": (1, c, c)}[kind]
+
+
+def reference_style_loss_backward(x, target, normalize, reduction, grad_loss=1.0) -> torch.Tensor:
+    x64 = x.detach().to(device="cpu", dtype=torch.float64).requires_grad_(True)
+    (reference_style_loss(x64, target, normalize, reduction) * grad_loss).backward()
+    return x64.grad
+
+
+STYLE_SHAPES = [(2, 3, 7, 9), (3, 65, 5, 3), (2, 1, 4, 4), (2, 17, 1), (2, 33, 20)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
+@pytest.mark.parametrize("target_kind", ["batched", "shared", "shared_batch1"])
+@pytest.mark.parametrize("shape", STYLE_SHAPES, ids=shape_id)
+def test_style_loss_matches_reference(shape, target_kind, normalize, reduction, dtype, device):
+    n, c = shape[0], shape[1]
+    # Unnormalized float16 losses of unit features pass 65504: smaller features keep them finite.
+    scale = 0.25 if dtype == torch.float16 and not normalize else 1.0
+    x = features_of(shape, dtype, device, scale).requires_grad_(True)
+    other_shape = (n if target_kind == "batched" else 1, *shape[1:])
+    target = target_gram_of(other_shape, dtype, device, normalize, scale).reshape(target_shape(target_kind, n, c))
+    target.requires_grad_(True)
+    before_x, before_target = x.detach().clone(), target.detach().clone()
+
+    loss = pyvision_ops.style_loss(x, target, normalize=normalize, reduction=reduction)
+    assert loss.shape == () and loss.dtype == dtype and loss.device == x.device
+    expected = reference_style_loss(x.detach(), target, normalize, reduction)
+    assert_close_scaled(loss, expected, TOL[dtype] * 2)
+
+    # The upstream gradient must scale the result. In low precision it is also the loss scale of
+    # mixed-precision training: it lifts the gradient (~1e-7 for a normalized mean) out of the
+    # float16 subnormals, so that the comparison measures the kernel, not the format's range.
+    grad_loss = 1.75
+    if dtype == torch.float16:  # the scale itself must stay below float16's max, 65504
+        unscaled = reference_style_loss_backward(x, target, normalize, reduction)
+        grad_loss *= 2.0 ** min(14, -round(float(torch.log2(unscaled.abs().max()))))
+    poison_allocator(x.shape, dtype, device)
+    loss.backward(torch.tensor(grad_loss, dtype=dtype, device=device))
+    assert target.grad is None, "the style target is a constant: it must get no gradient"
+    assert x.grad.dtype == dtype and x.grad.shape == x.shape
+    expected_grad = reference_style_loss_backward(x, target, normalize, reduction, grad_loss)
+    assert_close_scaled(x.grad, expected_grad, GRAD_TOL[dtype] * 2)
+    assert_unchanged(before_x, x.detach())
+    assert_unchanged(before_target, target.detach())
+
+
+def test_style_loss_defaults_are_normalized_sum():
+    x = features_of((2, 4, 3, 5), torch.float64, "cpu")
+    target = target_gram_of((2, 4, 3, 5), torch.float64, "cpu", True)
+    expected = reference_style_loss(x, target, True, "sum")
+    assert_close_scaled(pyvision_ops.style_loss(x, target), expected, 1e-12)
+    # "mean" divides the same sum by N*C*C, also when the target is shared by the batch.
+    mean = pyvision_ops.style_loss(x, target[0], reduction="mean")
+    assert_close_scaled(mean, reference_style_loss(x, target[0], True, "sum") / (2 * 4 * 4), 1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["channels_last", "sliced", "expanded"])
+def test_style_loss_any_strides(layout, device):
+    """Strided features, and a non-contiguous target (transposed / stride-0 broadcast)."""
+    x = with_layout(features_of((2, 7, 5, 6), torch.float32, device), layout).requires_grad_(True)
+    target = target_gram_of((2, 7, 5, 6), torch.float32, device, True)
+    for t in (target.transpose(1, 2), target[:1].expand(2, 7, 7), target[0].t()):
+        x.grad = None
+        loss = pyvision_ops.style_loss(x, t, reduction="mean")
+        assert_close_scaled(loss, reference_style_loss(x.detach(), t, True, "mean"), 2e-5)
+        loss.backward()
+        assert_close_scaled(x.grad, reference_style_loss_backward(x, t, True, "mean"), 4e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
+@pytest.mark.parametrize("shape,target_kind", [((2, 3, 2, 3), "batched"), ((2, 3, 5), "shared"), ((3, 2, 2, 3), "shared_batch1")], ids=str)
+def test_style_loss_gradcheck(shape, target_kind, normalize, reduction, device):
+    n, c = shape[0], shape[1]
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    target = torch.randn(target_shape(target_kind, n, c), dtype=torch.float64, device=device)
+    assert torch.autograd.gradcheck(
+        lambda t: pyvision_ops.style_loss(t, target, normalize, reduction), (x,), fast_mode=True
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
+def test_style_loss_forward_op_both_outputs(normalize, reduction, device):
+    """The registered forward returns (loss, gram); its backward takes a grad for either output
+    (an empty grad_gram when only the loss is used) and both must be right."""
+    x = torch.randn(2, 4, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    target = torch.randn(2, 4, 4, dtype=torch.float64, device=device)
+    code = REDUCTION_CODES[reduction]
+    loss, gram = ops._style_loss_forward(x, target, normalize, code)
+    assert_close_scaled(loss, reference_style_loss(x.detach(), target, normalize, reduction), 1e-12)
+    assert_close_scaled(gram, reference_gram_matrix(x.detach(), normalize), 1e-12)
+    assert_symmetric(gram)
+
+    weight = torch.randn(2, 4, 4, dtype=torch.float64)
+    (1.3 * loss + (gram * weight.to(device)).sum()).backward()
+    x64 = x.detach().cpu().requires_grad_(True)
+    (1.3 * reference_style_loss(x64, target, normalize, reduction) + (reference_gram_matrix(x64, normalize) * weight).sum()).backward()
+    assert_close_scaled(x.grad, x64.grad, 1e-12)
+
+    assert torch.autograd.gradcheck(lambda t: ops._style_loss_forward(t, target, normalize, code), (x,), fast_mode=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("target_kind", ["batched", "shared", "shared_batch1"])
+@pytest.mark.parametrize("shape", [(0, 5, 3, 4), (0, 5, 7)], ids=shape_id)
+def test_style_loss_empty_batch(shape, target_kind, device):
+    """An empty batch is an empty sum: loss 0, and an empty gradient."""
+    x = torch.randn(shape, device=device, requires_grad=True)
+    target = torch.randn(target_shape(target_kind, 0, 5), device=device)
+    loss = pyvision_ops.style_loss(x, target, reduction="sum")
+    assert loss.shape == () and float(loss) == 0.0
+    loss.backward()
+    assert x.grad is not None and tuple(x.grad.shape) == shape
+
+
+# --------------------------------------------------------------------------------------------
+# perceptual_loss
+# --------------------------------------------------------------------------------------------
+
+
+def reference_perceptual_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mean over the batch of 1/(C H W) ||a_n - b_n||^2, in float64 (differentiable in a)."""
+    a64 = a.to(device="cpu", dtype=torch.float64)
+    b64 = b.detach().to(device="cpu", dtype=torch.float64)
+    per_item = [(a64[i] - b64[i]).pow(2).sum() / a64[i].numel() for i in range(a64.shape[0])]
+    return torch.stack(per_item).mean()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (2, 7, 11), (1, 1, 2, 2)], ids=shape_id)
+def test_perceptual_loss_matches_formula(shape, dtype, device):
+    a = torch.randn(shape, dtype=dtype, device=device, requires_grad=True)
+    b = torch.randn(shape, dtype=dtype, device=device)
+    loss = pyvision_ops.perceptual_loss(a, b)
+    assert loss.shape == () and loss.dtype == dtype
+    a64 = a.detach().cpu().double().requires_grad_(True)
+    expected = reference_perceptual_loss(a64, b)
+    assert_close_scaled(loss, expected, TOL[dtype])
+    loss.backward()
+    expected.backward()
+    assert_close_scaled(a.grad, a64.grad, GRAD_TOL[dtype])
+
+
+def test_perceptual_loss_rejects_shape_mismatch():
+    a, b = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 5, 4)
+    with pytest.raises(ValueError, match="shape"):
+        pyvision_ops.perceptual_loss(a, b)
+
+
+def test_perceptual_loss_empty_batch():
+    a, b = torch.randn(0, 3, 4, 5), torch.randn(0, 3, 4, 5)
+    assert float(pyvision_ops.perceptual_loss(a, b)) == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: a clear error naming the argument; the caller's tensors untouched
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4, 5, 6), (5,)], ids=shape_id)
+def test_rejects_features_of_wrong_rank(shape, device):
+    x = torch.randn(shape, device=device)
+    expect_error(lambda: pyvision_ops.gram_matrix(x), [x], "features")
+    target = torch.randn(shape[1] if len(shape) > 1 else 5, shape[1] if len(shape) > 1 else 5, device=device)
+    expect_error(lambda: pyvision_ops.style_loss(x, target), [x, target], "features")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool], ids=str)
+def test_rejects_integer_features(dtype, device):
+    x = torch.randint(0, 2, (2, 3, 4, 5), device=device).to(dtype)
+    expect_error(lambda: pyvision_ops.gram_matrix(x), [x], "features")
+    target = torch.randn(2, 3, 3, device=device)
+    expect_error(lambda: pyvision_ops.style_loss(x, target), [x, target], "features")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "n,bad_shape",
+    [(2, (2, 4, 4)), (2, (3, 3, 3)), (2, (1, 2, 3, 3)), (2, (3, 4)), (2, (3,)), (1, (2, 3, 3)), (3, (2, 3, 3))],
+    ids=str,
+)
+def test_style_loss_rejects_target_of_wrong_shape(n, bad_shape, device):
+    """Features (n, 3, 4, 5): the target must be (n, 3, 3), (3, 3) or (1, 3, 3)."""
+    x = torch.randn(n, 3, 4, 5, device=device, requires_grad=True)
+    target = torch.randn(bad_shape, device=device)
+    expect_error(lambda: pyvision_ops.style_loss(x, target), [x.detach(), target], "target_gram")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "SUM", "", "batchmean"])
+def test_style_loss_rejects_bad_reduction(reduction, device):
+    x = torch.randn(2, 3, 4, 5, device=device)
+    target = torch.randn(2, 3, 3, device=device)
+    with pytest.raises(ValueError, match="reduction"):
+        pyvision_ops.style_loss(x, target, reduction=reduction)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_style_loss_op_rejects_bad_reduction_code(device):
+    """The registered op validates its int reduction too (it is reachable without the wrapper)."""
+    x = torch.randn(2, 3, 4, 5, device=device)
+    target = torch.randn(2, 3, 3, device=device)
+    expect_error(lambda: ops._style_loss_forward(x, target, True, 7), [x, target], "reduction")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bad_shape", [(2, 4, 4), (3, 3, 3), (2, 3)], ids=shape_id)
+def test_gram_backward_op_rejects_grad_of_wrong_shape(bad_shape, device):
+    x = torch.randn(2, 3, 4, 5, device=device)
+    grad = torch.randn(bad_shape, device=device)
+    expect_error(lambda: ops._gram_matrix_backward(grad, x, True), [x, grad], "grad")
+
+
+# --------------------------------------------------------------------------------------------
+# torch.library.opcheck (schema, fake kernel, autograd registration, AOT dispatch)
+# --------------------------------------------------------------------------------------------
+
+
+OPCHECK_CASES = [((2, 5, 4, 3), "contiguous"), ((2, 5, 4, 3), "channels_last"), ((3, 6, 7), "contiguous")]
+
+
+def opcheck_features(shape, layout, dtype, device, requires_grad):
+    x = with_layout(torch.randn(shape, dtype=dtype, device=device), layout)
+    return x.requires_grad_(requires_grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape,layout", OPCHECK_CASES, ids=str)
+def test_opcheck_gram_matrix(shape, layout, dtype, device):
+    for normalize in (True, False):
+        x = opcheck_features(shape, layout, dtype, device, True)
+        torch.library.opcheck(ops.gram_matrix.default, (x, normalize))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape,layout", OPCHECK_CASES, ids=str)
+def test_opcheck_gram_matrix_backward(shape, layout, dtype, device):
+    # No double backward is registered: the inputs do not require grad.
+    x = opcheck_features(shape, layout, dtype, device, False)
+    grad = torch.randn(shape[0], shape[1], shape[1], dtype=dtype, device=device)
+    for normalize in (True, False):
+        torch.library.opcheck(ops._gram_matrix_backward.default, (grad, x, normalize))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape,layout", OPCHECK_CASES, ids=str)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_opcheck_style_loss_forward(reduction, shape, layout, dtype, device):
+    n, c = shape[0], shape[1]
+    for target_dims in [(n, c, c), (c, c)]:
+        x = opcheck_features(shape, layout, dtype, device, True)
+        target = torch.randn(target_dims, dtype=dtype, device=device)
+        torch.library.opcheck(ops._style_loss_forward.default, (x, target, True, REDUCTION_CODES[reduction]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape,layout", OPCHECK_CASES, ids=str)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_opcheck_style_loss_backward(reduction, shape, layout, dtype, device):
+    n, c = shape[0], shape[1]
+    code = REDUCTION_CODES[reduction]
+    x = opcheck_features(shape, layout, dtype, device, False)
+    target = torch.randn(n, c, c, dtype=dtype, device=device)
+    _, gram = ops._style_loss_forward(x, target, False, code)
+    grad_loss = torch.randn((), dtype=dtype, device=device)
+    for grad_gram in (torch.zeros(0, dtype=dtype, device=device), torch.randn(n, c, c, dtype=dtype, device=device)):
+        torch.library.opcheck(
+            ops._style_loss_backward.default, (grad_loss, grad_gram, x, gram, target, False, code)
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile
+# --------------------------------------------------------------------------------------------
+
+
+def style_and_gram(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    gram = pyvision_ops.gram_matrix(x, normalize=True)
+    loss = pyvision_ops.style_loss(torch.relu(x) + 0.1 * x, target, normalize=True, reduction="mean")
+    return 3.0 * loss + (torch.tanh(gram) * weight).sum() + pyvision_ops.gram_matrix(x, False).mean()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_fullgraph_aot_eager(dynamic, device):
+    torch._dynamo.reset()
+    compiled = torch.compile(style_and_gram, backend="aot_eager", fullgraph=True, dynamic=dynamic)
+    for shape in [(2, 6, 5, 7), (3, 4, 9, 8)] if dynamic else [(2, 6, 5, 7)]:
+        n, c = shape[0], shape[1]
+        x = features_of(shape, torch.float32, device).requires_grad_(True)
+        x_eager = x.detach().clone().requires_grad_(True)
+        target = target_gram_of((1, *shape[1:]), torch.float32, device, True)[0]
+        weight = torch.randn(n, c, c, device=device)
+        out = compiled(x, target, weight)
+        expected = style_and_gram(x_eager, target, weight)
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+        out.backward()
+        expected.backward()
+        torch.testing.assert_close(x.grad, x_eager.grad, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA only
+# --------------------------------------------------------------------------------------------
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(4, 130, 17, 19), (2, 513, 3, 5), (3, 64, 32, 32), (2, 33, 100)], ids=shape_id)
+def test_cuda_matches_cpu(shape, layout, dtype):
+    """Same values on both devices (up to accumulation order / tensor-core rounding)."""
+    n, c = shape[0], shape[1]
+    x_cpu = with_layout(features_of(shape, dtype, "cpu"), layout).requires_grad_(True)
+    x = x_cpu.detach().cuda().requires_grad_(True)
+    if layout == "channels_last" and len(shape) == 4:
+        assert x.is_contiguous(memory_format=torch.channels_last)
+    gram, gram_cpu = pyvision_ops.gram_matrix(x), pyvision_ops.gram_matrix(x_cpu)
+    assert gram.is_cuda
+    assert_close_scaled(gram, gram_cpu, 2 * TOL[dtype])
+    assert_symmetric(gram)
+    grad = torch.randn(n, c, c).to(dtype)
+    gram.backward(grad.cuda())
+    gram_cpu.backward(grad)
+    assert_close_scaled(x.grad, x_cpu.grad, 2 * GRAD_TOL[dtype])
+
+    target = target_gram_of((n, *shape[1:]), dtype, "cpu", True)
+    x.grad, x_cpu.grad = None, None
+    loss = pyvision_ops.style_loss(x, target.cuda(), reduction="mean")
+    loss_cpu = pyvision_ops.style_loss(x_cpu, target, reduction="mean")
+    assert loss.is_cuda
+    assert_close_scaled(loss, loss_cpu, 4 * TOL[dtype])
+    loss.backward()
+    loss_cpu.backward()
+    assert_close_scaled(x.grad, x_cpu.grad, 4 * GRAD_TOL[dtype])
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_cuda_large_gram_matches_reference(dtype):
+    """Many tiles per matrix and long inner products: the tiled (tensor-core) path end to end."""
+    x = features_of((2, 256, 48, 40), dtype, "cuda")
+    check_gram(x, True, TOL[dtype])
+
+
+@needs_cuda
+def test_cuda_rejects_tensors_on_another_device():
+    x = torch.randn(2, 3, 4, 5, device="cuda")
+    target = torch.randn(2, 3, 3)
+    expect_error(lambda: pyvision_ops.style_loss(x, target), [x, target], r"(?i)target_gram|device")
+    x_cpu, target_cuda = x.cpu(), target.cuda()
+    expect_error(lambda: pyvision_ops.style_loss(x_cpu, target_cuda), [x_cpu, target_cuda], r"(?i)target_gram|device")
+    grad = torch.randn(2, 3, 3)
+    expect_error(lambda: ops._gram_matrix_backward(grad, x, True), [x, grad], r"(?i)grad|device")
+
+
+@needs_cuda
+def test_cuda_runs_on_current_stream():
+    """Work is queued on the current stream: results are right when read after that stream."""
+    stream = torch.cuda.Stream()
+    x = features_of((4, 128, 64, 64), torch.float32, "cuda")
+    target = target_gram_of((4, 128, 64, 64), torch.float32, "cuda", True)
+    torch.cuda.synchronize()
+    with torch.cuda.stream(stream):
+        gram = pyvision_ops.gram_matrix(x)
+        loss = pyvision_ops.style_loss(x, target)
+    stream.synchronize()
+    assert_close_scaled(gram, reference_gram_matrix(x), 1e-5)
+    assert_close_scaled(loss, reference_style_loss(x, target), 2e-5)

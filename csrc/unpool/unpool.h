@@ -50,17 +50,20 @@ PVO_HOST_DEVICE PVO_INLINE int64_t element_offset(int64_t n, int64_t c, int64_t 
   return channels_last ? (n * plane + s) * channels + c : (n * channels + c) * plane + s;
 }
 
-// Inverse of element_offset for a linear position in memory order.
-PVO_HOST_DEVICE PVO_INLINE void element_coords(int64_t linear, int64_t channels, int64_t plane,
-                                               bool channels_last, int64_t& n, int64_t& c, int64_t& s) {
+// Inverse of element_offset for a linear position in memory order. The CUDA kernels pass a
+// 32-bit offset_t when every tensor of the launch is small enough (integer division is far
+// cheaper in 32 bits), else 64-bit.
+template <typename offset_t>
+PVO_HOST_DEVICE PVO_INLINE void element_coords(offset_t linear, offset_t channels, offset_t plane, bool channels_last,
+                                               offset_t& n, offset_t& c, offset_t& s) {
   if (channels_last) {
     c = linear % channels;
-    const int64_t ns = linear / channels;
+    const offset_t ns = linear / channels;
     s = ns % plane;
     n = ns / plane;
   } else {
     s = linear % plane;
-    const int64_t nc = linear / plane;
+    const offset_t nc = linear / plane;
     c = nc % channels;
     n = nc / channels;
   }

@@ -109,31 +109,17 @@ at::Tensor max_unpool_cuda(const at::Tensor& x, const at::Tensor& indices, c10::
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices,
                                     c10::IntArrayRef input_size, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
                                     c10::IntArrayRef padding, c10::IntArrayRef dilation, bool compact) {
-  constexpr const char* op = "_max_pool2d_backward";
-  TORCH_CHECK_VALUE(indices.sizes() == grad_output.sizes(), op, ": indices must have the shape of grad_output ",
-                    shape_string(grad_output.sizes()), ", got ", shape_string(indices.sizes()));
-  TORCH_CHECK(compact == (indices.scalar_type() == at::kByte), op, ": compact=", compact,
-              " does not match indices of dtype ", indices.scalar_type());
-  const UnpoolParams p = make_backward_params(op, grad_output.sizes(), grad_output, indices, input_size, kernel_size,
-                                              stride, padding, dilation);
+  const UnpoolParams p =
+      make_pool_backward_params(grad_output, indices, input_size, kernel_size, stride, padding, dilation, compact);
   const std::vector<int64_t> sizes = {p.batch, p.channels, input_size[0], input_size[1]};
-  return source_to_target_cuda(op, grad_output, indices, p, sizes, windows_overlap(p));
+  return source_to_target_cuda("_max_pool2d_backward", grad_output, indices, p, sizes, windows_overlap(p));
 }
 
 at::Tensor max_unpool_backward_cuda(const at::Tensor& grad_output_in, const at::Tensor& indices_in,
                                     c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
                                     c10::IntArrayRef dilation) {
   constexpr const char* op = "_max_unpool_backward";
-  const int64_t dims = static_cast<int64_t>(kernel_size.size());
-  TORCH_CHECK_VALUE(indices_in.dim() == dims + 2 && grad_output_in.dim() == dims + 2, op,
-                    ": grad_output and indices must be ", dims + 2, "-D, got ", grad_output_in.dim(), "-D and ",
-                    indices_in.dim(), "-D");
-  TORCH_CHECK_VALUE(indices_in.size(0) == grad_output_in.size(0) && indices_in.size(1) == grad_output_in.size(1), op,
-                    ": grad_output ", shape_string(grad_output_in.sizes()), " and indices ",
-                    shape_string(indices_in.sizes()), " must agree in batch and channels");
-  UnpoolParams p = make_backward_params(op, indices_in.sizes(), grad_output_in, indices_in,
-                                        grad_output_in.sizes().slice(2), kernel_size, stride, padding, dilation);
-  p.channels_last = suggests_channels_last(indices_in) || suggests_channels_last(grad_output_in);
+  const UnpoolParams p = make_unpool_backward_params(grad_output_in, indices_in, kernel_size, stride, padding, dilation);
   const c10::cuda::CUDAGuard guard(grad_output_in.device());
   const at::Tensor grad_output = dense_in_layout(grad_output_in, p.channels_last);
   const at::Tensor indices = dense_in_layout(indices_in, p.channels_last);

@@ -166,6 +166,36 @@ UnpoolParams make_backward_params(const char* op, c10::IntArrayRef source_sizes,
   return p;
 }
 
+UnpoolParams make_pool_backward_params(const at::Tensor& grad_output, const at::Tensor& indices,
+                                       c10::IntArrayRef input_size, c10::IntArrayRef kernel_size,
+                                       c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                       bool compact) {
+  constexpr const char* op = "_max_pool2d_backward";
+  TORCH_CHECK_VALUE(indices.sizes() == grad_output.sizes(), op, ": indices must have the shape of grad_output ",
+                    shape_string(grad_output.sizes()), ", got ", shape_string(indices.sizes()));
+  TORCH_CHECK(compact == (indices.scalar_type() == at::kByte), op, ": compact=", compact,
+              " does not match indices of dtype ", indices.scalar_type());
+  return make_backward_params(op, grad_output.sizes(), grad_output, indices, input_size, kernel_size, stride, padding,
+                              dilation);
+}
+
+UnpoolParams make_unpool_backward_params(const at::Tensor& grad_output, const at::Tensor& indices,
+                                         c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                         c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  constexpr const char* op = "_max_unpool_backward";
+  const int64_t dims = static_cast<int64_t>(kernel_size.size());
+  TORCH_CHECK_VALUE(indices.dim() == dims + 2 && grad_output.dim() == dims + 2, op,
+                    ": grad_output and indices must be ", dims + 2, "-D, got ", grad_output.dim(), "-D and ",
+                    indices.dim(), "-D");
+  TORCH_CHECK_VALUE(indices.size(0) == grad_output.size(0) && indices.size(1) == grad_output.size(1), op,
+                    ": grad_output ", shape_string(grad_output.sizes()), " and indices ", shape_string(indices.sizes()),
+                    " must agree in batch and channels");
+  UnpoolParams p = make_backward_params(op, indices.sizes(), grad_output, indices, grad_output.sizes().slice(2),
+                                        kernel_size, stride, padding, dilation);
+  p.channels_last = suggests_channels_last(indices) || suggests_channels_last(grad_output);
+  return p;
+}
+
 void raise_bad_index(const char* op, const at::Tensor& indices, const UnpoolParams& p, int64_t logical_position,
                      bool compact) {
   const int64_t plane = p.source_plane();

@@ -8,6 +8,19 @@
 
 namespace pyvision_ops {
 
+// Checks of _max_pool2d_backward (grad_output and indices alike, compact flag matching the index
+// dtype) and its geometry: grad_output is the pooled source, the input size the target.
+UnpoolParams make_pool_backward_params(const at::Tensor& grad_output, const at::Tensor& indices,
+                                       c10::IntArrayRef input_size, c10::IntArrayRef kernel_size,
+                                       c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                       bool compact);
+
+// Checks of _max_unpool_backward and its geometry: the indices' shape is the pooled source,
+// grad_output the full-size target; channels-last when either tensor is.
+UnpoolParams make_unpool_backward_params(const at::Tensor& grad_output, const at::Tensor& indices,
+                                         c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                         c10::IntArrayRef padding, c10::IntArrayRef dilation);
+
 // Checks the arguments of max_pool2d_with_indices and returns the geometry. `x` is 4-D.
 PoolParams make_pool_params(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
                             c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode, bool compact);

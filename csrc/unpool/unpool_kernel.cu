@@ -42,24 +42,6 @@ __device__ PVO_INLINE void record_bad(long long* status, int64_t logical) {
   atomicMin(reinterpret_cast<unsigned long long*>(status), static_cast<unsigned long long>(logical));
 }
 
-// (n, c, s) of a linear position in memory order, in the kernel's offset type: 32-bit when every
-// tensor of the launch has fewer than 2^30 elements (integer division is far cheaper), else 64.
-template <typename offset_t>
-__device__ PVO_INLINE void coords_of(offset_t linear, offset_t channels, offset_t plane, bool channels_last,
-                                     offset_t& n, offset_t& c, offset_t& s) {
-  if (channels_last) {
-    c = linear % channels;
-    const offset_t ns = linear / channels;
-    s = ns % plane;
-    n = ns / plane;
-  } else {
-    s = linear % plane;
-    const offset_t nc = linear / plane;
-    c = nc % channels;
-    n = nc / channels;
-  }
-}
-
 __global__ void reset_status_kernel(long long* status) {
   status[0] = LLONG_MAX;
   status[1] = 0;
@@ -80,7 +62,7 @@ __global__ void max_pool2d_forward_kernel(const PoolParams p, const scalar_t* __
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * p.out_h * p.out_w);
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
     offset_t n, c, s;
-    coords_of<offset_t>(linear, channels, out_plane, p.channels_last, n, c, s);
+    element_coords<offset_t>(linear, channels, out_plane, p.channels_last, n, c, s);
     const int64_t oh = s / out_w;
     const int64_t ow = s - (s / out_w) * out_w;
     // Element (n, c, pos) of x: the layout decides the base and the step between positions.
@@ -112,7 +94,7 @@ __global__ void tile_unpool_kernel(const UnpoolParams p, const scalar_t* __restr
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * p.target_plane());
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
     offset_t n, c, t;
-    coords_of<offset_t>(linear, channels, target_plane, p.channels_last, n, c, t);
+    element_coords<offset_t>(linear, channels, target_plane, p.channels_last, n, c, t);
     const offset_t tw = t % tw_size;
     const offset_t th = (t / tw_size) % th_size;
     const offset_t td = t / (tw_size * th_size);
@@ -158,7 +140,7 @@ __global__ void scatter_kernel(const UnpoolParams p, const scalar_t* __restrict_
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * source_plane);
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
     offset_t n_, c_, s_;
-    coords_of<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(source_plane),
+    element_coords<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(source_plane),
                         p.channels_last, n_, c_, s_);
     const int64_t n = n_, c = c_, s = s_;
     const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[linear]));
@@ -186,7 +168,7 @@ __global__ void claim_kernel(const UnpoolParams p, const index_t* __restrict__ i
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * source_plane);
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
     offset_t n_, c_, s_;
-    coords_of<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(source_plane),
+    element_coords<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(source_plane),
                         p.channels_last, n_, c_, s_);
     const int64_t plane = static_cast<int64_t>(n_) * p.channels + c_;
     const int64_t t = index_target<Compact>(p, s_, static_cast<int64_t>(indices[linear]));
@@ -206,7 +188,7 @@ __global__ void resolve_kernel(const UnpoolParams p, const scalar_t* __restrict_
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * target_plane);
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
     offset_t n, c, t;
-    coords_of<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(target_plane),
+    element_coords<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(target_plane),
                         p.channels_last, n, c, t);
     const int64_t plane = static_cast<int64_t>(n) * p.channels + c;
     const winner_t w = winner[plane * target_plane + t];
@@ -225,7 +207,7 @@ __global__ void gather_kernel(const UnpoolParams p, const scalar_t* __restrict__
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * source_plane);
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
     offset_t n_, c_, s_;
-    coords_of<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(source_plane),
+    element_coords<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(source_plane),
                         p.channels_last, n_, c_, s_);
     const int64_t n = n_, c = c_, s = s_;
     const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[linear]));

@@ -16,11 +16,16 @@ import torch
 
 import pyvision_ops
 from pyvision_ops.ops import gram as gram_ops
-from conftest import DEVICES, needs_cuda
+from conftest import (
+    DEVICES,
+    assert_unchanged,
+    expect_error,
+    needs_cuda,
+    poison_allocator,
+)
 from references import reference_gram_matrix, reference_style_loss
 
 ops = torch.ops.pyvision_ops
-ERRORS = (RuntimeError, ValueError)
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 HALF_DTYPES = [torch.float16, torch.bfloat16]
 REDUCTION_CODES = gram_ops._REDUCTIONS  # the Python layer's "sum"/"mean" -> schema int
@@ -47,24 +52,12 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float
     torch.testing.assert_close(a, e, rtol=tol, atol=tol * scale)
 
 
-def assert_unchanged(before: torch.Tensor, after: torch.Tensor) -> None:
-    """The caller's tensor still holds exactly what it held before the call."""
-    torch.testing.assert_close(after, before, rtol=0, atol=0, equal_nan=True)
-
-
 def assert_symmetric(gram: torch.Tensor) -> None:
     """One triangle is computed and mirrored: G equals its transpose bit for bit."""
     t = gram.detach().cpu()
     assert torch.equal(t, t.transpose(-1, -2)), (
         f"Gram not exactly symmetric: max |G - G^T| = {float((t - t.transpose(-1, -2)).abs().max())}"
     )
-
-
-def poison_allocator(shape: Sequence[int], dtype: torch.dtype, device) -> None:
-    """Free a NaN-filled block of the output's size just before the op allocates its output, so a
-    kernel that skips elements (a missed tile, an unmirrored triangle) returns NaN, not zeros."""
-    block = torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
-    del block
 
 
 def features_of(shape: Sequence[int], dtype: torch.dtype, device, scale: float = 1.0) -> torch.Tensor:
@@ -108,27 +101,6 @@ def with_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
         raise ValueError(layout)
     assert not out.is_contiguous()
     return out
-
-
-def raises(match: str):
-    return pytest.raises(ERRORS, match=match)
-
-
-def sync(device) -> None:
-    """Surface any asynchronous CUDA error here, in the test that caused it."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def expect_error(fn, tensors: Sequence[torch.Tensor], match: str):
-    before = [t.clone() for t in tensors]
-    with raises(match) as info:
-        fn()
-        sync(tensors[0].device)
-    for b, t in zip(before, tensors):
-        assert_unchanged(b, t)
-    sync(tensors[0].device)  # no sticky asynchronous error left behind
-    return info
 
 
 def shape_id(shape: Sequence[int]) -> str:

@@ -17,7 +17,14 @@ import torch.nn.functional as F
 
 import pyvision_ops
 from pyvision_ops.ops import unpool as unpool_ops
-from conftest import DEVICES, needs_cuda
+from conftest import (
+    DEVICES,
+    assert_unchanged,
+    expect_error,
+    needs_cuda,
+    poison_allocator,
+    poison_of,
+)
 from references import (
     as_list,
     compact_to_flat,
@@ -30,7 +37,6 @@ from references import (
 )
 
 ops = torch.ops.pyvision_ops
-ERRORS = (RuntimeError, ValueError)
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 UNPOOL = {1: pyvision_ops.max_unpool1d, 2: pyvision_ops.max_unpool2d, 3: pyvision_ops.max_unpool3d}
 F_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -59,28 +65,6 @@ def assert_indices_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
         bad = (a != e).nonzero()[:5].tolist()
         details = ", ".join(f"{tuple(p)}: got {a[tuple(p)].item()} expected {e[tuple(p)].item()}" for p in bad)
         raise AssertionError(f"{int((a != e).sum())} of {a.numel()} indices differ, e.g. {details}")
-
-
-def assert_unchanged(before: torch.Tensor, after: torch.Tensor) -> None:
-    """The caller's tensor still holds exactly what it held before the call."""
-    torch.testing.assert_close(after, before, rtol=0, atol=0, equal_nan=True)
-
-
-def poison_of(dtype: torch.dtype):
-    """A value a kernel must never produce or read: NaN for floats, an invalid index for ints."""
-    if dtype.is_floating_point:
-        return float("nan")
-    return 255 if dtype == torch.uint8 else -1
-
-
-def poison_allocator(shape: Sequence[int], dtype: torch.dtype, device) -> None:
-    """Free a poison-filled block of the output's size just before the op allocates its output.
-
-    The caching (CUDA) and malloc (CPU) allocators hand the same block back, so a kernel that
-    forgets to zero-fill or to write every element returns NaN instead of a plausible zero.
-    """
-    block = torch.full(tuple(shape), poison_of(dtype), dtype=dtype, device=device)
-    del block
 
 
 def with_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -119,16 +103,6 @@ def pool_indices(dims: int, x_shape: Sequence[int], kernel, stride, padding, dev
 
 def pooled_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil: bool = False) -> int:
     return unpool_ops.pooling_output_size(size, kernel, stride, padding, dilation, ceil)
-
-
-def raises(match: str):
-    return pytest.raises(ERRORS, match=match)
-
-
-def sync(device) -> None:
-    """Surface any asynchronous CUDA error here, in the test that caused it."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 # Pool configurations: (kernel, stride, padding, dilation, ceil_mode). Square ones over the full
@@ -509,17 +483,6 @@ def test_pool_then_unpool_roundtrip(config, device):
 # --------------------------------------------------------------------------------------------
 # errors: raise (never crash, never a device assert), name the culprit, touch nothing
 # --------------------------------------------------------------------------------------------
-
-
-def expect_error(fn, tensors: Sequence[torch.Tensor], match: str):
-    before = [t.clone() for t in tensors]
-    with raises(match) as info:
-        fn()
-        sync(tensors[0].device)
-    for b, t in zip(before, tensors):
-        assert_unchanged(b, t)
-    sync(tensors[0].device)  # no sticky asynchronous error left behind
-    return info
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,5 +1,6 @@
 """Functional API: one module per op family."""
 
+from pyvision_ops.ops.assign import linear_sum_assignment
 from pyvision_ops.ops.gram import gram_matrix, perceptual_loss, style_loss
 from pyvision_ops.ops.unpool import (
     max_pool2d_with_indices,
@@ -9,6 +10,7 @@ from pyvision_ops.ops.unpool import (
 )
 
 __all__ = [
+    "linear_sum_assignment",
     "gram_matrix",
     "style_loss",
     "perceptual_loss",

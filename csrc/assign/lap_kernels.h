@@ -1,0 +1,143 @@
+// The four inner loops of the CPU assignment solver (lap_jv.h), each a pass over one row of
+// costs and the column arrays: portable versions here, AVX2 versions in lap_simd.cpp chosen at
+// run time. Costs are float or double; duals and distances are double.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+namespace pyvision_ops {
+namespace lap {
+
+struct RowMin2 {
+  double u1, u2;   // smallest and second smallest c[j] - v[j] (+inf when absent)
+  int32_t j1, j2;  // their columns (j2 = -1 when m == 1)
+};
+
+template <typename T>
+struct LapKernels {
+  // min and second min of c[j] - v[j] over j < m (m >= 1)
+  RowMin2 (*row_min2)(const T* c, const double* v, int32_t m);
+  // open[j] = c[j] - v[j], pred[j] = row
+  void (*start_row)(const T* c, const double* v, int32_t m, double* open, int32_t* pred, int32_t row);
+  // min over the open columns (open[j] > -inf); +inf when none
+  double (*open_min)(const double* open, int32_t m);
+  // appends every open column with open[j] == value to out and closes it (open[j] = -inf)
+  int32_t (*close_at)(double* open, int32_t m, double value, int32_t* out);
+  // r = c[j] - v[j] - h; where r < open[j]: open[j] = r, pred[j] = row; appends to out the
+  // updated columns with r <= mind; returns how many
+  int32_t (*scan_row)(const T* c, const double* v, double h, double mind, double* open, int32_t* pred, int32_t row,
+                      int32_t m, int32_t* out);
+  // column minima so far: where c[j] < v[j]: v[j] = c[j], y[j] = row
+  void (*column_min)(const T* c, int32_t m, double* v, int32_t* y, int32_t row);
+};
+
+template <typename T>
+RowMin2 row_min2_portable(const T* c, const double* v, int32_t m) {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  RowMin2 r{static_cast<double>(c[0]) - v[0], inf, 0, -1};
+  for (int32_t j = 1; j < m; ++j) {
+    const double h = static_cast<double>(c[j]) - v[j];
+    if (h < r.u2) {
+      if (h >= r.u1) {
+        r.u2 = h;
+        r.j2 = j;
+      } else {
+        r.u2 = r.u1;
+        r.j2 = r.j1;
+        r.u1 = h;
+        r.j1 = j;
+      }
+    }
+  }
+  return r;
+}
+
+template <typename T>
+void start_row_portable(const T* c, const double* v, int32_t m, double* open, int32_t* pred, int32_t row) {
+  for (int32_t j = 0; j < m; ++j) {
+    open[j] = static_cast<double>(c[j]) - v[j];
+    pred[j] = row;
+  }
+}
+
+inline double open_min_portable(const double* open, int32_t m) {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  double best = inf;
+  for (int32_t j = 0; j < m; ++j) {
+    if (open[j] > -inf && open[j] < best) best = open[j];
+  }
+  return best;
+}
+
+inline int32_t close_at_portable(double* open, int32_t m, double value, int32_t* out) {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  int32_t count = 0;
+  for (int32_t j = 0; j < m; ++j) {
+    if (open[j] == value) {
+      out[count++] = j;
+      open[j] = -inf;
+    }
+  }
+  return count;
+}
+
+template <typename T>
+int32_t scan_row_portable(const T* c, const double* v, double h, double mind, double* open, int32_t* pred,
+                          int32_t row, int32_t m, int32_t* out) {
+  int32_t count = 0;
+  for (int32_t j = 0; j < m; ++j) {
+    const double r = static_cast<double>(c[j]) - v[j] - h;
+    if (r < open[j]) {
+      open[j] = r;
+      pred[j] = row;
+      if (r <= mind) out[count++] = j;
+    }
+  }
+  return count;
+}
+
+template <typename T>
+void column_min_portable(const T* c, int32_t m, double* v, int32_t* y, int32_t row) {
+  for (int32_t j = 0; j < m; ++j) {
+    const double cj = static_cast<double>(c[j]);
+    if (cj < v[j]) {
+      v[j] = cj;
+      y[j] = row;
+    }
+  }
+}
+
+// AVX2 versions (lap_simd.cpp); lap_avx2_available() says whether this CPU can run them.
+bool lap_avx2_available();
+RowMin2 row_min2_avx2(const double* c, const double* v, int32_t m);
+RowMin2 row_min2_avx2(const float* c, const double* v, int32_t m);
+void start_row_avx2(const double* c, const double* v, int32_t m, double* open, int32_t* pred, int32_t row);
+void start_row_avx2(const float* c, const double* v, int32_t m, double* open, int32_t* pred, int32_t row);
+double open_min_avx2(const double* open, int32_t m);
+int32_t close_at_avx2(double* open, int32_t m, double value, int32_t* out);
+int32_t scan_row_avx2(const double* c, const double* v, double h, double mind, double* open, int32_t* pred,
+                      int32_t row, int32_t m, int32_t* out);
+int32_t scan_row_avx2(const float* c, const double* v, double h, double mind, double* open, int32_t* pred,
+                      int32_t row, int32_t m, int32_t* out);
+
+void column_min_avx2(const double* c, int32_t m, double* v, int32_t* y, int32_t row);
+void column_min_avx2(const float* c, int32_t m, double* v, int32_t* y, int32_t row);
+
+template <typename T>
+LapKernels<T> lap_kernels() {
+  if (lap_avx2_available()) {
+    return LapKernels<T>{static_cast<RowMin2 (*)(const T*, const double*, int32_t)>(&row_min2_avx2),
+                         static_cast<void (*)(const T*, const double*, int32_t, double*, int32_t*, int32_t)>(
+                             &start_row_avx2),
+                         &open_min_avx2, &close_at_avx2,
+                         static_cast<int32_t (*)(const T*, const double*, double, double, double*, int32_t*,
+                                                 int32_t, int32_t, int32_t*)>(&scan_row_avx2),
+                         static_cast<void (*)(const T*, int32_t, double*, int32_t*, int32_t)>(&column_min_avx2)};
+  }
+  return LapKernels<T>{&row_min2_portable<T>, &start_row_portable<T>, &open_min_portable, &close_at_portable,
+                       &scan_row_portable<T>, &column_min_portable<T>};
+}
+
+}  // namespace lap
+}  // namespace pyvision_ops

@@ -17,14 +17,6 @@ namespace pyvision_ops {
 namespace {
 
 template <typename T>
-bool has_invalid_entry(const T* c, int64_t count) {
-  // branch-free count so the compiler vectorises it
-  int64_t bad = 0;
-  for (int64_t e = 0; e < count; ++e) bad += assign_invalid_entry(c[e]) ? 1 : 0;
-  return bad != 0;
-}
-
-template <typename T>
 std::vector<T>& transpose_buffer(lap::Workspace& ws);
 template <>
 std::vector<double>& transpose_buffer<double>(lap::Workspace& ws) {
@@ -41,18 +33,16 @@ int32_t solve_one_jv(const T* base, const AssignProblem& p, lap::Workspace& ws, 
                      int64_t* cols_out) {
   const T* c = base + p.cost_offset;
   const int64_t count = static_cast<int64_t>(p.rows) * p.cols;
-  if (has_invalid_entry(c, count)) return kAssignInvalid;
   const bool transposed = p.rows > p.cols;
   const int32_t n = transposed ? p.cols : p.rows, m = transposed ? p.rows : p.cols;
   const T* wide = c;
-  if (transposed) {  // solve on the transpose, stored with contiguous rows
+  if (transposed) {  // solve on the transpose, stored with contiguous rows (checked on the way)
     std::vector<T>& t = transpose_buffer<T>(ws);
     if (t.size() < static_cast<size_t>(count)) t.resize(static_cast<size_t>(count));
-    for (int32_t i = 0; i < p.rows; ++i) {
-      const T* src = c + static_cast<int64_t>(i) * p.cols;
-      for (int32_t j = 0; j < p.cols; ++j) t[static_cast<int64_t>(j) * p.rows + i] = src[j];
-    }
+    if (lap::transpose_check(c, p.rows, p.cols, t.data())) return kAssignInvalid;
     wide = t.data();
+  } else if (lap::any_invalid(c, count)) {
+    return kAssignInvalid;
   }
   ws.reserve(n, m);
   lap::Solver<T> solver(wide, n, m, ws);

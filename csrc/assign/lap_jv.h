@@ -141,6 +141,9 @@ class Solver {
     const int64_t limit_per_row = kArrLimitPerRow;
     while (current < n_free) {
       ++count;
+#ifdef PVO_LAP_COUNT_ARR
+      PVO_LAP_COUNT_ARR();
+#endif
       const int32_t i = free_[current++];
       RowMin2 best = kernels_.row_min2(row(i), v_, m_);
       double u1 = best.u1, u2 = best.u2;

@@ -124,6 +124,42 @@ int32_t scan_row_avx2(const float* c, const double* v, double h, double mind, do
 void column_min_avx2(const double* c, int32_t m, double* v, int32_t* y, int32_t row);
 void column_min_avx2(const float* c, int32_t m, double* v, int32_t* y, int32_t row);
 
+// NaN or -inf anywhere in c[0..count): portable and AVX2
+template <typename T>
+bool any_invalid_portable(const T* c, int64_t count) {
+  bool bad = false;
+  for (int64_t e = 0; e < count; ++e) bad |= !(c[e] > -std::numeric_limits<T>::infinity());
+  return bad;
+}
+bool any_invalid_avx2(const double* c, int64_t count);
+bool any_invalid_avx2(const float* c, int64_t count);
+
+// dst (cols x rows) = src (rows x cols)^T, and whether src holds NaN or -inf
+template <typename T>
+bool transpose_check_portable(const T* src, int32_t rows, int32_t cols, T* dst) {
+  bool bad = false;
+  for (int32_t i = 0; i < rows; ++i) {
+    const T* s = src + static_cast<int64_t>(i) * cols;
+    for (int32_t j = 0; j < cols; ++j) {
+      bad |= !(s[j] > -std::numeric_limits<T>::infinity());
+      dst[static_cast<int64_t>(j) * rows + i] = s[j];
+    }
+  }
+  return bad;
+}
+bool transpose_check_avx2(const double* src, int32_t rows, int32_t cols, double* dst);
+bool transpose_check_avx2(const float* src, int32_t rows, int32_t cols, float* dst);
+
+template <typename T>
+bool any_invalid(const T* c, int64_t count) {
+  return lap_avx2_available() ? any_invalid_avx2(c, count) : any_invalid_portable(c, count);
+}
+template <typename T>
+bool transpose_check(const T* src, int32_t rows, int32_t cols, T* dst) {
+  return lap_avx2_available() ? transpose_check_avx2(src, rows, cols, dst)
+                              : transpose_check_portable(src, rows, cols, dst);
+}
+
 template <typename T>
 LapKernels<T> lap_kernels() {
   if (lap_avx2_available()) {

@@ -39,38 +39,54 @@ inline void offer(RowMin2& r, double h, int32_t j) {
   }
 }
 
+// Per-lane smallest and second smallest with their columns: h is offered to one lane set.
+struct Min2Lanes {
+  __m256d m1, m2, i1, i2;  // indices held as int64 bit patterns
+};
+
+PVO_AVX2 inline void min2_step(Min2Lanes& s, __m256d h, __m256d jd) {
+  const __m256d lt1 = _mm256_cmp_pd(h, s.m1, _CMP_LT_OQ);
+  const __m256d lt2 = _mm256_cmp_pd(h, s.m2, _CMP_LT_OQ);
+  const __m256d new_m2 = _mm256_blendv_pd(_mm256_blendv_pd(s.m2, h, lt2), s.m1, lt1);
+  const __m256d new_i2 = _mm256_blendv_pd(_mm256_blendv_pd(s.i2, jd, lt2), s.i1, lt1);
+  s.m1 = _mm256_blendv_pd(s.m1, h, lt1);
+  s.i1 = _mm256_blendv_pd(s.i1, jd, lt1);
+  s.m2 = new_m2;
+  s.i2 = new_i2;
+}
+
+PVO_AVX2 inline void min2_offer_lanes(RowMin2& result, const Min2Lanes& s) {
+  alignas(32) double a1[4], a2[4];
+  alignas(32) int64_t b1[4], b2[4];
+  _mm256_store_pd(a1, s.m1);
+  _mm256_store_pd(a2, s.m2);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(b1), _mm256_castpd_si256(s.i1));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(b2), _mm256_castpd_si256(s.i2));
+  for (int l = 0; l < 4; ++l) {
+    if (b1[l] >= 0) offer(result, a1[l], static_cast<int32_t>(b1[l]));
+    if (b2[l] >= 0) offer(result, a2[l], static_cast<int32_t>(b2[l]));
+  }
+}
+
+// Two independent lane sets (columns j..j+3 and j+4..j+7) halve the blend dependency chain.
 template <typename T>
 PVO_AVX2 RowMin2 row_min2_impl(const T* c, const double* v, int32_t m) {
   RowMin2 result{kInf, kInf, -1, -1};
   int32_t j = 0;
-  if (m >= 4) {
-    __m256d m1 = _mm256_set1_pd(kInf), m2 = m1;
-    __m256d i1 = _mm256_castsi256_pd(_mm256_set1_epi64x(-1)), i2 = i1;
-    __m256i jv = _mm256_setr_epi64x(0, 1, 2, 3);
-    const __m256i step = _mm256_set1_epi64x(4);
-    for (; j + 4 <= m; j += 4) {
-      const __m256d h = _mm256_sub_pd(load4(c + j), load4(v + j));
-      const __m256d lt1 = _mm256_cmp_pd(h, m1, _CMP_LT_OQ);
-      const __m256d lt2 = _mm256_cmp_pd(h, m2, _CMP_LT_OQ);
-      const __m256d jd = _mm256_castsi256_pd(jv);
-      const __m256d new_m2 = _mm256_blendv_pd(_mm256_blendv_pd(m2, h, lt2), m1, lt1);
-      const __m256d new_i2 = _mm256_blendv_pd(_mm256_blendv_pd(i2, jd, lt2), i1, lt1);
-      m1 = _mm256_blendv_pd(m1, h, lt1);
-      i1 = _mm256_blendv_pd(i1, jd, lt1);
-      m2 = new_m2;
-      i2 = new_i2;
-      jv = _mm256_add_epi64(jv, step);
+  if (m >= 8) {
+    const __m256d inf = _mm256_set1_pd(kInf);
+    const __m256d none = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+    Min2Lanes a{inf, inf, none, none}, b{inf, inf, none, none};
+    __m256i ja = _mm256_setr_epi64x(0, 1, 2, 3), jb = _mm256_setr_epi64x(4, 5, 6, 7);
+    const __m256i step = _mm256_set1_epi64x(8);
+    for (; j + 8 <= m; j += 8) {
+      min2_step(a, _mm256_sub_pd(load4(c + j), load4(v + j)), _mm256_castsi256_pd(ja));
+      min2_step(b, _mm256_sub_pd(load4(c + j + 4), load4(v + j + 4)), _mm256_castsi256_pd(jb));
+      ja = _mm256_add_epi64(ja, step);
+      jb = _mm256_add_epi64(jb, step);
     }
-    alignas(32) double a1[4], a2[4];
-    alignas(32) int64_t b1[4], b2[4];
-    _mm256_store_pd(a1, m1);
-    _mm256_store_pd(a2, m2);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(b1), _mm256_castpd_si256(i1));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(b2), _mm256_castpd_si256(i2));
-    for (int l = 0; l < 4; ++l) {
-      if (b1[l] >= 0) offer(result, a1[l], static_cast<int32_t>(b1[l]));
-      if (b2[l] >= 0) offer(result, a2[l], static_cast<int32_t>(b2[l]));
-    }
+    min2_offer_lanes(result, a);
+    min2_offer_lanes(result, b);
   }
   for (; j < m; ++j) offer(result, static_cast<double>(c[j]) - v[j], j);
   if (result.j1 < 0) result.j1 = 0;  // every entry is +inf: the caller sees u1 = +inf
@@ -162,7 +178,110 @@ PVO_AVX2 void column_min_impl(const T* c, int32_t m, double* v, int32_t* y, int3
   }
 }
 
+// lanes that are NaN or -inf (not greater than -inf, unordered included)
+PVO_AVX2 inline __m256d invalid_lanes(__m256d x) {
+  return _mm256_cmp_pd(x, _mm256_set1_pd(-kInf), _CMP_NGT_UQ);
+}
+PVO_AVX2 inline __m128 invalid_lanes(__m128 x) {
+  return _mm_cmp_ps(x, _mm_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_NGT_UQ);
+}
+
 }  // namespace
+
+PVO_AVX2 bool any_invalid_avx2(const double* c, int64_t count) {
+  __m256d bad = _mm256_setzero_pd();
+  int64_t e = 0;
+  for (; e + 4 <= count; e += 4) bad = _mm256_or_pd(bad, invalid_lanes(_mm256_loadu_pd(c + e)));
+  bool any = _mm256_movemask_pd(bad) != 0;
+  for (; e < count; ++e) any |= !(c[e] > -kInf);
+  return any;
+}
+
+PVO_AVX2 bool any_invalid_avx2(const float* c, int64_t count) {
+  __m128 bad = _mm_setzero_ps();
+  int64_t e = 0;
+  for (; e + 4 <= count; e += 4) bad = _mm_or_ps(bad, invalid_lanes(_mm_loadu_ps(c + e)));
+  bool any = _mm_movemask_ps(bad) != 0;
+  for (; e < count; ++e) any |= !(c[e] > -std::numeric_limits<float>::infinity());
+  return any;
+}
+
+// 4x4 blocks transposed in registers; the ragged edges element by element.
+PVO_AVX2 bool transpose_check_avx2(const double* src, int32_t rows, int32_t cols, double* dst) {
+  __m256d bad = _mm256_setzero_pd();
+  bool any = false;
+  const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
+  for (int32_t i = 0; i < rows4; i += 4) {
+    const double* s = src + static_cast<int64_t>(i) * cols;
+    for (int32_t j = 0; j < cols4; j += 4) {
+      const __m256d r0 = _mm256_loadu_pd(s + j), r1 = _mm256_loadu_pd(s + cols + j);
+      const __m256d r2 = _mm256_loadu_pd(s + 2 * static_cast<int64_t>(cols) + j);
+      const __m256d r3 = _mm256_loadu_pd(s + 3 * static_cast<int64_t>(cols) + j);
+      bad = _mm256_or_pd(_mm256_or_pd(bad, _mm256_or_pd(invalid_lanes(r0), invalid_lanes(r1))),
+                         _mm256_or_pd(invalid_lanes(r2), invalid_lanes(r3)));
+      const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+      const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+      double* d = dst + static_cast<int64_t>(j) * rows + i;
+      _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
+      _mm256_storeu_pd(d + rows, _mm256_permute2f128_pd(t1, t3, 0x20));
+      _mm256_storeu_pd(d + 2 * static_cast<int64_t>(rows), _mm256_permute2f128_pd(t0, t2, 0x31));
+      _mm256_storeu_pd(d + 3 * static_cast<int64_t>(rows), _mm256_permute2f128_pd(t1, t3, 0x31));
+    }
+    for (int32_t r = i; r < i + 4; ++r) {
+      for (int32_t j = cols4; j < cols; ++j) {
+        const double x = src[static_cast<int64_t>(r) * cols + j];
+        any |= !(x > -kInf);
+        dst[static_cast<int64_t>(j) * rows + r] = x;
+      }
+    }
+  }
+  for (int32_t r = rows4; r < rows; ++r) {
+    for (int32_t j = 0; j < cols; ++j) {
+      const double x = src[static_cast<int64_t>(r) * cols + j];
+      any |= !(x > -kInf);
+      dst[static_cast<int64_t>(j) * rows + r] = x;
+    }
+  }
+  return any || _mm256_movemask_pd(bad) != 0;
+}
+
+PVO_AVX2 bool transpose_check_avx2(const float* src, int32_t rows, int32_t cols, float* dst) {
+  __m128 bad = _mm_setzero_ps();
+  bool any = false;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
+  for (int32_t i = 0; i < rows4; i += 4) {
+    const float* s = src + static_cast<int64_t>(i) * cols;
+    for (int32_t j = 0; j < cols4; j += 4) {
+      __m128 r0 = _mm_loadu_ps(s + j), r1 = _mm_loadu_ps(s + cols + j);
+      __m128 r2 = _mm_loadu_ps(s + 2 * static_cast<int64_t>(cols) + j);
+      __m128 r3 = _mm_loadu_ps(s + 3 * static_cast<int64_t>(cols) + j);
+      bad = _mm_or_ps(_mm_or_ps(bad, _mm_or_ps(invalid_lanes(r0), invalid_lanes(r1))),
+                      _mm_or_ps(invalid_lanes(r2), invalid_lanes(r3)));
+      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+      float* d = dst + static_cast<int64_t>(j) * rows + i;
+      _mm_storeu_ps(d, r0);
+      _mm_storeu_ps(d + rows, r1);
+      _mm_storeu_ps(d + 2 * static_cast<int64_t>(rows), r2);
+      _mm_storeu_ps(d + 3 * static_cast<int64_t>(rows), r3);
+    }
+    for (int32_t r = i; r < i + 4; ++r) {
+      for (int32_t j = cols4; j < cols; ++j) {
+        const float x = src[static_cast<int64_t>(r) * cols + j];
+        any |= !(x > ninf);
+        dst[static_cast<int64_t>(j) * rows + r] = x;
+      }
+    }
+  }
+  for (int32_t r = rows4; r < rows; ++r) {
+    for (int32_t j = 0; j < cols; ++j) {
+      const float x = src[static_cast<int64_t>(r) * cols + j];
+      any |= !(x > ninf);
+      dst[static_cast<int64_t>(j) * rows + r] = x;
+    }
+  }
+  return any || _mm_movemask_ps(bad) != 0;
+}
 
 void column_min_avx2(const double* c, int32_t m, double* v, int32_t* y, int32_t row) {
   column_min_impl(c, m, v, y, row);

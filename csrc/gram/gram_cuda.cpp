@@ -22,8 +22,16 @@ at::Tensor gram_matrix_cuda(const at::Tensor& features, bool normalize) {
   if (gram.numel() == 0) return gram.to(features.scalar_type());
   if (p.length == 0) return gram.zero_().to(features.scalar_type());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const cudaError_t status = launch_gram_matrix(p, scalar_kind(features.scalar_type()), in.view.const_data_ptr(),
-                                                gram.mutable_data_ptr(), stream);
+  const ScalarKind scalar = scalar_kind(features.scalar_type());
+  GramLaunchPlan plan;
+  cudaError_t status = plan_gram_matrix(p, scalar, in.view.const_data_ptr(), &plan);
+  TORCH_CHECK(status == cudaSuccess, "gram_matrix: CUDA kernel setup failed: ", cudaGetErrorString(status));
+  // Split-K partial tiles (float16/bfloat16 on tensor cores, when the tiles alone are too few).
+  const at::Tensor workspace = plan.workspace_elements > 0
+                                   ? at::empty({plan.workspace_elements}, features.options().dtype(at::kFloat))
+                                   : at::Tensor();
+  status = launch_gram_matrix(p, scalar, plan, in.view.const_data_ptr(), gram.mutable_data_ptr(),
+                              workspace.defined() ? workspace.mutable_data_ptr<float>() : nullptr, stream);
   TORCH_CHECK(status == cudaSuccess, "gram_matrix: CUDA kernel failed: ", cudaGetErrorString(status));
   return gram.to(features.scalar_type());
 }

@@ -555,3 +555,4 @@ _register_unpool_family()
 
 # Later families register themselves on import (they need the definitions above).
 from pyvision_ops.bench import gram_workloads  # noqa: E402,F401
+from pyvision_ops.bench import assign_workloads  # noqa: E402,F401

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -36,16 +37,25 @@ int32_t solve_one_jv(const T* base, const AssignProblem& p, lap::Workspace& ws, 
   const bool transposed = p.rows > p.cols;
   const int32_t n = transposed ? p.cols : p.rows, m = transposed ? p.rows : p.cols;
   const T* wide = c;
+  const lap::RowMin2* initial_min2 = nullptr;
   if (transposed) {  // solve on the transpose, stored with contiguous rows (checked on the way)
     std::vector<T>& t = transpose_buffer<T>(ws);
     if (t.size() < static_cast<size_t>(count)) t.resize(static_cast<size_t>(count));
-    if (lap::transpose_check(c, p.rows, p.cols, t.data())) return kAssignInvalid;
+    ws.reserve(n, m);
+    bool invalid;
+    if (lap::lap_avx2_available()) {  // the rows' minima come with the transpose
+      invalid = lap::transpose_check_min2_avx2(c, p.rows, p.cols, t.data(), ws.initial_min2.data());
+      initial_min2 = ws.initial_min2.data();
+    } else {
+      invalid = lap::transpose_check_portable(c, p.rows, p.cols, t.data());
+    }
+    if (invalid) return kAssignInvalid;
     wide = t.data();
   } else if (lap::any_invalid(c, count)) {
     return kAssignInvalid;
   }
   ws.reserve(n, m);
-  lap::Solver<T> solver(wide, n, m, ws);
+  lap::Solver<T> solver(wide, n, m, ws, initial_min2);
   const int32_t status = solver.solve();
   if (status != kAssignOk) return status;
   assign_write_result(ws.x.data(), n, transposed, p.rows, ws.row_of_stored.data(), rows_out + p.out_offset,
@@ -72,13 +82,24 @@ int32_t solve_one_team(const T* base, const AssignProblem& p, std::vector<double
   return kAssignOk;
 }
 
+// Problems per task: enough cost entries (a rough proxy for the work) that waking a second
+// thread pays; a small batch runs on the calling thread.
+int64_t problems_per_task(const AssignBatch& batch) {
+  constexpr int64_t kEntriesPerTask = 32768;
+  int64_t entries = 0;
+  for (const AssignProblem& p : batch.problems) entries += static_cast<int64_t>(p.rows) * p.cols;
+  const int64_t count = static_cast<int64_t>(batch.problems.size());
+  const int64_t mean = std::max<int64_t>(1, entries / std::max<int64_t>(1, count));
+  return std::max<int64_t>(1, kEntriesPerTask / mean);
+}
+
 template <typename T>
 void solve_batch_jv(const AssignBatch& batch, int32_t* status) {
   const T* base = batch.cost.const_data_ptr<T>();
   int64_t* rows = batch.rows.mutable_data_ptr<int64_t>();
   int64_t* cols = batch.cols.mutable_data_ptr<int64_t>();
   const int64_t count = static_cast<int64_t>(batch.problems.size());
-  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, count, problems_per_task(batch), [&](int64_t begin, int64_t end) {
     lap::Workspace ws;  // once per thread and call
     for (int64_t p = begin; p < end; ++p) status[p] = solve_one_jv<T>(base, batch.problems[p], ws, rows, cols);
   });

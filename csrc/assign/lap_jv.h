@@ -42,6 +42,7 @@ struct Workspace {
   std::vector<double> v, open, list_d;
   std::vector<int32_t> x, y, pred, list, reached, free_rows, row_of_stored;
   std::vector<uint8_t> unique;
+  std::vector<RowMin2> initial_min2;
   std::vector<double> transposed;  // a tall problem's transpose, contiguous rows
   std::vector<float> transposed_f;
   void reserve(int32_t n, int32_t m) {
@@ -57,6 +58,7 @@ struct Workspace {
     free_rows.resize(big);
     row_of_stored.resize(big);
     unique.resize(big);
+    initial_min2.resize(big);
   }
 };
 
@@ -65,8 +67,10 @@ struct Workspace {
 template <typename T>
 class Solver {
  public:
-  Solver(const T* c, int32_t n, int32_t m, Workspace& ws)
-      : c_(c), n_(n), m_(m), v_(ws.v.data()), open_(ws.open.data()), list_d_(ws.list_d.data()),
+  // initial_min2 (optional, rectangular problems): each row's RowMin2 of c[i][j] - 0, computed
+  // while transposing; used by augmenting row reduction while the prices it involves are 0.
+  Solver(const T* c, int32_t n, int32_t m, Workspace& ws, const RowMin2* initial_min2 = nullptr)
+      : c_(c), initial_min2_(n < m ? initial_min2 : nullptr), n_(n), m_(m), v_(ws.v.data()), open_(ws.open.data()), list_d_(ws.list_d.data()),
         x_(ws.x.data()), y_(ws.y.data()), pred_(ws.pred.data()), list_(ws.list.data()), reached_(ws.reached.data()),
         free_(ws.free_rows.data()), unique_(ws.unique.data()), kernels_(lap_kernels<T>()) {}
 
@@ -145,7 +149,7 @@ class Solver {
       PVO_LAP_COUNT_ARR();
 #endif
       const int32_t i = free_[current++];
-      RowMin2 best = kernels_.row_min2(row(i), v_, m_);
+      const RowMin2 best = row_min2_now(i);
       double u1 = best.u1, u2 = best.u2;
       int32_t j1 = best.j1, j2 = best.j2;
       if (u1 == kInf) return -1;
@@ -174,6 +178,17 @@ class Solver {
       y_[j1] = i;
     }
     return new_free;
+  }
+
+  // Row i's smallest and second smallest reduced cost. The precomputed values (prices all 0)
+  // still hold while the prices of their two columns are 0: prices only drop during the
+  // reduction, which only raises the other columns' reduced costs.
+  RowMin2 row_min2_now(int32_t i) const {
+    if (initial_min2_ != nullptr) {
+      const RowMin2& pre = initial_min2_[i];
+      if (pre.j1 >= 0 && v_[pre.j1] == 0.0 && (pre.j2 < 0 || v_[pre.j2] == 0.0)) return pre;
+    }
+    return kernels_.row_min2(row(i), v_, m_);
   }
 
   // One Dijkstra search from free row `start` (JV's augmentation) over dense arrays, so that the
@@ -229,6 +244,7 @@ class Solver {
   }
 
   const T* c_;
+  const RowMin2* initial_min2_;
   int32_t n_, m_;
   double* v_;
   double* open_;

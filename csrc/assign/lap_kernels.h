@@ -150,6 +150,11 @@ bool transpose_check_portable(const T* src, int32_t rows, int32_t cols, T* dst) 
 bool transpose_check_avx2(const double* src, int32_t rows, int32_t cols, double* dst);
 bool transpose_check_avx2(const float* src, int32_t rows, int32_t cols, float* dst);
 
+// transpose_check_avx2 that also fills mins[j] (j < cols) with RowMin2 of dst's row j (the
+// source's column j) at zero prices.
+bool transpose_check_min2_avx2(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins);
+bool transpose_check_min2_avx2(const float* src, int32_t rows, int32_t cols, float* dst, RowMin2* mins);
+
 template <typename T>
 bool any_invalid(const T* c, int64_t count) {
   return lap_avx2_available() ? any_invalid_avx2(c, count) : any_invalid_portable(c, count);

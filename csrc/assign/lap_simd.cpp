@@ -3,8 +3,10 @@
 // used only when the CPU reports AVX2.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "assign/lap_kernels.h"
 
@@ -281,6 +283,112 @@ PVO_AVX2 bool transpose_check_avx2(const float* src, int32_t rows, int32_t cols,
     }
   }
   return any || _mm_movemask_ps(bad) != 0;
+}
+
+namespace {
+
+PVO_AVX2 inline __m256d widen4(__m128 x) { return _mm256_cvtps_pd(x); }
+
+// transposes one 4x4 block (rows r[0..3] of 4 columns) into dst, columns becoming rows
+PVO_AVX2 inline void store_block(const __m256d r[4], double* d, int64_t ld) {
+  const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+  const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+  _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
+  _mm256_storeu_pd(d + ld, _mm256_permute2f128_pd(t1, t3, 0x20));
+  _mm256_storeu_pd(d + 2 * ld, _mm256_permute2f128_pd(t0, t2, 0x31));
+  _mm256_storeu_pd(d + 3 * ld, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+PVO_AVX2 inline void store_block(__m128 r0, __m128 r1, __m128 r2, __m128 r3, float* d, int64_t ld) {
+  _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+  _mm_storeu_ps(d, r0);
+  _mm_storeu_ps(d + ld, r1);
+  _mm_storeu_ps(d + 2 * ld, r2);
+  _mm_storeu_ps(d + 3 * ld, r3);
+}
+
+PVO_AVX2 inline __m256d lane_index(int64_t i) { return _mm256_castsi256_pd(_mm256_set1_epi64x(i)); }
+
+// Column blocks of 4 outer, rows inner: the 4 columns' min2 state stays in registers (lanes =
+// columns) while their 4x4 blocks are checked and transposed.
+template <typename T>
+PVO_AVX2 bool transpose_check_min2_impl(const T* src, int32_t rows, int32_t cols, T* dst, RowMin2* mins) {
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
+  const __m256d inf = _mm256_set1_pd(kInf), none = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+  __m256d bad = _mm256_setzero_pd();
+  bool any = false;
+  for (int32_t j = 0; j < cols4; j += 4) {
+    Min2Lanes s{inf, inf, none, none}, s_odd{inf, inf, none, none};  // two chains: even, odd rows
+    for (int32_t i = 0; i < rows4; i += 4) {
+      const T* p = src + static_cast<int64_t>(i) * cols + j;
+      __m256d r[4];
+      if constexpr (std::is_same_v<T, float>) {
+        const __m128 f0 = _mm_loadu_ps(p), f1 = _mm_loadu_ps(p + cols);
+        const __m128 f2 = _mm_loadu_ps(p + 2 * static_cast<int64_t>(cols));
+        const __m128 f3 = _mm_loadu_ps(p + 3 * static_cast<int64_t>(cols));
+        store_block(f0, f1, f2, f3, dst + static_cast<int64_t>(j) * rows + i, rows);
+        r[0] = widen4(f0);
+        r[1] = widen4(f1);
+        r[2] = widen4(f2);
+        r[3] = widen4(f3);
+      } else {
+        for (int k = 0; k < 4; ++k) r[k] = _mm256_loadu_pd(p + k * static_cast<int64_t>(cols));
+        store_block(r, dst + static_cast<int64_t>(j) * rows + i, rows);
+      }
+      bad = _mm256_or_pd(bad, _mm256_or_pd(_mm256_or_pd(invalid_lanes(r[0]), invalid_lanes(r[1])),
+                                           _mm256_or_pd(invalid_lanes(r[2]), invalid_lanes(r[3]))));
+      min2_step(s, r[0], lane_index(i));
+      min2_step(s_odd, r[1], lane_index(i + 1));
+      min2_step(s, r[2], lane_index(i + 2));
+      min2_step(s_odd, r[3], lane_index(i + 3));
+    }
+    for (int32_t i = rows4; i < rows; ++i) {  // ragged rows
+      const T* p = src + static_cast<int64_t>(i) * cols + j;
+      const __m256d r = _mm256_setr_pd(static_cast<double>(p[0]), static_cast<double>(p[1]),
+                                       static_cast<double>(p[2]), static_cast<double>(p[3]));
+      for (int k = 0; k < 4; ++k) dst[static_cast<int64_t>(j + k) * rows + i] = p[k];
+      bad = _mm256_or_pd(bad, invalid_lanes(r));
+      min2_step(s, r, lane_index(i));
+    }
+    alignas(32) double a1[4], a2[4], c1[4], c2[4];
+    alignas(32) int64_t b1[4], b2[4], d1[4], d2[4];
+    _mm256_store_pd(a1, s.m1);
+    _mm256_store_pd(a2, s.m2);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(b1), _mm256_castpd_si256(s.i1));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(b2), _mm256_castpd_si256(s.i2));
+    _mm256_store_pd(c1, s_odd.m1);
+    _mm256_store_pd(c2, s_odd.m2);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(d1), _mm256_castpd_si256(s_odd.i1));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(d2), _mm256_castpd_si256(s_odd.i2));
+    for (int k = 0; k < 4; ++k) {
+      RowMin2 m{kInf, kInf, -1, -1};  // (values are order-free; ties may pick either index)
+      if (b1[k] >= 0) offer(m, a1[k], static_cast<int32_t>(b1[k]));
+      if (d1[k] >= 0) offer(m, c1[k], static_cast<int32_t>(d1[k]));
+      if (b2[k] >= 0) offer(m, a2[k], static_cast<int32_t>(b2[k]));
+      if (d2[k] >= 0) offer(m, c2[k], static_cast<int32_t>(d2[k]));
+      mins[j + k] = m;
+    }
+  }
+  for (int32_t j = cols4; j < cols; ++j) {  // ragged columns
+    RowMin2 m{kInf, kInf, -1, -1};
+    for (int32_t i = 0; i < rows; ++i) {
+      const T x = src[static_cast<int64_t>(i) * cols + j];
+      any |= !(x > kNegInf);
+      dst[static_cast<int64_t>(j) * rows + i] = x;
+      offer(m, static_cast<double>(x), i);
+    }
+    mins[j] = m;
+  }
+  return any || _mm256_movemask_pd(bad) != 0;
+}
+
+}  // namespace
+
+bool transpose_check_min2_avx2(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins) {
+  return transpose_check_min2_impl(src, rows, cols, dst, mins);
+}
+bool transpose_check_min2_avx2(const float* src, int32_t rows, int32_t cols, float* dst, RowMin2* mins) {
+  return transpose_check_min2_impl(src, rows, cols, dst, mins);
 }
 
 void column_min_avx2(const double* c, int32_t m, double* v, int32_t* y, int32_t row) {

@@ -8,7 +8,8 @@ from pyvision_ops._version import __version__
 from pyvision_ops._extension import build_info, has_cuda, has_ops
 from pyvision_ops.ops import *  # noqa: F401,F403
 from pyvision_ops.ops import __all__ as _ops_all
+from pyvision_ops import box_ops  # noqa: F401
 from pyvision_ops import nn  # noqa: F401
 from pyvision_ops import models  # noqa: F401
 
-__all__ = ["__version__", "build_info", "has_cuda", "has_ops", "nn", "models", *_ops_all]
+__all__ = ["__version__", "build_info", "has_cuda", "has_ops", "box_ops", "nn", "models", *_ops_all]

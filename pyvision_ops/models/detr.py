@@ -1,0 +1,369 @@
+"""A small DETR: CNN backbone, transformer encoder-decoder, set prediction of boxes and classes.
+
+Carion, Massa, Synnaeve, Usunier, Kirillov and Zagoruyko, "End-to-End Object Detection with
+Transformers" (ECCV 2020). The backbone turns the image into a grid of features; a 1x1
+convolution projects them to the transformer width and a 2-D positional encoding (sine or
+learned) is added; ``torch.nn.Transformer`` encodes the grid and decodes a fixed set of learned
+object queries; each decoded query becomes class logits (``num_classes`` + 1, the last is "no
+object") and a box (cx, cy, w, h) in [0, 1] through a 3-layer MLP and a sigmoid. Training
+matches the queries to the targets with ``pyvision_ops.nn.HungarianMatcher`` (the library's
+assignment solver) and scores them with ``pyvision_ops.nn.SetCriterion``.
+
+This version is sized for toy data and CPUs (a ResNet-50 backbone and 6 + 6 layers of width 256
+are the paper's). The positional encoding is added once, to the encoder input, and the queries
+are the decoder's input, rather than added to the attention inputs of every layer as in the
+paper: that is what lets the stock ``torch.nn.Transformer`` be used.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from pyvision_ops.box_ops import box_xyxy_to_cxcywh
+
+__all__ = ["DETR", "synthetic_detection_batch", "COLOURS"]
+
+_POSITION_EMBEDDINGS = ("sine", "learned")
+
+#: RGB colours of the classes of ``synthetic_detection_batch``: red, green, blue, yellow, magenta, cyan.
+COLOURS: Tuple[Tuple[float, float, float], ...] = (
+    (0.9, 0.15, 0.15),
+    (0.15, 0.8, 0.2),
+    (0.2, 0.3, 0.95),
+    (0.9, 0.85, 0.1),
+    (0.85, 0.2, 0.85),
+    (0.1, 0.85, 0.85),
+)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    # No conv bias: the batch norm that follows has its own shift.
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def sine_position_encoding(height: int, width: int, dim: int, temperature: float = 10000.0,
+                           device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """DETR's 2-D sinusoidal encoding of a ``height`` x ``width`` grid.
+
+    The first ``dim / 2`` features encode the row, the last ``dim / 2`` the column; each half is
+    (sin, cos) pairs of the coordinate (pixel centres scaled to (0, 2 pi)) at geometrically
+    spaced frequencies ``1 / temperature ** (2k / (dim / 2))``.
+
+    Parameters
+    ----------
+    height, width : int
+        Grid size.
+    dim : int
+        Features per position, a multiple of 4.
+    temperature : float, default 10000
+    device, dtype : where and in what dtype to build it
+
+    Returns
+    -------
+    Tensor (height * width, dim), row-major over the grid
+    """
+    if dim % 4 != 0:
+        raise ValueError(f"sine_position_encoding: dim must be a multiple of 4 (sin and cos of rows and "
+                         f"columns), got {dim}")
+    half = dim // 2
+    frequencies = temperature ** (-torch.arange(0, half, 2, device=device, dtype=torch.float32) / half)
+
+    def encode(length: int) -> Tensor:
+        coordinate = (torch.arange(length, device=device, dtype=torch.float32) + 0.5) / length * (2 * math.pi)
+        angles = coordinate[:, None] * frequencies[None, :]
+        # Interleave: feature 2k is sin, 2k + 1 is cos of the k-th frequency.
+        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (length, half)
+
+    rows = encode(height)[:, None, :].expand(height, width, half)
+    columns = encode(width)[None, :, :].expand(height, width, half)
+    return torch.cat([rows, columns], dim=-1).reshape(height * width, dim).to(dtype)
+
+
+class _BoxHead(nn.Sequential):
+    """3-layer MLP to (cx, cy, w, h) in (0, 1)."""
+
+    def __init__(self, hidden_dim: int) -> None:
+        super().__init__(
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, 4),
+            nn.Sigmoid(),
+        )
+
+
+class DETR(nn.Module):
+    """A small DEtection TRansformer for set prediction of boxes and classes.
+
+    Parameters
+    ----------
+    num_classes : int, default 3
+        Object classes C; the class head has C + 1 outputs, the last for "no object".
+    num_queries : int, default 10
+        Object queries Q: the most objects one image can have detected.
+    hidden_dim : int, default 64
+        Transformer width (a multiple of ``num_heads``, and of 4 for the sine encoding).
+    num_heads : int, default 4
+    num_encoder_layers, num_decoder_layers : int, default 2, 2
+    dim_feedforward : int, default 128
+    dropout : float, default 0.0
+        Transformer dropout (the paper's 0.1 slows the training of so small a model).
+    backbone_channels : sequence of int, default (32, 64, 64)
+        Widths of the backbone's 3x3 conv-bn-relu layers, each with stride 2: the feature grid
+        is the image downsampled by ``2 ** len(backbone_channels)`` (8x8 for 64x64 images).
+    in_channels : int, default 3
+    position_embedding : "sine" or "learned", default "sine"
+        Fixed 2-D sinusoidal encoding (any grid size), or learned row and column embeddings
+        (grids up to ``max_grid_size`` per side).
+    max_grid_size : int, default 50
+        Rows and columns of the learned embeddings.
+    aux_loss : bool, default False
+        Also predict from every intermediate decoder layer (``aux_outputs``), for
+        ``SetCriterion``'s auxiliary losses.
+    state_dict : str, os.PathLike or mapping, optional
+        Weights to load: a path to ``torch.save(model.state_dict(), path)`` or the dict itself.
+        Nothing is ever downloaded.
+
+    Attributes
+    ----------
+    backbone : nn.Sequential
+    input_proj : nn.Conv2d (1x1, to ``hidden_dim``)
+    transformer : nn.Transformer (batch_first)
+    query_embed : nn.Embedding (num_queries, hidden_dim)
+    class_embed : nn.Linear (hidden_dim -> num_classes + 1)
+    bbox_embed : nn.Sequential (3-layer MLP -> 4, sigmoid)
+
+    Shape
+    -----
+    input : (B, in_channels, H, W)
+    output : dict with ``pred_logits`` (B, Q, num_classes + 1) and ``pred_boxes`` (B, Q, 4),
+        (cx, cy, w, h) normalised by the image size; with ``aux_loss`` also ``aux_outputs``, a
+        list of ``num_decoder_layers - 1`` such dicts, first layer first.
+
+    Examples
+    --------
+    >>> model = DETR(num_classes=3)
+    >>> outputs = model(torch.randn(2, 3, 64, 64))
+    >>> outputs["pred_logits"].shape, outputs["pred_boxes"].shape
+    (torch.Size([2, 10, 4]), torch.Size([2, 10, 4]))
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 3,
+        num_queries: int = 10,
+        hidden_dim: int = 64,
+        num_heads: int = 4,
+        num_encoder_layers: int = 2,
+        num_decoder_layers: int = 2,
+        dim_feedforward: int = 128,
+        dropout: float = 0.0,
+        backbone_channels: Sequence[int] = (32, 64, 64),
+        in_channels: int = 3,
+        position_embedding: str = "sine",
+        max_grid_size: int = 50,
+        aux_loss: bool = False,
+        state_dict: Optional[Union[str, os.PathLike, Mapping[str, Tensor]]] = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1 or num_queries < 1:
+            raise ValueError(f"DETR: num_classes and num_queries must be >= 1, got {num_classes} and {num_queries}")
+        if position_embedding not in _POSITION_EMBEDDINGS:
+            raise ValueError(f"DETR: position_embedding must be 'sine' or 'learned', got {position_embedding!r}")
+        if hidden_dim % num_heads != 0:
+            raise ValueError(f"DETR: hidden_dim must be a multiple of num_heads = {num_heads}, got {hidden_dim}")
+        if position_embedding == "sine" and hidden_dim % 4 != 0:
+            raise ValueError(f"DETR: the sine encoding needs hidden_dim to be a multiple of 4, got {hidden_dim}")
+        if position_embedding == "learned" and hidden_dim % 2 != 0:
+            raise ValueError(f"DETR: the learned encoding needs an even hidden_dim, got {hidden_dim}")
+        widths = [int(width) for width in backbone_channels]
+        if not widths:
+            raise ValueError("DETR: backbone_channels must name at least one layer width, got none")
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.hidden_dim = hidden_dim
+        self.position_embedding = position_embedding
+        self.aux_loss = aux_loss
+
+        layers: List[nn.Module] = []
+        channels = in_channels
+        for width in widths:
+            layers.append(_conv_bn_relu(channels, width, stride=2))
+            channels = width
+        self.backbone = nn.Sequential(*layers)
+        self.input_proj = nn.Conv2d(channels, hidden_dim, kernel_size=1)
+        if position_embedding == "learned":
+            self.row_embed = nn.Embedding(max_grid_size, hidden_dim // 2)
+            self.col_embed = nn.Embedding(max_grid_size, hidden_dim // 2)
+        self.transformer = nn.Transformer(
+            d_model=hidden_dim,
+            nhead=num_heads,
+            num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            batch_first=True,
+        )
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.bbox_embed = _BoxHead(hidden_dim)
+        self._initialize_weights()
+
+        if state_dict is not None:
+            if not isinstance(state_dict, Mapping):
+                state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+            self.load_state_dict(state_dict)
+
+    def _initialize_weights(self) -> None:
+        for module in self.backbone.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if self.position_embedding == "learned":
+            nn.init.uniform_(self.row_embed.weight)
+            nn.init.uniform_(self.col_embed.weight)
+        # Start the boxes near the centre with sides around sigmoid(-1) ~ 0.27 of the image rather
+        # than 0.5: objects are usually smaller than half the image, so training starts closer.
+        with torch.no_grad():
+            self.bbox_embed[-2].bias.copy_(torch.tensor([0.0, 0.0, -1.0, -1.0]))
+
+    def position_encoding(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The positional encoding added to a ``height`` x ``width`` feature grid.
+
+        Returns
+        -------
+        Tensor (height * width, hidden_dim), row-major over the grid
+        """
+        if self.position_embedding == "sine":
+            return sine_position_encoding(height, width, self.hidden_dim, device=device, dtype=dtype)
+        limit = self.row_embed.num_embeddings
+        if height > limit or width > limit:
+            raise ValueError(f"DETR: the learned position embedding covers grids up to {limit}x{limit}, got a "
+                             f"{height}x{width} feature grid; pass a larger max_grid_size")
+        rows = self.row_embed.weight[:height][:, None, :].expand(height, width, -1)
+        columns = self.col_embed.weight[:width][None, :, :].expand(height, width, -1)
+        return torch.cat([rows, columns], dim=-1).reshape(height * width, self.hidden_dim).to(dtype)
+
+    def _predict(self, decoded: Tensor) -> Dict[str, Tensor]:
+        return {"pred_logits": self.class_embed(decoded), "pred_boxes": self.bbox_embed(decoded)}
+
+    def forward(self, images: Tensor) -> Dict[str, object]:
+        """Class logits and boxes of every query.
+
+        Parameters
+        ----------
+        images : Tensor (B, in_channels, H, W)
+
+        Returns
+        -------
+        dict
+            ``pred_logits`` (B, Q, num_classes + 1), ``pred_boxes`` (B, Q, 4) as (cx, cy, w, h)
+            in (0, 1); with ``aux_loss`` also ``aux_outputs``.
+        """
+        if images.dim() != 4:
+            raise ValueError(f"DETR: images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        features = self.input_proj(self.backbone(images))  # (B, D, h, w)
+        batch, _, height, width = features.shape
+        tokens = features.flatten(2).transpose(1, 2)  # (B, h*w, D)
+        tokens = tokens + self.position_encoding(height, width, tokens.device, tokens.dtype)
+        queries = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
+        if not self.aux_loss:
+            return self._predict(self.transformer(tokens, queries))
+
+        # nn.TransformerDecoder's loop, keeping the (normalised) output of every layer.
+        memory = self.transformer.encoder(tokens)
+        decoder = self.transformer.decoder
+        decoded = queries
+        per_layer = []
+        for layer in decoder.layers:
+            decoded = layer(decoded, memory)
+            per_layer.append(decoder.norm(decoded) if decoder.norm is not None else decoded)
+        outputs: Dict[str, object] = dict(self._predict(per_layer[-1]))
+        outputs["aux_outputs"] = [self._predict(hidden) for hidden in per_layer[:-1]]
+        return outputs
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, num_queries={self.num_queries}, hidden_dim={self.hidden_dim}, "
+                f"position_embedding={self.position_embedding!r}, aux_loss={self.aux_loss}")
+
+
+def synthetic_detection_batch(
+    batch_size: int,
+    image_size: int = 64,
+    num_classes: int = 3,
+    max_objects: int = 4,
+    min_size: int = 10,
+    max_size: int = 28,
+    noise: float = 0.15,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[Tensor, List[Dict[str, Tensor]]]:
+    """A toy detection batch: 1 to ``max_objects`` coloured rectangles on a noisy grey background.
+
+    The class of a rectangle is its colour (``COLOURS[label]``). Rectangles do not overlap, so
+    every box is fully visible. Used by the tests and by ``examples/detr_synthetic.py``.
+
+    Parameters
+    ----------
+    batch_size : int
+    image_size : int, default 64
+        Side of the square images, in pixels (> ``max_size``).
+    num_classes : int, default 3
+        Number of colours used, at most ``len(COLOURS)``.
+    max_objects : int, default 4
+        Most rectangles per image; each image draws a count in [1, max_objects] (fewer when no
+        free spot is found for one).
+    min_size, max_size : int, default 10, 28
+        Range of the rectangles' sides, in pixels.
+    noise : float, default 0.15
+        Standard deviation of the Gaussian noise added to every pixel.
+    generator : torch.Generator, optional
+        Source of randomness, for reproducible batches.
+
+    Returns
+    -------
+    images : Tensor (batch_size, 3, image_size, image_size), float32
+    targets : list of batch_size dicts with ``labels`` int64 (T,) and ``boxes`` float32 (T, 4),
+        (cx, cy, w, h) normalised by the image size (DETR's target format)
+    """
+    if not 1 <= num_classes <= len(COLOURS):
+        raise ValueError(f"synthetic_detection_batch: num_classes must be in [1, {len(COLOURS)}], got {num_classes}")
+    if not 1 <= min_size <= max_size < image_size:
+        raise ValueError(f"synthetic_detection_batch: need 1 <= min_size <= max_size < image_size, got "
+                         f"{min_size}, {max_size}, {image_size}")
+    colours = torch.tensor(COLOURS[:num_classes])
+    images = 0.4 + noise * torch.randn(batch_size, 3, image_size, image_size, generator=generator)
+    targets: List[Dict[str, Tensor]] = []
+
+    def draw(high: int) -> int:
+        return int(torch.randint(0, high, (1,), generator=generator))
+
+    for i in range(batch_size):
+        count = 1 + draw(max_objects)
+        corners: List[Tuple[int, int, int, int]] = []
+        labels: List[int] = []
+        for _ in range(20 * count):  # rejection sampling of free spots; gives up on crowded images
+            if len(corners) == count:
+                break
+            width = min_size + draw(max_size - min_size + 1)
+            height = min_size + draw(max_size - min_size + 1)
+            x0, y0 = draw(image_size - width + 1), draw(image_size - height + 1)
+            x1, y1 = x0 + width, y0 + height
+            # One free pixel between rectangles, so that neighbours stay separable.
+            if any(x0 <= bx1 and bx0 <= x1 and y0 <= by1 and by0 <= y1 for bx0, by0, bx1, by1 in corners):
+                continue
+            label = draw(num_classes)
+            images[i, :, y0:y1, x0:x1] += colours[label][:, None, None] - 0.4
+            corners.append((x0, y0, x1, y1))
+            labels.append(label)
+        xyxy = torch.tensor(corners, dtype=torch.float32).reshape(-1, 4) / image_size
+        targets.append({"labels": torch.tensor(labels, dtype=torch.int64), "boxes": box_xyxy_to_cxcywh(xyxy)})
+    return images, targets

@@ -46,7 +46,7 @@ grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20 | tee -a "$summary"
 # memcheck each family's CUDA tests; the caching allocator is off so that memcheck sees every
 # allocation's true bounds.
 : > "$OUT/sanitizer.log"
-for family_test in tests/test_unpool.py tests/test_gram.py; do
+for family_test in tests/test_unpool.py tests/test_gram.py tests/test_assign.py; do
   start=$(date +%s)
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT:-300}" compute-sanitizer --tool memcheck --error-exitcode 9 \
     "$PY" -m pytest "$family_test" -q -p no:cacheprovider -m "needs_cuda and not slow" >> "$OUT/sanitizer.log" 2>&1

@@ -3,7 +3,8 @@
 // (op _linear_sum_assignment_team_reference, exercised by the CPU tests).
 //
 // Algorithm: Crouse's rectangular variant of the Hungarian method (the one SciPy uses), on the
-// wide orientation (n <= m): for each row in turn, a Dijkstra search over reduced costs
+// wide orientation (n <= m), after a row reduction that matches each row to its cheapest column
+// where that column is still free: for each row left over, a Dijkstra search over reduced costs
 // c[i][j] - u[i] - v[j] until a free column is settled; then the duals of the rows and columns
 // the search settled move and the path flips. The team parallelises each scan of a row over the
 // columns (column j belongs to member j % size) and settles the next column with one team-wide
@@ -110,7 +111,30 @@ PVO_HOST_DEVICE int32_t sap_solve(Team& team, const T* cost, int32_t stored_cols
   }
   team.sync();
 
+  // Row reduction with greedy matching: u[i] = the row's minimum, and the row takes that column
+  // when it is still free (a free one first among equal minima). This is a valid start for the
+  // searches (u[i] + v[j] <= c[i][j], tight on the matched pairs, v = 0) and leaves them only
+  // the rows that collided. A row of +inf only can never be matched.
+  for (int32_t i = 0; i < n; ++i) {
+    SapCandidate best = sap_no_candidate();
+    for (int32_t j = rank; j < m; j += size) {
+      const SapCandidate mine{wide_cost(cost, stored_cols, transposed, i, j), ws.row4col[j] >= 0 ? 1 : 0, j};
+      if (sap_better(mine, best)) best = mine;
+    }
+    const SapCandidate chosen = team.reduce_min(best);
+    if (chosen.col < 0 || chosen.value == INFINITY) return kAssignInfeasible;
+    if (team.leader()) {
+      ws.u[i] = chosen.value;
+      if (!chosen.matched) {
+        ws.row4col[chosen.col] = i;
+        ws.col4row[i] = chosen.col;
+      }
+    }
+    team.sync();  // the next row's candidates read row4col
+  }
+
   for (int32_t current = 0; current < n; ++current) {
+    if (ws.col4row[current] >= 0) continue;  // matched by the greedy start (every member agrees)
     for (int32_t i = rank; i < n; i += size) ws.row_seen[i] = 0;
     for (int32_t j = rank; j < m; j += size) {
       ws.d[j] = INFINITY;

@@ -17,7 +17,6 @@ algorithm run sequentially on the CPU, so the CPU suite exercises the code the G
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -27,6 +26,7 @@ from scipy.optimize import linear_sum_assignment as scipy_linear_sum_assignment
 
 import pyvision_ops
 from pyvision_ops.ops import assign as assign_ops
+from references import as_numpy64, exact_sum, scipy_total
 from conftest import (
     DEVICES,
     ERRORS,
@@ -89,21 +89,6 @@ def gen() -> torch.Generator:
 # --------------------------------------------------------------------------------------------
 # oracle and checks
 # --------------------------------------------------------------------------------------------
-
-
-def as_numpy64(cost: torch.Tensor) -> np.ndarray:
-    return cost.detach().cpu().to(torch.float64).numpy()
-
-
-def exact_sum(values: Sequence[float]) -> float:
-    """The correctly rounded sum (no accumulation error)."""
-    return math.fsum(values)
-
-
-def scipy_total(cost: torch.Tensor, maximize: bool = False) -> float:
-    matrix = as_numpy64(cost)
-    rows, cols = scipy_linear_sum_assignment(matrix, maximize=maximize)
-    return exact_sum(matrix[rows, cols].tolist())
 
 
 def solve_dtype(cost: torch.Tensor) -> torch.dtype:

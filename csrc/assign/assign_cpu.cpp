@@ -82,6 +82,13 @@ int32_t solve_one_team(const T* base, const AssignProblem& p, std::vector<double
   return kAssignOk;
 }
 
+// One workspace per thread, kept between calls (small batches spend as long allocating a fresh
+// one as solving); Workspace::trim gives back what a large problem left behind.
+lap::Workspace& thread_workspace() {
+  static thread_local lap::Workspace workspace;
+  return workspace;
+}
+
 // Problems per task: enough cost entries (a rough proxy for the work) that waking a second
 // thread pays; a small batch runs on the calling thread.
 int64_t problems_per_task(const AssignBatch& batch) {
@@ -100,8 +107,9 @@ void solve_batch_jv(const AssignBatch& batch, int32_t* status) {
   int64_t* cols = batch.cols.mutable_data_ptr<int64_t>();
   const int64_t count = static_cast<int64_t>(batch.problems.size());
   at::parallel_for(0, count, problems_per_task(batch), [&](int64_t begin, int64_t end) {
-    lap::Workspace ws;  // once per thread and call
+    lap::Workspace& ws = thread_workspace();
     for (int64_t p = begin; p < end; ++p) status[p] = solve_one_jv<T>(base, batch.problems[p], ws, rows, cols);
+    ws.trim();
   });
 }
 

@@ -45,6 +45,14 @@ struct Workspace {
   std::vector<RowMin2> initial_min2;
   std::vector<double> transposed;  // a tall problem's transpose, contiguous rows
   std::vector<float> transposed_f;
+  // Frees the buffers when they hold more than kKeepBytes (a thread keeps small ones for its
+  // next call).
+  void trim() {
+    constexpr size_t kKeepBytes = size_t{1} << 20;
+    const size_t bytes = v.capacity() * (3 * sizeof(double) + 7 * sizeof(int32_t) + 1 + sizeof(RowMin2)) +
+                         transposed.capacity() * sizeof(double) + transposed_f.capacity() * sizeof(float);
+    if (bytes > kKeepBytes) *this = Workspace();
+  }
   void reserve(int32_t n, int32_t m) {
     const size_t big = static_cast<size_t>(std::max(n, m));
     v.resize(big);

@@ -46,15 +46,15 @@ struct Min2Lanes {
   __m256d m1, m2, i1, i2;  // indices held as int64 bit patterns
 };
 
+// Values by min/max (no blends: blendv is the bottleneck of these loops), indices by three
+// blends. Ties keep the earlier column as the smallest and record the later as the second.
 PVO_AVX2 inline void min2_step(Min2Lanes& s, __m256d h, __m256d jd) {
   const __m256d lt1 = _mm256_cmp_pd(h, s.m1, _CMP_LT_OQ);
   const __m256d lt2 = _mm256_cmp_pd(h, s.m2, _CMP_LT_OQ);
-  const __m256d new_m2 = _mm256_blendv_pd(_mm256_blendv_pd(s.m2, h, lt2), s.m1, lt1);
-  const __m256d new_i2 = _mm256_blendv_pd(_mm256_blendv_pd(s.i2, jd, lt2), s.i1, lt1);
-  s.m1 = _mm256_blendv_pd(s.m1, h, lt1);
+  s.i2 = _mm256_blendv_pd(_mm256_blendv_pd(s.i2, jd, lt2), s.i1, lt1);
   s.i1 = _mm256_blendv_pd(s.i1, jd, lt1);
-  s.m2 = new_m2;
-  s.i2 = new_i2;
+  s.m2 = _mm256_min_pd(s.m2, _mm256_max_pd(s.m1, h));
+  s.m1 = _mm256_min_pd(s.m1, h);
 }
 
 PVO_AVX2 inline void min2_offer_lanes(RowMin2& result, const Min2Lanes& s) {
@@ -319,6 +319,9 @@ PVO_AVX2 bool transpose_check_min2_impl(const T* src, int32_t rows, int32_t cols
   bool any = false;
   for (int32_t j = 0; j < cols4; j += 4) {
     Min2Lanes s{inf, inf, none, none}, s_odd{inf, inf, none, none};  // two chains: even, odd rows
+    // row indices as lanes, advanced by adds (a broadcast per row costs two instructions)
+    __m256i index_even = _mm256_setzero_si256(), index_odd = _mm256_set1_epi64x(1);
+    const __m256i two = _mm256_set1_epi64x(2);
     for (int32_t i = 0; i < rows4; i += 4) {
       const T* p = src + static_cast<int64_t>(i) * cols + j;
       __m256d r[4];
@@ -335,12 +338,17 @@ PVO_AVX2 bool transpose_check_min2_impl(const T* src, int32_t rows, int32_t cols
         for (int k = 0; k < 4; ++k) r[k] = _mm256_loadu_pd(p + k * static_cast<int64_t>(cols));
         store_block(r, dst + static_cast<int64_t>(j) * rows + i, rows);
       }
-      bad = _mm256_or_pd(bad, _mm256_or_pd(_mm256_or_pd(invalid_lanes(r[0]), invalid_lanes(r[1])),
-                                           _mm256_or_pd(invalid_lanes(r[2]), invalid_lanes(r[3]))));
-      min2_step(s, r[0], lane_index(i));
-      min2_step(s_odd, r[1], lane_index(i + 1));
-      min2_step(s, r[2], lane_index(i + 2));
-      min2_step(s_odd, r[3], lane_index(i + 3));
+      // NaN here (a pair is unordered when either is NaN); -inf shows up as a minimum below
+      bad = _mm256_or_pd(bad, _mm256_or_pd(_mm256_cmp_pd(r[0], r[1], _CMP_UNORD_Q),
+                                           _mm256_cmp_pd(r[2], r[3], _CMP_UNORD_Q)));
+      min2_step(s, r[0], _mm256_castsi256_pd(index_even));
+      min2_step(s_odd, r[1], _mm256_castsi256_pd(index_odd));
+      index_even = _mm256_add_epi64(index_even, two);
+      index_odd = _mm256_add_epi64(index_odd, two);
+      min2_step(s, r[2], _mm256_castsi256_pd(index_even));
+      min2_step(s_odd, r[3], _mm256_castsi256_pd(index_odd));
+      index_even = _mm256_add_epi64(index_even, two);
+      index_odd = _mm256_add_epi64(index_odd, two);
     }
     for (int32_t i = rows4; i < rows; ++i) {  // ragged rows
       const T* p = src + static_cast<int64_t>(i) * cols + j;
@@ -350,6 +358,8 @@ PVO_AVX2 bool transpose_check_min2_impl(const T* src, int32_t rows, int32_t cols
       bad = _mm256_or_pd(bad, invalid_lanes(r));
       min2_step(s, r, lane_index(i));
     }
+    const __m256d ninf = _mm256_set1_pd(-kInf);
+    bad = _mm256_or_pd(bad, _mm256_or_pd(_mm256_cmp_pd(s.m1, ninf, _CMP_EQ_OQ), _mm256_cmp_pd(s_odd.m1, ninf, _CMP_EQ_OQ)));
     alignas(32) double a1[4], a2[4], c1[4], c2[4];
     alignas(32) int64_t b1[4], b2[4], d1[4], d2[4];
     _mm256_store_pd(a1, s.m1);

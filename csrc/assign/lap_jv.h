@@ -42,14 +42,16 @@ struct Workspace {
   std::vector<double> v, open, list_d;
   std::vector<int32_t> x, y, pred, list, reached, free_rows, row_of_stored;
   std::vector<uint8_t> unique;
-  std::vector<RowMin2> initial_min2;
+  std::vector<RowMin2> row_minima;
+  std::vector<double> min_value;  // scratch of transpose_check_min_rows_avx2
+  std::vector<int64_t> min_row;
   std::vector<double> transposed;  // a tall problem's transpose, contiguous rows
   std::vector<float> transposed_f;
   // Frees the buffers when they hold more than kKeepBytes (a thread keeps small ones for its
   // next call).
   void trim() {
     constexpr size_t kKeepBytes = size_t{1} << 20;
-    const size_t bytes = v.capacity() * (3 * sizeof(double) + 7 * sizeof(int32_t) + 1 + sizeof(RowMin2)) +
+    const size_t bytes = v.capacity() * (4 * sizeof(double) + 7 * sizeof(int32_t) + 1 + sizeof(RowMin2) + 8) +
                          transposed.capacity() * sizeof(double) + transposed_f.capacity() * sizeof(float);
     if (bytes > kKeepBytes) *this = Workspace();
   }
@@ -66,7 +68,9 @@ struct Workspace {
     free_rows.resize(big);
     row_of_stored.resize(big);
     unique.resize(big);
-    initial_min2.resize(big);
+    row_minima.resize(big);
+    min_value.resize(big);
+    min_row.resize(big);
   }
 };
 
@@ -75,10 +79,10 @@ struct Workspace {
 template <typename T>
 class Solver {
  public:
-  // initial_min2 (optional, rectangular problems): each row's RowMin2 of c[i][j] - 0, computed
-  // while transposing; used by augmenting row reduction while the prices it involves are 0.
-  Solver(const T* c, int32_t n, int32_t m, Workspace& ws, const RowMin2* initial_min2 = nullptr)
-      : c_(c), initial_min2_(n < m ? initial_min2 : nullptr), n_(n), m_(m), v_(ws.v.data()), open_(ws.open.data()), list_d_(ws.list_d.data()),
+  // row_minima (optional, rectangular problems): each row's smallest cost and its column (u1,
+  // j1), computed while transposing; they seed a greedy start.
+  Solver(const T* c, int32_t n, int32_t m, Workspace& ws, const RowMin2* row_minima = nullptr)
+      : c_(c), row_minima_(n < m ? row_minima : nullptr), n_(n), m_(m), v_(ws.v.data()), open_(ws.open.data()), list_d_(ws.list_d.data()),
         x_(ws.x.data()), y_(ws.y.data()), pred_(ws.pred.data()), list_(ws.list.data()), reached_(ws.reached.data()),
         free_(ws.free_rows.data()), unique_(ws.unique.data()), kernels_(lap_kernels<T>()) {}
 
@@ -90,9 +94,23 @@ class Solver {
       n_free = column_reduction();
       if (n_free < 0) return kAssignInfeasible;
     } else {
+      // Rectangular: greedy start at zero prices, a row takes its cheapest column when that is
+      // still free (the minima come from the transpose when it computed them). Measured on
+      // 300x100 problems: greedy, then augmenting row reduction on the rows that collided,
+      // solves in half the time of the reduction on every row.
       std::fill(v_, v_ + m_, 0.0);
-      for (int32_t i = 0; i < n_; ++i) free_[i] = n_ - 1 - i;  // processed from the top row
-      n_free = n_;
+      n_free = 0;
+      for (int32_t i = 0; i < n_; ++i) {
+        const RowMin2 best = row_minima_ != nullptr ? row_minima_[i] : kernels_.row_min2(row(i), v_, m_);
+        if (best.u1 == kInf) return kAssignInfeasible;  // a row of +inf only
+        const int32_t j = best.j1;
+        if (y_[j] < 0) {
+          x_[i] = j;
+          y_[j] = i;
+        } else {
+          free_[n_free++] = i;
+        }
+      }
     }
     for (int pass = 0; pass < 2 && n_free > 0; ++pass) {
       n_free = augmenting_row_reduction(n_free);
@@ -157,7 +175,7 @@ class Solver {
       PVO_LAP_COUNT_ARR();
 #endif
       const int32_t i = free_[current++];
-      const RowMin2 best = row_min2_now(i);
+      const RowMin2 best = kernels_.row_min2(row(i), v_, m_);
       double u1 = best.u1, u2 = best.u2;
       int32_t j1 = best.j1, j2 = best.j2;
       if (u1 == kInf) return -1;
@@ -186,17 +204,6 @@ class Solver {
       y_[j1] = i;
     }
     return new_free;
-  }
-
-  // Row i's smallest and second smallest reduced cost. The precomputed values (prices all 0)
-  // still hold while the prices of their two columns are 0: prices only drop during the
-  // reduction, which only raises the other columns' reduced costs.
-  RowMin2 row_min2_now(int32_t i) const {
-    if (initial_min2_ != nullptr) {
-      const RowMin2& pre = initial_min2_[i];
-      if (pre.j1 >= 0 && v_[pre.j1] == 0.0 && (pre.j2 < 0 || v_[pre.j2] == 0.0)) return pre;
-    }
-    return kernels_.row_min2(row(i), v_, m_);
   }
 
   // One Dijkstra search from free row `start` (JV's augmentation) over dense arrays, so that the
@@ -252,7 +259,7 @@ class Solver {
   }
 
   const T* c_;
-  const RowMin2* initial_min2_;
+  const RowMin2* row_minima_;
   int32_t n_, m_;
   double* v_;
   double* open_;

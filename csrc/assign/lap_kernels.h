@@ -150,10 +150,14 @@ bool transpose_check_portable(const T* src, int32_t rows, int32_t cols, T* dst) 
 bool transpose_check_avx2(const double* src, int32_t rows, int32_t cols, double* dst);
 bool transpose_check_avx2(const float* src, int32_t rows, int32_t cols, float* dst);
 
-// transpose_check_avx2 that also fills mins[j] (j < cols) with RowMin2 of dst's row j (the
-// source's column j) at zero prices.
-bool transpose_check_min2_avx2(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins);
-bool transpose_check_min2_avx2(const float* src, int32_t rows, int32_t cols, float* dst, RowMin2* mins);
+// transpose_check_avx2 that also gives each row j of dst (column j of the source) its smallest
+// entry: mins[j].u1 and .j1 (the first smallest; .u2/.j2 are not meaningful).
+bool transpose_check_min_avx2(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins);
+bool transpose_check_min_avx2(const float* src, int32_t rows, int32_t cols, float* dst, RowMin2* mins);
+// The same in the source's row order (the order that streams well from memory), with the running
+// minima in min_value / min_row (cols entries of scratch each).
+bool transpose_check_min_rows_avx2(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins,
+                                   double* min_value, int64_t* min_row);
 
 template <typename T>
 bool any_invalid(const T* c, int64_t count) {

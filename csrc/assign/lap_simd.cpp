@@ -17,6 +17,7 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 #define PVO_AVX2 __attribute__((target("avx2")))
+#define PVO_AVX2_LAMBDA __attribute__((target("avx2")))
 
 PVO_AVX2 inline __m256d load4(const double* p) { return _mm256_loadu_pd(p); }
 PVO_AVX2 inline __m256d load4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
@@ -208,40 +209,59 @@ PVO_AVX2 bool any_invalid_avx2(const float* c, int64_t count) {
   return any;
 }
 
-// 4x4 blocks transposed in registers; the ragged edges element by element.
+// One 4x4 block: src rows s, s + ld_src, ... (4 doubles each) -> dst rows d, d + ld_dst, ...
+PVO_AVX2 inline __m256d transpose_block4(const double* s, int64_t ld_src, double* d, int64_t ld_dst, __m256d bad) {
+  const __m256d r0 = _mm256_loadu_pd(s), r1 = _mm256_loadu_pd(s + ld_src);
+  const __m256d r2 = _mm256_loadu_pd(s + 2 * ld_src), r3 = _mm256_loadu_pd(s + 3 * ld_src);
+  bad = _mm256_or_pd(_mm256_or_pd(bad, _mm256_or_pd(invalid_lanes(r0), invalid_lanes(r1))),
+                     _mm256_or_pd(invalid_lanes(r2), invalid_lanes(r3)));
+  const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+  const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+  _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
+  _mm256_storeu_pd(d + ld_dst, _mm256_permute2f128_pd(t1, t3, 0x20));
+  _mm256_storeu_pd(d + 2 * ld_dst, _mm256_permute2f128_pd(t0, t2, 0x31));
+  _mm256_storeu_pd(d + 3 * ld_dst, _mm256_permute2f128_pd(t1, t3, 0x31));
+  return bad;
+}
+
+// 8x8 tiles (four 4x4 blocks: whole 64-byte lines read and written, which matters once the
+// matrix streams from memory), then 4x4 blocks, then the ragged edges element by element.
 PVO_AVX2 bool transpose_check_avx2(const double* src, int32_t rows, int32_t cols, double* dst) {
   __m256d bad = _mm256_setzero_pd();
   bool any = false;
-  const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
-  for (int32_t i = 0; i < rows4; i += 4) {
-    const double* s = src + static_cast<int64_t>(i) * cols;
-    for (int32_t j = 0; j < cols4; j += 4) {
-      const __m256d r0 = _mm256_loadu_pd(s + j), r1 = _mm256_loadu_pd(s + cols + j);
-      const __m256d r2 = _mm256_loadu_pd(s + 2 * static_cast<int64_t>(cols) + j);
-      const __m256d r3 = _mm256_loadu_pd(s + 3 * static_cast<int64_t>(cols) + j);
-      bad = _mm256_or_pd(_mm256_or_pd(bad, _mm256_or_pd(invalid_lanes(r0), invalid_lanes(r1))),
-                         _mm256_or_pd(invalid_lanes(r2), invalid_lanes(r3)));
-      const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
-      const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-      double* d = dst + static_cast<int64_t>(j) * rows + i;
-      _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
-      _mm256_storeu_pd(d + rows, _mm256_permute2f128_pd(t1, t3, 0x20));
-      _mm256_storeu_pd(d + 2 * static_cast<int64_t>(rows), _mm256_permute2f128_pd(t0, t2, 0x31));
-      _mm256_storeu_pd(d + 3 * static_cast<int64_t>(rows), _mm256_permute2f128_pd(t1, t3, 0x31));
+  const int64_t ls = cols, ld = rows;
+  const int32_t rows8 = rows & ~7, rows4 = rows & ~3, cols8 = cols & ~7, cols4 = cols & ~3;
+  auto block = [&](int32_t i, int32_t j) PVO_AVX2_LAMBDA {
+    bad = transpose_block4(src + i * ls + j, ls, dst + j * ld + i, ld, bad);
+  };
+  for (int32_t i = 0; i < rows4; i += (i + 8 <= rows8 ? 8 : 4)) {
+    const bool tall = i + 8 <= rows8;
+    int32_t j = 0;
+    if (tall) {
+      for (; j < cols8; j += 8) {
+        block(i, j);
+        block(i + 4, j);
+        block(i, j + 4);
+        block(i + 4, j + 4);
+      }
     }
-    for (int32_t r = i; r < i + 4; ++r) {
-      for (int32_t j = cols4; j < cols; ++j) {
-        const double x = src[static_cast<int64_t>(r) * cols + j];
+    for (; j < cols4; j += 4) {
+      block(i, j);
+      if (tall) block(i + 4, j);
+    }
+    for (int32_t r = i; r < i + (tall ? 8 : 4); ++r) {
+      for (int32_t c = cols4; c < cols; ++c) {
+        const double x = src[r * ls + c];
         any |= !(x > -kInf);
-        dst[static_cast<int64_t>(j) * rows + r] = x;
+        dst[c * ld + r] = x;
       }
     }
   }
   for (int32_t r = rows4; r < rows; ++r) {
-    for (int32_t j = 0; j < cols; ++j) {
-      const double x = src[static_cast<int64_t>(r) * cols + j];
+    for (int32_t c = 0; c < cols; ++c) {
+      const double x = src[r * ls + c];
       any |= !(x > -kInf);
-      dst[static_cast<int64_t>(j) * rows + r] = x;
+      dst[c * ld + r] = x;
     }
   }
   return any || _mm256_movemask_pd(bad) != 0;
@@ -308,20 +328,20 @@ PVO_AVX2 inline void store_block(__m128 r0, __m128 r1, __m128 r2, __m128 r3, flo
 
 PVO_AVX2 inline __m256d lane_index(int64_t i) { return _mm256_castsi256_pd(_mm256_set1_epi64x(i)); }
 
-// Column blocks of 4 outer, rows inner: the 4 columns' min2 state stays in registers (lanes =
-// columns) while their 4x4 blocks are checked and transposed.
+// Column blocks of 4 outer, rows inner: the 4 columns' running minimum and its row stay in
+// registers (lanes = columns, two chains for even and odd rows) while their 4x4 blocks are
+// checked and transposed.
 template <typename T>
-PVO_AVX2 bool transpose_check_min2_impl(const T* src, int32_t rows, int32_t cols, T* dst, RowMin2* mins) {
+PVO_AVX2 bool transpose_check_min_impl(const T* src, int32_t rows, int32_t cols, T* dst, RowMin2* mins) {
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
   const __m256d inf = _mm256_set1_pd(kInf), none = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+  const __m256i two = _mm256_set1_epi64x(2);
   __m256d bad = _mm256_setzero_pd();
   bool any = false;
   for (int32_t j = 0; j < cols4; j += 4) {
-    Min2Lanes s{inf, inf, none, none}, s_odd{inf, inf, none, none};  // two chains: even, odd rows
-    // row indices as lanes, advanced by adds (a broadcast per row costs two instructions)
+    __m256d m_even = inf, m_odd = inf, i_even = none, i_odd = none;
     __m256i index_even = _mm256_setzero_si256(), index_odd = _mm256_set1_epi64x(1);
-    const __m256i two = _mm256_set1_epi64x(2);
     for (int32_t i = 0; i < rows4; i += 4) {
       const T* p = src + static_cast<int64_t>(i) * cols + j;
       __m256d r[4];
@@ -341,41 +361,34 @@ PVO_AVX2 bool transpose_check_min2_impl(const T* src, int32_t rows, int32_t cols
       // NaN here (a pair is unordered when either is NaN); -inf shows up as a minimum below
       bad = _mm256_or_pd(bad, _mm256_or_pd(_mm256_cmp_pd(r[0], r[1], _CMP_UNORD_Q),
                                            _mm256_cmp_pd(r[2], r[3], _CMP_UNORD_Q)));
-      min2_step(s, r[0], _mm256_castsi256_pd(index_even));
-      min2_step(s_odd, r[1], _mm256_castsi256_pd(index_odd));
-      index_even = _mm256_add_epi64(index_even, two);
-      index_odd = _mm256_add_epi64(index_odd, two);
-      min2_step(s, r[2], _mm256_castsi256_pd(index_even));
-      min2_step(s_odd, r[3], _mm256_castsi256_pd(index_odd));
-      index_even = _mm256_add_epi64(index_even, two);
-      index_odd = _mm256_add_epi64(index_odd, two);
+      for (int k = 0; k < 4; k += 2) {
+        const __m256d lt_even = _mm256_cmp_pd(r[k], m_even, _CMP_LT_OQ);
+        const __m256d lt_odd = _mm256_cmp_pd(r[k + 1], m_odd, _CMP_LT_OQ);
+        m_even = _mm256_min_pd(m_even, r[k]);
+        m_odd = _mm256_min_pd(m_odd, r[k + 1]);
+        i_even = _mm256_blendv_pd(i_even, _mm256_castsi256_pd(index_even), lt_even);
+        i_odd = _mm256_blendv_pd(i_odd, _mm256_castsi256_pd(index_odd), lt_odd);
+        index_even = _mm256_add_epi64(index_even, two);
+        index_odd = _mm256_add_epi64(index_odd, two);
+      }
     }
-    for (int32_t i = rows4; i < rows; ++i) {  // ragged rows
-      const T* p = src + static_cast<int64_t>(i) * cols + j;
-      const __m256d r = _mm256_setr_pd(static_cast<double>(p[0]), static_cast<double>(p[1]),
-                                       static_cast<double>(p[2]), static_cast<double>(p[3]));
-      for (int k = 0; k < 4; ++k) dst[static_cast<int64_t>(j + k) * rows + i] = p[k];
-      bad = _mm256_or_pd(bad, invalid_lanes(r));
-      min2_step(s, r, lane_index(i));
-    }
-    const __m256d ninf = _mm256_set1_pd(-kInf);
-    bad = _mm256_or_pd(bad, _mm256_or_pd(_mm256_cmp_pd(s.m1, ninf, _CMP_EQ_OQ), _mm256_cmp_pd(s_odd.m1, ninf, _CMP_EQ_OQ)));
-    alignas(32) double a1[4], a2[4], c1[4], c2[4];
-    alignas(32) int64_t b1[4], b2[4], d1[4], d2[4];
-    _mm256_store_pd(a1, s.m1);
-    _mm256_store_pd(a2, s.m2);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(b1), _mm256_castpd_si256(s.i1));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(b2), _mm256_castpd_si256(s.i2));
-    _mm256_store_pd(c1, s_odd.m1);
-    _mm256_store_pd(c2, s_odd.m2);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(d1), _mm256_castpd_si256(s_odd.i1));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(d2), _mm256_castpd_si256(s_odd.i2));
+    alignas(32) double a[4], b[4];
+    alignas(32) int64_t ia[4], ib[4];
+    _mm256_store_pd(a, m_even);
+    _mm256_store_pd(b, m_odd);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(ia), _mm256_castpd_si256(i_even));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(ib), _mm256_castpd_si256(i_odd));
     for (int k = 0; k < 4; ++k) {
-      RowMin2 m{kInf, kInf, -1, -1};  // (values are order-free; ties may pick either index)
-      if (b1[k] >= 0) offer(m, a1[k], static_cast<int32_t>(b1[k]));
-      if (d1[k] >= 0) offer(m, c1[k], static_cast<int32_t>(d1[k]));
-      if (b2[k] >= 0) offer(m, a2[k], static_cast<int32_t>(b2[k]));
-      if (d2[k] >= 0) offer(m, c2[k], static_cast<int32_t>(d2[k]));
+      RowMin2 m{kInf, kInf, -1, -1};
+      if (ia[k] >= 0) offer(m, a[k], static_cast<int32_t>(ia[k]));
+      if (ib[k] >= 0) offer(m, b[k], static_cast<int32_t>(ib[k]));
+      for (int32_t i = rows4; i < rows; ++i) {  // ragged rows
+        const T x = src[static_cast<int64_t>(i) * cols + j + k];
+        any |= !(x > kNegInf);
+        dst[static_cast<int64_t>(j + k) * rows + i] = x;
+        offer(m, static_cast<double>(x), i);
+      }
+      any |= m.u1 == -kInf;
       mins[j + k] = m;
     }
   }
@@ -392,13 +405,93 @@ PVO_AVX2 bool transpose_check_min2_impl(const T* src, int32_t rows, int32_t cols
   return any || _mm256_movemask_pd(bad) != 0;
 }
 
+// Row-band order (reads whole rows, like transpose_check_avx2) with the columns' running minima
+// kept in memory (value, row), 4 columns per vector: one read of the matrix in its own order.
+PVO_AVX2 bool transpose_check_min_rows(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins,
+                                       double* min_value, int64_t* min_row) {
+  const int64_t ls = cols, ld = rows;
+  const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
+  for (int32_t j = 0; j < cols4; j += 4) {
+    _mm256_storeu_pd(min_value + j, _mm256_set1_pd(kInf));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(min_row + j), _mm256_set1_epi64x(-1));
+  }
+  __m256d bad = _mm256_setzero_pd();
+  for (int32_t i = 0; i < rows4; i += 4) {
+    const __m256i i0 = _mm256_set1_epi64x(i), i1 = _mm256_set1_epi64x(i + 1);
+    const __m256i i2 = _mm256_set1_epi64x(i + 2), i3 = _mm256_set1_epi64x(i + 3);
+    for (int32_t j = 0; j < cols4; j += 4) {
+      const double* s = src + i * ls + j;
+      // prefetch the band two ahead, a line per row every 8 columns (300x100 problems streaming
+      // from memory: 67-77 -> 45-61 us per problem on the development VM)
+      if ((j & 7) == 0 && i + 8 < rows4) {
+        const double* ahead = s + 8 * ls;
+        for (int k = 0; k < 4; ++k) _mm_prefetch(reinterpret_cast<const char*>(ahead + k * ls), _MM_HINT_T0);
+      }
+      const __m256d r0 = _mm256_loadu_pd(s), r1 = _mm256_loadu_pd(s + ls);
+      const __m256d r2 = _mm256_loadu_pd(s + 2 * ls), r3 = _mm256_loadu_pd(s + 3 * ls);
+      bad = _mm256_or_pd(bad, _mm256_or_pd(_mm256_cmp_pd(r0, r1, _CMP_UNORD_Q), _mm256_cmp_pd(r2, r3, _CMP_UNORD_Q)));
+      const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+      const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+      double* d = dst + j * ld + i;
+      _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
+      _mm256_storeu_pd(d + ld, _mm256_permute2f128_pd(t1, t3, 0x20));
+      _mm256_storeu_pd(d + 2 * ld, _mm256_permute2f128_pd(t0, t2, 0x31));
+      _mm256_storeu_pd(d + 3 * ld, _mm256_permute2f128_pd(t1, t3, 0x31));
+      // the first smallest of the 4 rows per column, then against the running minimum
+      const __m256d b01 = _mm256_cmp_pd(r1, r0, _CMP_LT_OQ), b23 = _mm256_cmp_pd(r3, r2, _CMP_LT_OQ);
+      const __m256d m01 = _mm256_min_pd(r0, r1), m23 = _mm256_min_pd(r2, r3);
+      const __m256d x01 = _mm256_blendv_pd(_mm256_castsi256_pd(i0), _mm256_castsi256_pd(i1), b01);
+      const __m256d x23 = _mm256_blendv_pd(_mm256_castsi256_pd(i2), _mm256_castsi256_pd(i3), b23);
+      const __m256d b = _mm256_cmp_pd(m23, m01, _CMP_LT_OQ);
+      const __m256d m4 = _mm256_min_pd(m01, m23);
+      const __m256d x4 = _mm256_blendv_pd(x01, x23, b);
+      const __m256d old = _mm256_loadu_pd(min_value + j);
+      const __m256d better = _mm256_cmp_pd(m4, old, _CMP_LT_OQ);
+      _mm256_storeu_pd(min_value + j, _mm256_min_pd(old, m4));
+      __m256i* index = reinterpret_cast<__m256i*>(min_row + j);
+      _mm256_storeu_si256(index, _mm256_castpd_si256(_mm256_blendv_pd(
+                                     _mm256_castsi256_pd(_mm256_loadu_si256(index)), x4, better)));
+    }
+  }
+  bool any = _mm256_movemask_pd(bad) != 0;
+  for (int32_t j = 0; j < cols4; ++j) {
+    RowMin2 m{kInf, kInf, -1, -1};
+    if (min_row[j] >= 0) offer(m, min_value[j], static_cast<int32_t>(min_row[j]));
+    mins[j] = m;
+  }
+  for (int32_t i = rows4; i < rows; ++i) {  // ragged rows, all columns
+    for (int32_t j = 0; j < cols4; ++j) {
+      const double x = src[i * ls + j];
+      any |= !(x > -kInf);
+      dst[j * ld + i] = x;
+      offer(mins[j], x, i);
+    }
+  }
+  for (int32_t j = cols4; j < cols; ++j) {  // ragged columns, all rows
+    RowMin2 m{kInf, kInf, -1, -1};
+    for (int32_t i = 0; i < rows; ++i) {
+      const double x = src[i * ls + j];
+      any |= !(x > -kInf);
+      dst[j * ld + i] = x;
+      offer(m, x, i);
+    }
+    mins[j] = m;
+  }
+  for (int32_t j = 0; j < cols; ++j) any |= mins[j].u1 == -kInf;
+  return any;
+}
+
 }  // namespace
 
-bool transpose_check_min2_avx2(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins) {
-  return transpose_check_min2_impl(src, rows, cols, dst, mins);
+bool transpose_check_min_avx2(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins) {
+  return transpose_check_min_impl(src, rows, cols, dst, mins);
 }
-bool transpose_check_min2_avx2(const float* src, int32_t rows, int32_t cols, float* dst, RowMin2* mins) {
-  return transpose_check_min2_impl(src, rows, cols, dst, mins);
+bool transpose_check_min_rows_avx2(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins,
+                                   double* min_value, int64_t* min_row) {
+  return transpose_check_min_rows(src, rows, cols, dst, mins, min_value, min_row);
+}
+bool transpose_check_min_avx2(const float* src, int32_t rows, int32_t cols, float* dst, RowMin2* mins) {
+  return transpose_check_min_impl(src, rows, cols, dst, mins);
 }
 
 void column_min_avx2(const double* c, int32_t m, double* v, int32_t* y, int32_t row) {

@@ -46,7 +46,6 @@ AssignBatch prepare_assign_dense(const char* op, const at::Tensor& cost, bool ma
   const auto index_options = cost.options().dtype(at::kLong);
   batch.rows = batched ? at::empty({b, k}, index_options) : at::empty({k}, index_options);
   batch.cols = at::empty_like(batch.rows);
-  batch.max_side = std::max(n, m);
   if (n * m == 0) return batch;  // nothing to solve (K = 0, or no problems)
   batch.problems.reserve(static_cast<size_t>(b));
   for (int64_t p = 0; p < b; ++p) {
@@ -77,7 +76,6 @@ AssignBatch prepare_assign_packed(const char* op, const at::Tensor& costs, c10::
     }
     elements += n * m;
     results += std::min(n, m);
-    batch.max_side = std::max(batch.max_side, std::max(n, m));
   }
   TORCH_CHECK_VALUE(elements == costs.numel(), op, ": costs has ", costs.numel(),
                     " elements but shapes describe ", elements);

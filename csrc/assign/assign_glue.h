@@ -14,7 +14,6 @@ struct AssignBatch {
   at::Tensor cost;                      // contiguous float32/float64, negated when maximizing
   std::vector<AssignProblem> problems;  // one per matrix
   at::Tensor rows, cols;                // int64 outputs on the cost's device, shaped for the caller
-  int64_t max_side = 0;                 // the largest n or m of any problem
 };
 
 // cost (N, M) or (B, N, M): checks it and lays out the batch.

@@ -32,10 +32,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // Augmenting row reduction gives up on a row after this many moves per row position (JV bound
 // it by the column count; on dense float problems that lets it run an auction with vanishing
 // steps, measured 3x slower on 1000x1000 uniform than stopping early and searching).
-#ifndef PVO_ARR_LIMIT
-#define PVO_ARR_LIMIT 4
-#endif
-constexpr int64_t kArrLimitPerRow = PVO_ARR_LIMIT;
+constexpr int64_t kArrLimitPerRow = 4;
 
 // Workspace of one thread, reused across the problems it solves.
 struct Workspace {
@@ -171,9 +168,6 @@ class Solver {
     const int64_t limit_per_row = kArrLimitPerRow;
     while (current < n_free) {
       ++count;
-#ifdef PVO_LAP_COUNT_ARR
-      PVO_LAP_COUNT_ARR();
-#endif
       const int32_t i = free_[current++];
       const RowMin2 best = kernels_.row_min2(row(i), v_, m_);
       double u1 = best.u1, u2 = best.u2;

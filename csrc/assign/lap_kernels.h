@@ -152,7 +152,6 @@ bool transpose_check_avx2(const float* src, int32_t rows, int32_t cols, float* d
 
 // transpose_check_avx2 that also gives each row j of dst (column j of the source) its smallest
 // entry: mins[j].u1 and .j1 (the first smallest; .u2/.j2 are not meaningful).
-bool transpose_check_min_avx2(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins);
 bool transpose_check_min_avx2(const float* src, int32_t rows, int32_t cols, float* dst, RowMin2* mins);
 // The same in the source's row order (the order that streams well from memory), with the running
 // minima in min_value / min_row (cols entries of scratch each).

@@ -17,7 +17,6 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 #define PVO_AVX2 __attribute__((target("avx2")))
-#define PVO_AVX2_LAMBDA __attribute__((target("avx2")))
 
 PVO_AVX2 inline __m256d load4(const double* p) { return _mm256_loadu_pd(p); }
 PVO_AVX2 inline __m256d load4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
@@ -104,10 +103,7 @@ PVO_AVX2 void start_row_impl(const T* c, const double* v, int32_t m, double* ope
     _mm256_storeu_pd(open + j, _mm256_sub_pd(load4(c + j), load4(v + j)));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(pred + j), rows);
   }
-  for (; j < m; ++j) {
-    open[j] = static_cast<double>(c[j]) - v[j];
-    pred[j] = row;
-  }
+  start_row_portable(c + j, v + j, m - j, open + j, pred + j, row);
 }
 
 template <typename T>
@@ -149,15 +145,9 @@ PVO_AVX2 int32_t scan_row_impl(const T* c, const double* v, double h, double min
       reached &= reached - 1;
     }
   }
-  for (; j < m; ++j) {
-    const double r = static_cast<double>(c[j]) - v[j] - h;
-    if (r < open[j]) {
-      open[j] = r;
-      pred[j] = row;
-      if (r <= mind) out[count++] = j;
-    }
-  }
-  return count;
+  const int32_t tail = scan_row_portable(c + j, v + j, h, mind, open + j, pred + j, row, m - j, out + count);
+  for (int32_t e = count; e < count + tail; ++e) out[e] += j;  // the tail's columns are relative to j
+  return count + tail;
 }
 
 template <typename T>
@@ -172,13 +162,7 @@ PVO_AVX2 void column_min_impl(const T* c, int32_t m, double* v, int32_t* y, int3
     _mm256_storeu_pd(v + j, _mm256_blendv_pd(vj, cj, lower));
     _mm_maskstore_epi32(y + j, lane_mask32(lower), rows);
   }
-  for (; j < m; ++j) {
-    const double cj = static_cast<double>(c[j]);
-    if (cj < v[j]) {
-      v[j] = cj;
-      y[j] = row;
-    }
-  }
+  column_min_portable(c + j, m - j, v + j, y + j, row);
 }
 
 // lanes that are NaN or -inf (not greater than -inf, unordered included)
@@ -195,130 +179,27 @@ PVO_AVX2 bool any_invalid_avx2(const double* c, int64_t count) {
   __m256d bad = _mm256_setzero_pd();
   int64_t e = 0;
   for (; e + 4 <= count; e += 4) bad = _mm256_or_pd(bad, invalid_lanes(_mm256_loadu_pd(c + e)));
-  bool any = _mm256_movemask_pd(bad) != 0;
-  for (; e < count; ++e) any |= !(c[e] > -kInf);
-  return any;
+  return _mm256_movemask_pd(bad) != 0 || any_invalid_portable(c + e, count - e);
 }
 
 PVO_AVX2 bool any_invalid_avx2(const float* c, int64_t count) {
   __m128 bad = _mm_setzero_ps();
   int64_t e = 0;
   for (; e + 4 <= count; e += 4) bad = _mm_or_ps(bad, invalid_lanes(_mm_loadu_ps(c + e)));
-  bool any = _mm_movemask_ps(bad) != 0;
-  for (; e < count; ++e) any |= !(c[e] > -std::numeric_limits<float>::infinity());
-  return any;
+  return _mm_movemask_ps(bad) != 0 || any_invalid_portable(c + e, count - e);
 }
 
-// One 4x4 block: src rows s, s + ld_src, ... (4 doubles each) -> dst rows d, d + ld_dst, ...
-PVO_AVX2 inline __m256d transpose_block4(const double* s, int64_t ld_src, double* d, int64_t ld_dst, __m256d bad) {
-  const __m256d r0 = _mm256_loadu_pd(s), r1 = _mm256_loadu_pd(s + ld_src);
-  const __m256d r2 = _mm256_loadu_pd(s + 2 * ld_src), r3 = _mm256_loadu_pd(s + 3 * ld_src);
-  bad = _mm256_or_pd(_mm256_or_pd(bad, _mm256_or_pd(invalid_lanes(r0), invalid_lanes(r1))),
-                     _mm256_or_pd(invalid_lanes(r2), invalid_lanes(r3)));
+// Stores the transpose of the 4x4 block whose rows are r0..r3 into dst rows d, d + ld, ...
+PVO_AVX2 inline void store_transposed4(__m256d r0, __m256d r1, __m256d r2, __m256d r3, double* d, int64_t ld) {
   const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
   const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-  _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
-  _mm256_storeu_pd(d + ld_dst, _mm256_permute2f128_pd(t1, t3, 0x20));
-  _mm256_storeu_pd(d + 2 * ld_dst, _mm256_permute2f128_pd(t0, t2, 0x31));
-  _mm256_storeu_pd(d + 3 * ld_dst, _mm256_permute2f128_pd(t1, t3, 0x31));
-  return bad;
-}
-
-// 8x8 tiles (four 4x4 blocks: whole 64-byte lines read and written, which matters once the
-// matrix streams from memory), then 4x4 blocks, then the ragged edges element by element.
-PVO_AVX2 bool transpose_check_avx2(const double* src, int32_t rows, int32_t cols, double* dst) {
-  __m256d bad = _mm256_setzero_pd();
-  bool any = false;
-  const int64_t ls = cols, ld = rows;
-  const int32_t rows8 = rows & ~7, rows4 = rows & ~3, cols8 = cols & ~7, cols4 = cols & ~3;
-  auto block = [&](int32_t i, int32_t j) PVO_AVX2_LAMBDA {
-    bad = transpose_block4(src + i * ls + j, ls, dst + j * ld + i, ld, bad);
-  };
-  for (int32_t i = 0; i < rows4; i += (i + 8 <= rows8 ? 8 : 4)) {
-    const bool tall = i + 8 <= rows8;
-    int32_t j = 0;
-    if (tall) {
-      for (; j < cols8; j += 8) {
-        block(i, j);
-        block(i + 4, j);
-        block(i, j + 4);
-        block(i + 4, j + 4);
-      }
-    }
-    for (; j < cols4; j += 4) {
-      block(i, j);
-      if (tall) block(i + 4, j);
-    }
-    for (int32_t r = i; r < i + (tall ? 8 : 4); ++r) {
-      for (int32_t c = cols4; c < cols; ++c) {
-        const double x = src[r * ls + c];
-        any |= !(x > -kInf);
-        dst[c * ld + r] = x;
-      }
-    }
-  }
-  for (int32_t r = rows4; r < rows; ++r) {
-    for (int32_t c = 0; c < cols; ++c) {
-      const double x = src[r * ls + c];
-      any |= !(x > -kInf);
-      dst[c * ld + r] = x;
-    }
-  }
-  return any || _mm256_movemask_pd(bad) != 0;
-}
-
-PVO_AVX2 bool transpose_check_avx2(const float* src, int32_t rows, int32_t cols, float* dst) {
-  __m128 bad = _mm_setzero_ps();
-  bool any = false;
-  const float ninf = -std::numeric_limits<float>::infinity();
-  const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
-  for (int32_t i = 0; i < rows4; i += 4) {
-    const float* s = src + static_cast<int64_t>(i) * cols;
-    for (int32_t j = 0; j < cols4; j += 4) {
-      __m128 r0 = _mm_loadu_ps(s + j), r1 = _mm_loadu_ps(s + cols + j);
-      __m128 r2 = _mm_loadu_ps(s + 2 * static_cast<int64_t>(cols) + j);
-      __m128 r3 = _mm_loadu_ps(s + 3 * static_cast<int64_t>(cols) + j);
-      bad = _mm_or_ps(_mm_or_ps(bad, _mm_or_ps(invalid_lanes(r0), invalid_lanes(r1))),
-                      _mm_or_ps(invalid_lanes(r2), invalid_lanes(r3)));
-      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-      float* d = dst + static_cast<int64_t>(j) * rows + i;
-      _mm_storeu_ps(d, r0);
-      _mm_storeu_ps(d + rows, r1);
-      _mm_storeu_ps(d + 2 * static_cast<int64_t>(rows), r2);
-      _mm_storeu_ps(d + 3 * static_cast<int64_t>(rows), r3);
-    }
-    for (int32_t r = i; r < i + 4; ++r) {
-      for (int32_t j = cols4; j < cols; ++j) {
-        const float x = src[static_cast<int64_t>(r) * cols + j];
-        any |= !(x > ninf);
-        dst[static_cast<int64_t>(j) * rows + r] = x;
-      }
-    }
-  }
-  for (int32_t r = rows4; r < rows; ++r) {
-    for (int32_t j = 0; j < cols; ++j) {
-      const float x = src[static_cast<int64_t>(r) * cols + j];
-      any |= !(x > ninf);
-      dst[static_cast<int64_t>(j) * rows + r] = x;
-    }
-  }
-  return any || _mm_movemask_ps(bad) != 0;
-}
-
-namespace {
-
-PVO_AVX2 inline __m256d widen4(__m128 x) { return _mm256_cvtps_pd(x); }
-
-// transposes one 4x4 block (rows r[0..3] of 4 columns) into dst, columns becoming rows
-PVO_AVX2 inline void store_block(const __m256d r[4], double* d, int64_t ld) {
-  const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
-  const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
   _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
   _mm256_storeu_pd(d + ld, _mm256_permute2f128_pd(t1, t3, 0x20));
   _mm256_storeu_pd(d + 2 * ld, _mm256_permute2f128_pd(t0, t2, 0x31));
   _mm256_storeu_pd(d + 3 * ld, _mm256_permute2f128_pd(t1, t3, 0x31));
 }
-PVO_AVX2 inline void store_block(__m128 r0, __m128 r1, __m128 r2, __m128 r3, float* d, int64_t ld) {
+
+PVO_AVX2 inline void store_transposed4(__m128 r0, __m128 r1, __m128 r2, __m128 r3, float* d, int64_t ld) {
   _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
   _mm_storeu_ps(d, r0);
   _mm_storeu_ps(d + ld, r1);
@@ -326,13 +207,69 @@ PVO_AVX2 inline void store_block(__m128 r0, __m128 r1, __m128 r2, __m128 r3, flo
   _mm_storeu_ps(d + 3 * ld, r3);
 }
 
-PVO_AVX2 inline __m256d lane_index(int64_t i) { return _mm256_castsi256_pd(_mm256_set1_epi64x(i)); }
-
-// Column blocks of 4 outer, rows inner: the 4 columns' running minimum and its row stay in
-// registers (lanes = columns, two chains for even and odd rows) while their 4x4 blocks are
-// checked and transposed.
+// the source's ragged edge (rows [row0, rows) x columns [col0, cols) ...) element by element
 template <typename T>
-PVO_AVX2 bool transpose_check_min_impl(const T* src, int32_t rows, int32_t cols, T* dst, RowMin2* mins) {
+inline bool transpose_check_edge(const T* src, int32_t rows, int32_t cols, T* dst, int32_t row0, int32_t row1,
+                                 int32_t col0, int32_t col1) {
+  bool any = false;
+  for (int64_t r = row0; r < row1; ++r) {
+    for (int64_t c = col0; c < col1; ++c) {
+      const T x = src[r * cols + c];
+      any |= !(x > -std::numeric_limits<T>::infinity());
+      dst[c * rows + r] = x;
+    }
+  }
+  return any;
+}
+
+// 4x4 blocks transposed in registers (8x8 tiles measured no different), ragged edges by element.
+PVO_AVX2 bool transpose_check_avx2(const double* src, int32_t rows, int32_t cols, double* dst) {
+  __m256d bad = _mm256_setzero_pd();
+  const int64_t ls = cols, ld = rows;
+  const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
+  for (int32_t i = 0; i < rows4; i += 4) {
+    for (int32_t j = 0; j < cols4; j += 4) {
+      const double* s = src + i * ls + j;
+      const __m256d r0 = _mm256_loadu_pd(s), r1 = _mm256_loadu_pd(s + ls);
+      const __m256d r2 = _mm256_loadu_pd(s + 2 * ls), r3 = _mm256_loadu_pd(s + 3 * ls);
+      bad = _mm256_or_pd(_mm256_or_pd(bad, _mm256_or_pd(invalid_lanes(r0), invalid_lanes(r1))),
+                         _mm256_or_pd(invalid_lanes(r2), invalid_lanes(r3)));
+      store_transposed4(r0, r1, r2, r3, dst + j * ld + i, ld);
+    }
+  }
+  const bool edges = transpose_check_edge(src, rows, cols, dst, 0, rows4, cols4, cols) |
+                     transpose_check_edge(src, rows, cols, dst, rows4, rows, 0, cols);
+  return edges || _mm256_movemask_pd(bad) != 0;
+}
+
+PVO_AVX2 bool transpose_check_avx2(const float* src, int32_t rows, int32_t cols, float* dst) {
+  __m128 bad = _mm_setzero_ps();
+  const int64_t ls = cols, ld = rows;
+  const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
+  for (int32_t i = 0; i < rows4; i += 4) {
+    for (int32_t j = 0; j < cols4; j += 4) {
+      const float* s = src + i * ls + j;
+      const __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + ls);
+      const __m128 r2 = _mm_loadu_ps(s + 2 * ls), r3 = _mm_loadu_ps(s + 3 * ls);
+      bad = _mm_or_ps(_mm_or_ps(bad, _mm_or_ps(invalid_lanes(r0), invalid_lanes(r1))),
+                      _mm_or_ps(invalid_lanes(r2), invalid_lanes(r3)));
+      store_transposed4(r0, r1, r2, r3, dst + j * ld + i, ld);
+    }
+  }
+  const bool edges = transpose_check_edge(src, rows, cols, dst, 0, rows4, cols4, cols) |
+                     transpose_check_edge(src, rows, cols, dst, rows4, rows, 0, cols);
+  return edges || _mm_movemask_ps(bad) != 0;
+}
+
+namespace {
+
+PVO_AVX2 inline __m256d widen4(__m128 x) { return _mm256_cvtps_pd(x); }
+
+// float32: column blocks of 4 outer, rows inner: the 4 columns' running minimum and its row stay
+// in registers (lanes = columns, two chains for even and odd rows) while their 4x4 blocks are
+// checked and transposed. (float64 uses transpose_check_min_rows, which streams better.)
+PVO_AVX2 bool transpose_check_min_columns(const float* src, int32_t rows, int32_t cols, float* dst, RowMin2* mins) {
+  using T = float;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
   const __m256d inf = _mm256_set1_pd(kInf), none = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
@@ -344,20 +281,11 @@ PVO_AVX2 bool transpose_check_min_impl(const T* src, int32_t rows, int32_t cols,
     __m256i index_even = _mm256_setzero_si256(), index_odd = _mm256_set1_epi64x(1);
     for (int32_t i = 0; i < rows4; i += 4) {
       const T* p = src + static_cast<int64_t>(i) * cols + j;
-      __m256d r[4];
-      if constexpr (std::is_same_v<T, float>) {
-        const __m128 f0 = _mm_loadu_ps(p), f1 = _mm_loadu_ps(p + cols);
-        const __m128 f2 = _mm_loadu_ps(p + 2 * static_cast<int64_t>(cols));
-        const __m128 f3 = _mm_loadu_ps(p + 3 * static_cast<int64_t>(cols));
-        store_block(f0, f1, f2, f3, dst + static_cast<int64_t>(j) * rows + i, rows);
-        r[0] = widen4(f0);
-        r[1] = widen4(f1);
-        r[2] = widen4(f2);
-        r[3] = widen4(f3);
-      } else {
-        for (int k = 0; k < 4; ++k) r[k] = _mm256_loadu_pd(p + k * static_cast<int64_t>(cols));
-        store_block(r, dst + static_cast<int64_t>(j) * rows + i, rows);
-      }
+      const __m128 f0 = _mm_loadu_ps(p), f1 = _mm_loadu_ps(p + cols);
+      const __m128 f2 = _mm_loadu_ps(p + 2 * static_cast<int64_t>(cols));
+      const __m128 f3 = _mm_loadu_ps(p + 3 * static_cast<int64_t>(cols));
+      store_transposed4(f0, f1, f2, f3, dst + static_cast<int64_t>(j) * rows + i, rows);
+      const __m256d r[4] = {widen4(f0), widen4(f1), widen4(f2), widen4(f3)};
       // NaN here (a pair is unordered when either is NaN); -inf shows up as a minimum below
       bad = _mm256_or_pd(bad, _mm256_or_pd(_mm256_cmp_pd(r[0], r[1], _CMP_UNORD_Q),
                                            _mm256_cmp_pd(r[2], r[3], _CMP_UNORD_Q)));
@@ -430,13 +358,7 @@ PVO_AVX2 bool transpose_check_min_rows(const double* src, int32_t rows, int32_t 
       const __m256d r0 = _mm256_loadu_pd(s), r1 = _mm256_loadu_pd(s + ls);
       const __m256d r2 = _mm256_loadu_pd(s + 2 * ls), r3 = _mm256_loadu_pd(s + 3 * ls);
       bad = _mm256_or_pd(bad, _mm256_or_pd(_mm256_cmp_pd(r0, r1, _CMP_UNORD_Q), _mm256_cmp_pd(r2, r3, _CMP_UNORD_Q)));
-      const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
-      const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-      double* d = dst + j * ld + i;
-      _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
-      _mm256_storeu_pd(d + ld, _mm256_permute2f128_pd(t1, t3, 0x20));
-      _mm256_storeu_pd(d + 2 * ld, _mm256_permute2f128_pd(t0, t2, 0x31));
-      _mm256_storeu_pd(d + 3 * ld, _mm256_permute2f128_pd(t1, t3, 0x31));
+      store_transposed4(r0, r1, r2, r3, dst + j * ld + i, ld);
       // the first smallest of the 4 rows per column, then against the running minimum
       const __m256d b01 = _mm256_cmp_pd(r1, r0, _CMP_LT_OQ), b23 = _mm256_cmp_pd(r3, r2, _CMP_LT_OQ);
       const __m256d m01 = _mm256_min_pd(r0, r1), m23 = _mm256_min_pd(r2, r3);
@@ -483,15 +405,12 @@ PVO_AVX2 bool transpose_check_min_rows(const double* src, int32_t rows, int32_t 
 
 }  // namespace
 
-bool transpose_check_min_avx2(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins) {
-  return transpose_check_min_impl(src, rows, cols, dst, mins);
-}
 bool transpose_check_min_rows_avx2(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins,
                                    double* min_value, int64_t* min_row) {
   return transpose_check_min_rows(src, rows, cols, dst, mins, min_value, min_row);
 }
 bool transpose_check_min_avx2(const float* src, int32_t rows, int32_t cols, float* dst, RowMin2* mins) {
-  return transpose_check_min_impl(src, rows, cols, dst, mins);
+  return transpose_check_min_columns(src, rows, cols, dst, mins);
 }
 
 void column_min_avx2(const double* c, int32_t m, double* v, int32_t* y, int32_t row) {

@@ -98,7 +98,7 @@ def _solve_list(costs: Sequence[torch.Tensor], maximize: bool) -> List[Tuple[tor
     shapes: List[int] = []
     for c in mats:
         shapes += [int(c.shape[0]), int(c.shape[1])]
-    flat = torch.cat([c.reshape(-1).to(dtype) for c in mats]) if mats else torch.empty(0, dtype=dtype)
+    flat = torch.cat([c.reshape(-1).to(dtype) for c in mats])
     rows, cols = _ops._linear_sum_assignment_packed(flat, shapes, maximize)
     sizes = [min(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(mats))]
     return list(zip(rows.split(sizes), cols.split(sizes)))

@@ -18,7 +18,7 @@ int solve_jv(const std::vector<T>& c, int rows, int cols, lap::Workspace& ws, st
     bool bad;
     if constexpr (std::is_same_v<T, double>) {
       if (variant == 0) { bad = lap::transpose_check_min_rows_avx2(c.data(), rows, cols, t.data(), ws.row_minima.data(), ws.min_value.data(), ws.min_row.data()); mins = ws.row_minima.data(); }
-      else if (variant == 1) { bad = lap::transpose_check_min_avx2(c.data(), rows, cols, t.data(), ws.row_minima.data()); mins = ws.row_minima.data(); }
+      else if (variant == 1) bad = lap::transpose_check_portable(c.data(), rows, cols, t.data());
       else bad = lap::transpose_check(c.data(), rows, cols, t.data());
     } else {
       if (variant == 1) { bad = lap::transpose_check_min_avx2(c.data(), rows, cols, t.data(), ws.row_minima.data()); mins = ws.row_minima.data(); }

@@ -184,6 +184,24 @@ def test_gram_matrix_any_strides(shape, layout, dtype, device):
         assert torch.equal(gram[1:].cpu(), gram[:1].expand_as(gram[1:]).cpu())
 
 
+# The CPU kernel packs L in chunks (64..1024 positions, fewer for more channels) into 16-channel
+# panels, and splits L between threads when the batch is smaller than the thread count: lengths
+# spanning several chunks with a ragged tail, channel counts with and without a partial panel,
+# batches below the thread count (1, 2 and 3 threads).
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(1, 16, 30, 70), (1, 40, 29, 53), (2, 200, 25, 26), (1, 3, 50, 100)], ids=shape_id)
+def test_gram_matrix_cpu_chunks_and_thread_splits(shape, layout, dtype, threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = with_layout(features_of(shape, dtype, "cpu"), layout)
+        check_gram(x, True, TOL[dtype])
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
 def test_gram_matrix_half_does_not_overflow(dtype, device):

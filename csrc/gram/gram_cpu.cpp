@@ -1,12 +1,15 @@
-// CPU Gram kernel: upper-triangle tiles of G, parallel over (batch item, tile pair) with
-// at::parallel_for. Planar float32 uses a 4x4 micro-kernel (AVX-512, or two AVX2 2x4 halves:
-// dot products sharing their loads) over chunks of L that stay in L1/L2; other cases use
-// portable loops.
+// CPU Gram kernels. With AVX2 + FMA, float32/float16/bfloat16 features go through the packed
+// kernel (gram_cpu_simd.h): each chunk of L is packed once into 16-row panels and the upper
+// triangle's 16x16 blocks are accumulated in place in G by a register-blocked outer-product
+// micro-kernel, parallel over batch items (and over slices of L when the batch is smaller than
+// the thread count). float64, and CPUs without AVX2, use portable loops over upper-triangle
+// tiles, parallel over (batch item, tile pair).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "common/checks.h"
@@ -17,8 +20,8 @@
 namespace pyvision_ops {
 namespace {
 
-constexpr int64_t kTile = 64;        // rows of G per tile side (multiple of the 4x4 micro-tile)
-constexpr int64_t kChunk = 512;      // elements of L per pass: 128 rows x 2 KB stay in L2
+constexpr int64_t kTile = 64;        // rows of G per tile side (portable path)
+constexpr int64_t kChunk = 512;      // elements of L per pass (portable path)
 
 // Writes the tile's accumulators, scaled, into G and its mirror.
 template <typename acc_t>
@@ -42,11 +45,8 @@ void gram_planar(const GramParams& p, const acc_t* features, acc_t* gram) {
   const int64_t C = p.channels, L = p.length;
   const int64_t tiles = (C + kTile - 1) / kTile;
   const int64_t pairs = triangle_tile_count(tiles);
-  const bool avx512 = std::is_same_v<acc_t, float> && cpu_has_avx512();
-  const bool avx2 = std::is_same_v<acc_t, float> && !avx512 && cpu_has_avx2_fma();
   at::parallel_for(0, p.batch * pairs, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(kTile * kTile);
-    std::vector<acc_t> zeros(std::min(L, kChunk), acc_t(0));  // stands in for rows past C
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / pairs;
       int64_t tile_row, tile_col;
@@ -56,38 +56,15 @@ void gram_planar(const GramParams& p, const acc_t* features, acc_t* gram) {
       const acc_t* base = features + n * C * L;
       for (int64_t l0 = 0; l0 < L; l0 += kChunk) {
         const int64_t len = std::min(kChunk, L - l0);
-        for (int64_t i = 0; i < kTile && row0 + i < C; i += 4) {
-          // On a diagonal tile only micro-tiles on or above the diagonal are needed.
-          const int64_t j_start = tile_row == tile_col ? i : 0;
-          for (int64_t j = j_start; j < kTile && col0 + j < C; j += 4) {
-            if constexpr (std::is_same_v<acc_t, float>) {
-              if (avx512 || avx2) {
-                const float* a[4];
-                const float* b[4];
-                for (int k = 0; k < 4; ++k) {
-                  a[k] = row0 + i + k < C ? base + (row0 + i + k) * L + l0 : zeros.data();
-                  b[k] = col0 + j + k < C ? base + (col0 + j + k) * L + l0 : zeros.data();
-                }
-                float* out = acc.data() + i * kTile + j;
-                if (avx512) {
-                  gram_block4x4_avx512(a, b, len, out, kTile);
-                } else {
-                  gram_block2x4_avx2(a, b, len, out, kTile);
-                  gram_block2x4_avx2(a + 2, b, len, out + 2 * kTile, kTile);
-                }
-                continue;
-              }
-            }
-            for (int64_t ii = i; ii < i + 4 && row0 + ii < C; ++ii) {
-              const acc_t* x = base + (row0 + ii) * L + l0;
-              for (int64_t jj = j; jj < j + 4 && col0 + jj < C; ++jj) {
-                const acc_t* y = base + (col0 + jj) * L + l0;
-                acc_t sum = 0;
+        for (int64_t i = 0; i < kTile && row0 + i < C; ++i) {
+          const acc_t* x = base + (row0 + i) * L + l0;
+          // On a diagonal tile only entries on or above the diagonal are needed.
+          for (int64_t j = tile_row == tile_col ? i : 0; j < kTile && col0 + j < C; ++j) {
+            const acc_t* y = base + (col0 + j) * L + l0;
+            acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
-                for (int64_t l = 0; l < len; ++l) sum += x[l] * y[l];
-                acc[ii * kTile + jj] += sum;
-              }
-            }
+            for (int64_t l = 0; l < len; ++l) sum += x[l] * y[l];
+            acc[i * kTile + j] += sum;
           }
         }
       }
@@ -127,6 +104,93 @@ void gram_channels_last(const GramParams& p, const acc_t* features, acc_t* gram)
   });
 }
 
+// --- the packed AVX2 path: float32 accumulation from float32, float16 or bfloat16 ------------
+
+// A 64-byte aligned float buffer (the micro-kernel's column loads are aligned).
+class AlignedFloats {
+ public:
+  explicit AlignedFloats(int64_t count) {
+    const size_t bytes = (static_cast<size_t>(count) * sizeof(float) + 63) / 64 * 64;
+    data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(data_ != nullptr, "gram_matrix: could not allocate ", bytes, " bytes of workspace");
+  }
+  ~AlignedFloats() { std::free(data_); }
+  AlignedFloats(const AlignedFloats&) = delete;
+  AlignedFloats& operator=(const AlignedFloats&) = delete;
+  float* data() const { return data_; }
+
+ private:
+  float* data_ = nullptr;
+};
+
+// Positions of L per packed chunk: the chunk's panels (~256 KB) stay in L2 next to the rows of G
+// they update, and a column panel (16 x kc floats) fits L1 beside the row slice it meets.
+int64_t packed_chunk_length(int64_t panels) {
+  const int64_t kc = std::clamp<int64_t>((int64_t{1} << 16) / (panels * kGramPanel), 64, 1024);
+  return kc - kc % 8;
+}
+
+constexpr int64_t kMinSliceLength = 512;         // positions of L per slice when L is split
+constexpr int64_t kMaxSliceBytes = int64_t{1} << 26;  // extra C x C buffers of a split (64 MiB)
+
+void gram_packed(const GramParams& p, GramSource source, const void* features, int64_t element_size, float* gram) {
+  const int64_t C = p.channels, L = p.length;
+  const int64_t panels = (C + kGramPanel - 1) / kGramPanel;
+  const int64_t kc = packed_chunk_length(panels);
+  // Batches smaller than the thread count also split L; slice s > 0 of item n sums into its own
+  // C x C buffer, added in slice order (the result depends on the thread count only through
+  // this split, like a BLAS).
+  int64_t slices = 1;
+  const int64_t threads = at::get_num_threads();
+  if (p.batch < threads) {
+    slices = std::min((threads + p.batch - 1) / p.batch, std::max<int64_t>(1, L / kMinSliceLength));
+    while (slices > 1 && (slices - 1) * p.batch * C * C * static_cast<int64_t>(sizeof(float)) > kMaxSliceBytes) --slices;
+  }
+  int64_t slice_length = (L + slices - 1) / slices;
+  slice_length = (slice_length + 7) / 8 * 8;
+  slices = (L + slice_length - 1) / slice_length;
+  std::vector<float> partial(static_cast<size_t>((slices - 1) * p.batch * C * C));
+  const float scale = static_cast<float>(p.scale);
+  const int64_t tasks = p.batch * slices;
+  // Tiny problems stay on the calling thread.
+  const int64_t grain = C * C * slice_length >= (int64_t{1} << 18) ? 1 : tasks;
+  const char* base = static_cast<const char*>(features);
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    AlignedFloats packed(panels * kGramPanel * kc);
+    std::vector<float> edge(static_cast<size_t>(panels * kGramPanel * kGramPanel));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / slices, s = task % slices;
+      float* g = s == 0 ? gram + n * C * C : partial.data() + ((s - 1) * p.batch + n) * C * C;
+      std::fill(g, g + C * C, 0.0f);
+      std::fill(edge.begin(), edge.end(), 0.0f);
+      const void* item = base + n * C * L * element_size;
+      const int64_t l_end = std::min(L, (s + 1) * slice_length);
+      gram_packed_item_avx2(source, p.channels_last, item, C, L, s * slice_length, l_end, kc, packed.data(), edge.data(),
+                            g);
+      if (slices == 1) gram_finish_upper(g, nullptr, 0, C, scale);
+    }
+  });
+  if (slices == 1) return;
+  at::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const float*> partials(static_cast<size_t>(slices - 1));
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t s = 1; s < slices; ++s) partials[s - 1] = partial.data() + ((s - 1) * p.batch + n) * C * C;
+      gram_finish_upper(gram + n * C * C, partials.data(), slices - 1, C, scale);
+    }
+  });
+}
+
+// The packed kernel's source type for `dtype`, if this CPU can run it.
+bool packed_source(at::ScalarType dtype, GramSource& source) {
+  if (!cpu_has_avx2_fma()) return false;
+  switch (dtype) {
+    case at::kFloat: source = GramSource::Float32; return true;
+    case at::kBFloat16: source = GramSource::BFloat16; return true;
+    case at::kHalf: source = GramSource::Float16; return cpu_has_f16c();
+    default: return false;
+  }
+}
+
 at::Tensor gram_matrix_cpu(const at::Tensor& features, bool normalize) {
   const GramInput in = prepare_gram_input("gram_matrix", features, normalize);
   const GramParams& p = in.params;
@@ -134,6 +198,13 @@ at::Tensor gram_matrix_cpu(const at::Tensor& features, bool normalize) {
   at::Tensor gram = at::empty({p.batch, p.channels, p.channels}, features.options().dtype(compute));
   if (gram.numel() == 0) return gram.to(features.scalar_type());
   if (p.length == 0) return gram.zero_().to(features.scalar_type());
+  GramSource source;
+  if (packed_source(features.scalar_type(), source)) {
+    // in.view is dense (N, C, L) or (N, L, C); half types are widened while packing.
+    const at::Tensor view = in.view.contiguous();
+    gram_packed(p, source, view.const_data_ptr(), view.element_size(), gram.mutable_data_ptr<float>());
+    return gram.to(features.scalar_type());
+  }
   // float16/bfloat16 are widened once to float32 (the accumulation type) on the CPU.
   const at::Tensor view = in.view.to(compute).contiguous();
   AT_DISPATCH_FLOATING_TYPES(compute, "gram_matrix_cpu", [&] {

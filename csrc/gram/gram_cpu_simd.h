@@ -1,23 +1,52 @@
-// Micro-kernels of the planar Gram (float32): AVX-512 4x4 and AVX2 2x4. Torch-free; chosen at
-// run time from what the CPU reports (the development VM has reported AVX-512 on some days and
-// only AVX2 on others).
+// The packed AVX2 Gram kernel (float32 accumulation). Torch-free; chosen at run time when the
+// CPU reports AVX2 + FMA (+ F16C for float16 sources).
+//
+// Layout: the features of one batch item, positions [l0, l0 + kc) of L, are packed into
+// "panels" of kGramPanel rows: panel p holds rows 16p .. 16p+15 as packed[p][k][r] (16 floats per
+// position k, one cache line), zero for rows past C. G's upper triangle is then a set of 16x16
+// blocks (pa, pb), pa <= pb, each the product of panel pa and panel pb over k: an outer-product
+// micro-kernel (6 or 4 rows of panel pa broadcast, 16 columns of panel pb in two registers)
+// accumulates it in registers. Packing once per chunk makes every load of the inner loop a full,
+// aligned cache line; the triangle is ~half the multiply-adds of F F^T.
 #pragma once
 
 #include <cstdint>
 
 namespace pyvision_ops {
 
-// True when this build has the AVX-512 kernel and the running CPU supports it.
-bool cpu_has_avx512();
+constexpr int64_t kGramPanel = 16;
 
-// acc[i * ld + j] += sum_{l < length} a[i][l] * b[j][l] for the 4x4 block of rows a[0..3],
-// b[0..3]: 16 dot products sharing their loads (8 row loads feed 16 FMAs per 16 floats).
-void gram_block4x4_avx512(const float* const a[4], const float* const b[4], int64_t length, float* acc, int64_t ld);
+// Element types a panel can be packed from (widened to float32 while packing).
+enum class GramSource : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
 
 bool cpu_has_avx2_fma();
+bool cpu_has_f16c();
 
-// acc[i * ld + j] += sum_{l < length} a[i][l] * b[j][l] for rows a[0..1], b[0..3]: 8
-// accumulators and 2 row registers, the 4 b rows read as memory operands (16 ymm registers).
-void gram_block2x4_avx2(const float* const a[2], const float* const b[4], int64_t length, float* acc, int64_t ld);
+// Packs positions [l0, l0 + kc) of every row into ceil(C / 16) panels at `packed` (64-byte
+// aligned, panels * 16 * kc floats). planar: row c of the item starts at src + c * L (element
+// offsets, elements of `source`); channels-last: position l starts at src + l * C.
+void gram_pack_panels_avx2(GramSource source, bool channels_last, const void* src, int64_t C, int64_t L, int64_t l0,
+                           int64_t kc, float* packed);
+
+// For every block pa <= pb of the `panels` panels packed at `packed` (kc positions each):
+// block += panel_pa x panel_pb^T, where block (pa, pb) is the 16x16 float array at
+// blocks[pa][pb] = block_at(pa, pb): full blocks (pb < full_panels) live in G itself
+// (g + 16 pa * ldg + 16 pb, row stride ldg); blocks of the last, partial panel in `edge`
+// (edge + 256 pa, row stride 16). Entries below the diagonal of diagonal blocks are also
+// written (the caller mirrors over them).
+void gram_panel_products_avx2(const float* packed, int64_t panels, int64_t kc, float* g, int64_t ldg,
+                              int64_t full_panels, float* edge);
+
+// One batch item, positions [l_begin, l_end) of L, in chunks of kc: packs each chunk into
+// `packed` (panels * 16 * kc floats, 64-byte aligned) and accumulates the upper triangle into g
+// (C x C, row stride C, zeroed by the caller); `edge` (panels * 256 floats, zeroed by the
+// caller) collects the partial last column panel, copied into g at the end. Entries below the
+// diagonal are left unspecified.
+void gram_packed_item_avx2(GramSource source, bool channels_last, const void* item, int64_t C, int64_t L,
+                           int64_t l_begin, int64_t l_end, int64_t kc, float* packed, float* edge, float* g);
+
+// Adds the `extra` partial sums (C x C each, upper triangles) to g's upper triangle in order,
+// scales it and mirrors it into the lower triangle, 16 x 16 blocks at a time. Portable.
+void gram_finish_upper(float* g, const float* const* partials, int64_t extra, int64_t C, float scale);
 
 }  // namespace pyvision_ops

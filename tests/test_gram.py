@@ -119,7 +119,9 @@ GRAM_SHAPES = [
     (3, 5, 1, 1),
     (2, 33, 100),
 ]
-BACKWARD_SHAPES = [(2, 3, 7, 9), (3, 65, 5, 3), (2, 1, 4, 4), (2, 17, 1), (2, 33, 20)]
+# Channel counts that are multiples of 16 take the CPU's AVX2 backward kernel (48: three panels;
+# 272: more than one 256-channel chunk), the others the bmm fallback.
+BACKWARD_SHAPES = [(2, 3, 7, 9), (3, 65, 5, 3), (2, 1, 4, 4), (2, 17, 1), (2, 33, 20), (2, 16, 7, 9), (1, 48, 300), (1, 272, 13, 11)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,6 +285,24 @@ def test_gram_matrix_backward_matches_reference(shape, normalize, dtype, device)
     torch.testing.assert_close(expected, closed_form, rtol=1e-12, atol=1e-12)
 
 
+# The CPU backward kernel splits an item's positions between threads when the batch is smaller
+# than the thread count, in passes of 256 positions with a ragged last 16-position strip.
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(1, 16, 30, 70), (1, 32, 1000), (2, 64, 1, 1), (3, 16, 17, 3)], ids=shape_id)
+def test_gram_matrix_backward_cpu_thread_splits(shape, threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = features_of(shape, torch.float32, "cpu").requires_grad_(True)
+        grad = torch.randn(shape[0], shape[1], shape[1])
+        before = grad.clone()
+        pyvision_ops.gram_matrix(x).backward(grad)
+        assert_close_scaled(x.grad, reference_gram_backward(x, grad, True), GRAD_TOL[torch.float32])
+        assert_unchanged(before, grad)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
 def test_gram_matrix_backward_with_strided_inputs_and_grads(layout, device):
@@ -347,7 +367,7 @@ def reference_style_loss_backward(x, target, normalize, reduction, grad_loss=1.0
     return x64.grad
 
 
-STYLE_SHAPES = [(2, 3, 7, 9), (3, 65, 5, 3), (2, 1, 4, 4), (2, 17, 1), (2, 33, 20)]
+STYLE_SHAPES = [(2, 3, 7, 9), (3, 65, 5, 3), (2, 1, 4, 4), (2, 17, 1), (2, 33, 20), (2, 32, 5, 7)]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -44,6 +44,6 @@ def test_packed_gram_kernel_under_sanitizers(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stderr[-4000:]
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1")
     env.pop("LD_PRELOAD", None)
-    ran = subprocess.run([str(binary), "1500"], capture_output=True, text=True, env=env, timeout=600)
+    ran = subprocess.run([str(binary), "1000"], capture_output=True, text=True, env=env, timeout=600)
     assert ran.returncode == 0, (ran.stdout + ran.stderr)[-4000:]
     assert "bad 0" in ran.stdout

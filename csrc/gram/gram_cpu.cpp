@@ -9,10 +9,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <vector>
 
 #include "common/checks.h"
+#include "common/huge_pages.h"
 #include "gram/gram.h"
 #include "gram/gram_cpu_simd.h"
 #include "gram/gram_glue.h"
@@ -130,6 +132,7 @@ int64_t packed_chunk_length(int64_t panels) {
   return kc - kc % 8;
 }
 
+constexpr int64_t kTasksPerThread = 1;           // L is split while the batch has fewer tasks
 constexpr int64_t kMinSliceLength = 512;         // positions of L per slice when L is split
 constexpr int64_t kMaxSliceBytes = int64_t{1} << 26;  // extra C x C buffers of a split (64 MiB)
 
@@ -137,13 +140,15 @@ void gram_packed(const GramParams& p, GramSource source, const void* features, i
   const int64_t C = p.channels, L = p.length;
   const int64_t panels = (C + kGramPanel - 1) / kGramPanel;
   const int64_t kc = packed_chunk_length(panels);
-  // Batches smaller than the thread count also split L; slice s > 0 of item n sums into its own
-  // C x C buffer, added in slice order (the result depends on the thread count only through
-  // this split, like a BLAS).
-  int64_t slices = 1;
+  // Tasks are (item, slice of L) pairs claimed dynamically by the threads, so that a thread the
+  // VM (or a neighbour) slows down does not leave the other idle at the end. Small batches are
+  // also split over L, for at least kTasksPerThread tasks per thread: slice s > 0 of item n sums
+  // into its own C x C buffer, added in slice order (the result depends on the thread count only
+  // through this split, like a BLAS).
   const int64_t threads = at::get_num_threads();
-  if (p.batch < threads) {
-    slices = std::min((threads + p.batch - 1) / p.batch, std::max<int64_t>(1, L / kMinSliceLength));
+  int64_t slices = 1;
+  if (p.batch < kTasksPerThread * threads) {
+    slices = std::min((kTasksPerThread * threads + p.batch - 1) / p.batch, std::max<int64_t>(1, L / kMinSliceLength));
     while (slices > 1 && (slices - 1) * p.batch * C * C * static_cast<int64_t>(sizeof(float)) > kMaxSliceBytes) --slices;
   }
   int64_t slice_length = (L + slices - 1) / slices;
@@ -153,12 +158,13 @@ void gram_packed(const GramParams& p, GramSource source, const void* features, i
   const float scale = static_cast<float>(p.scale);
   const int64_t tasks = p.batch * slices;
   // Tiny problems stay on the calling thread.
-  const int64_t grain = C * C * slice_length >= (int64_t{1} << 18) ? 1 : tasks;
+  const int64_t workers = C * C * slice_length >= (int64_t{1} << 18) ? std::min(threads, tasks) : 1;
+  std::atomic<int64_t> next_task{0};
   const char* base = static_cast<const char*>(features);
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     AlignedFloats packed(panels * kGramPanel * kc);
     std::vector<float> edge(static_cast<size_t>(panels * kGramPanel * kGramPanel));
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t task = next_task.fetch_add(1); task < tasks; task = next_task.fetch_add(1)) {
       const int64_t n = task / slices, s = task % slices;
       float* g = s == 0 ? gram + n * C * C : partial.data() + ((s - 1) * p.batch + n) * C * C;
       std::fill(g, g + C * C, 0.0f);
@@ -179,6 +185,58 @@ void gram_packed(const GramParams& p, GramSource source, const void* features, i
     }
   });
 }
+
+}  // namespace
+
+at::Tensor symmetric_times_planar_cpu(const at::Tensor& symmetric, const at::Tensor& view) {
+  if (!cpu_has_avx2_fma() || view.scalar_type() != at::kFloat || symmetric.scalar_type() != at::kFloat ||
+      view.size(1) % kGramPanel != 0) {
+    return {};
+  }
+  const at::Tensor f = view.contiguous();
+  const at::Tensor sym = symmetric.contiguous();
+  const int64_t N = f.size(0), C = f.size(1), L = f.size(2);
+  at::Tensor out = at::empty({N, C, L}, f.options());
+  if (out.numel() == 0) return out;
+  advise_huge_pages(out.mutable_data_ptr(), static_cast<size_t>(out.nbytes()));
+  const int64_t panels = (C + kGramPanel - 1) / kGramPanel;
+  const int64_t strips = (L + kGramPanel - 1) / kGramPanel;
+  // Tasks: (item, range of strips), claimed dynamically; items are split when there are fewer
+  // of them than threads (each task re-packs its item's S: C^2 copies against C^2 L products).
+  const int64_t threads = at::get_num_threads();
+  int64_t parts = 1;
+  if (N < threads) {
+    parts = std::min((threads + N - 1) / N, (strips + kGramStripsPerPass - 1) / kGramStripsPerPass);
+  }
+  int64_t strips_per_part = (strips + parts - 1) / parts;
+  strips_per_part = (strips_per_part + kGramStripsPerPass - 1) / kGramStripsPerPass * kGramStripsPerPass;
+  parts = (strips + strips_per_part - 1) / strips_per_part;
+  const int64_t tasks = N * parts;
+  const int64_t workers = C * C * L >= (int64_t{1} << 18) ? std::min(threads, tasks) : 1;
+  std::atomic<int64_t> next_task{0};
+  const float* sym_data = sym.const_data_ptr<float>();
+  const float* f_data = f.const_data_ptr<float>();
+  float* out_data = out.mutable_data_ptr<float>();
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    AlignedFloats packed(panels * kGramPanel * C);
+    AlignedFloats strip_buffer(kGramStripsPerPass * C * kGramPanel);
+    std::vector<float> edge(static_cast<size_t>(C * kGramPanel));
+    int64_t packed_item = -1;
+    for (int64_t task = next_task.fetch_add(1); task < tasks; task = next_task.fetch_add(1)) {
+      const int64_t n = task / parts, part = task % parts;
+      if (n != packed_item) {
+        gram_pack_symmetric_avx2(sym_data + n * C * C, C, packed.data());
+        packed_item = n;
+      }
+      gram_symmetric_product_avx2(packed.data(), f_data + n * C * L, C, L, part * strips_per_part,
+                                  std::min(strips, (part + 1) * strips_per_part), strip_buffer.data(), edge.data(),
+                                  out_data + n * C * L);
+    }
+  });
+  return out;
+}
+
+namespace {
 
 // The packed kernel's source type for `dtype`, if this CPU can run it.
 bool packed_source(at::ScalarType dtype, GramSource& source) {

@@ -147,7 +147,7 @@ void pack(bool channels_last, const void* src, int64_t C, int64_t L, int64_t l0,
 
 // c[r * ldc + j] += sum_k a[k * 16 + r] * b[k * 16 + j] for r < MR, j < 16: MR broadcasts of the
 // row panel and two aligned loads of the column panel feed 2 * MR FMAs per position.
-template <int MR>
+template <int MR, bool kAccumulate = true>
 __attribute__((target("avx2,fma"))) inline void micro_kernel(const float* a, const float* b, int64_t kc, float* c,
                                                              int64_t ldc) {
   static_assert(MR == 4 || MR == 6, "micro-kernel rows");
@@ -182,8 +182,13 @@ __attribute__((target("avx2,fma"))) inline void micro_kernel(const float* a, con
   const __m256 sums[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
   for (int r = 0; r < MR; ++r) {
     float* row = c + r * ldc;
-    _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), sums[r][0]));
-    _mm256_storeu_ps(row + 8, _mm256_add_ps(_mm256_loadu_ps(row + 8), sums[r][1]));
+    if constexpr (kAccumulate) {
+      _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), sums[r][0]));
+      _mm256_storeu_ps(row + 8, _mm256_add_ps(_mm256_loadu_ps(row + 8), sums[r][1]));
+    } else {
+      _mm256_storeu_ps(row, sums[r][0]);
+      _mm256_storeu_ps(row + 8, sums[r][1]);
+    }
   }
 }
 
@@ -242,6 +247,79 @@ void gram_packed_item_avx2(GramSource source, bool channels_last, const void* it
   }
 }
 
+void gram_pack_symmetric_avx2(const float* sym, int64_t C, float* packed) {
+  const int64_t panels = (C + kGramPanel - 1) / kGramPanel;
+  for (int64_t p = 0; p < panels; ++p) {
+    float* dst = packed + p * C * kGramPanel;
+    const int64_t c0 = p * kGramPanel, width = std::min(kGramPanel, C - c0);
+    for (int64_t k = 0; k < C; ++k) {
+      const float* row = sym + k * C + c0;  // = column k of rows c0.. (sym is symmetric)
+      for (int64_t r = 0; r < width; ++r) dst[k * kGramPanel + r] = row[r];
+      for (int64_t r = width; r < kGramPanel; ++r) dst[k * kGramPanel + r] = 0.0f;
+    }
+  }
+}
+
+void gram_symmetric_product_avx2(const float* packed_sym, const float* f, int64_t C, int64_t L, int64_t strip_begin,
+                                 int64_t strip_end, float* strips, float* edge, float* out) {
+  const int64_t panels = C / kGramPanel;
+  const int64_t strip_size = C * kGramPanel;
+  for (int64_t s0 = strip_begin; s0 < strip_end; s0 += kGramStripsPerPass) {
+    const int64_t count = std::min(kGramStripsPerPass, strip_end - s0);
+    const int64_t l_first = s0 * kGramPanel;
+    // Pack `count` strips: strip i holds positions l_first + 16 i .. + 15 of every row, k-major
+    // (zero past L); each row of f is read as one contiguous run.
+    for (int64_t k = 0; k < C; ++k) {
+      const float* row = f + k * L;
+      for (int64_t i = 0; i < count; ++i) {
+        float* dst = strips + i * strip_size + k * kGramPanel;
+        const int64_t l0 = l_first + i * kGramPanel;
+        if (l0 + kGramPanel <= L) {
+          std::memcpy(dst, row + l0, kGramPanel * sizeof(float));
+        } else {
+          for (int64_t j = 0; j < kGramPanel; ++j) dst[j] = l0 + j < L ? row[l0 + j] : 0.0f;
+        }
+      }
+    }
+    // As in the forward: a 6- or 4-row slice of an S panel stays in L1 while the strips stream
+    // through from L2; the sum over channels runs in chunks of kGramProductChunk (the first
+    // stores, the others accumulate). A ragged last strip goes to `edge` (C x 16).
+    bool ragged = false;
+    for (int64_t k0 = 0; k0 < C; k0 += kGramProductChunk) {
+      const int64_t kc = std::min(kGramProductChunk, C - k0);
+      const bool first = k0 == 0;
+      for (int64_t pa = 0; pa < panels; ++pa) {
+        const float* a = packed_sym + pa * strip_size + k0 * kGramPanel;
+        for (int64_t sub = 0; sub < kGramPanel; sub += 6) {
+          const int64_t c0 = pa * kGramPanel + sub;
+          for (int64_t i = 0; i < count; ++i) {
+            const float* b = strips + i * strip_size + k0 * kGramPanel;
+            const int64_t l0 = l_first + i * kGramPanel;
+            float* c = out + c0 * L + l0;
+            int64_t ldc = L;
+            if (l0 + kGramPanel > L) {
+              c = edge + c0 * kGramPanel;
+              ldc = kGramPanel;
+              ragged = true;
+            }
+            if (sub < 12) {
+              first ? micro_kernel<6, false>(a + sub, b, kc, c, ldc) : micro_kernel<6, true>(a + sub, b, kc, c, ldc);
+            } else {
+              first ? micro_kernel<4, false>(a + sub, b, kc, c, ldc) : micro_kernel<4, true>(a + sub, b, kc, c, ldc);
+            }
+          }
+        }
+      }
+    }
+    if (ragged) {
+      const int64_t l0 = l_first + (count - 1) * kGramPanel;
+      for (int64_t r = 0; r < C; ++r) {
+        for (int64_t j = 0; l0 + j < L; ++j) out[r * L + l0 + j] = edge[r * kGramPanel + j];
+      }
+    }
+  }
+}
+
 #else
 
 bool cpu_has_avx2_fma() { return false; }
@@ -250,6 +328,9 @@ void gram_pack_panels_avx2(GramSource, bool, const void*, int64_t, int64_t, int6
 void gram_panel_products_avx2(const float*, int64_t, int64_t, float*, int64_t, int64_t, float*) {}
 void gram_packed_item_avx2(GramSource, bool, const void*, int64_t, int64_t, int64_t, int64_t, int64_t, float*, float*,
                            float*) {}
+void gram_pack_symmetric_avx2(const float*, int64_t, float*) {}
+void gram_symmetric_product_avx2(const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*, float*,
+                                 float*) {}
 
 #endif
 

@@ -49,4 +49,22 @@ void gram_packed_item_avx2(GramSource source, bool channels_last, const void* it
 // scales it and mirrors it into the lower triangle, 16 x 16 blocks at a time. Portable.
 void gram_finish_upper(float* g, const float* const* partials, int64_t extra, int64_t C, float scale);
 
+// --- the backward product dF = S F for a symmetric S (C x C) and planar F (C x L) ------------
+//
+// The same micro-kernel with the roles changed: rows of dF from 16-row panels of S (row k of S
+// is column k of the panel's rows, since S is symmetric: contiguous copies), columns from
+// "strips" of 16 positions of F (k-major, also contiguous copies); written straight into the
+// fresh output. C must be a multiple of 16 (the caller falls back to bmm otherwise).
+constexpr int64_t kGramStripsPerPass = 16;   // strips packed together: 256 positions of L
+constexpr int64_t kGramProductChunk = 256;   // channels summed per micro-kernel call
+
+// Packs S (C x C, row-major, symmetric) into C / 16 panels of C x 16 floats.
+void gram_pack_symmetric_avx2(const float* sym, int64_t C, float* packed_sym);
+
+// out[c][l] = sum_k S[c][k] f[k][l] for the positions of strips [strip_begin, strip_end) (16
+// positions each; the last may be ragged): f and out are C x L, row stride L. Scratch:
+// `strips`, kGramStripsPerPass * C * 16 floats, 64-byte aligned; `edge`, C * 16 floats.
+void gram_symmetric_product_avx2(const float* packed_sym, const float* f, int64_t C, int64_t L, int64_t strip_begin,
+                                 int64_t strip_end, float* strips, float* edge, float* out);
+
 }  // namespace pyvision_ops

@@ -39,9 +39,15 @@ at::Tensor call_gram_matrix(const at::Tensor& features, bool normalize) {
   return op.call(features, normalize);
 }
 
-// dF = S F * scale for a symmetric S (N, C, C), laid out like `features` (channels-last stays so).
+// dF = S F for a symmetric S (N, C, C), laid out like `features` (channels-last stays so): the
+// CPU's AVX2 kernel for planar float32 with C a multiple of 16, bmm otherwise.
 at::Tensor symmetric_times_features(const at::Tensor& symmetric, const at::Tensor& features, const GramInput& in) {
   const at::Tensor view = in.view.to(symmetric.scalar_type());
+  if (!in.params.channels_last && view.is_cpu() && symmetric.is_cpu()) {
+    // S is exactly symmetric here ((dG + dG^T) * s), which the CPU kernel relies on.
+    const at::Tensor product = symmetric_times_planar_cpu(symmetric, view);
+    if (product.defined()) return product.view(features.sizes()).to(features.scalar_type());
+  }
   at::Tensor product;
   if (in.params.channels_last) {
     // X (N, L, C): dX = X S (S symmetric), kept in (N, L, C) memory = the caller's channels-last.

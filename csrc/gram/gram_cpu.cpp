@@ -189,8 +189,10 @@ void gram_packed(const GramParams& p, GramSource source, const void* features, i
 }  // namespace
 
 at::Tensor symmetric_times_planar_cpu(const at::Tensor& symmetric, const at::Tensor& view) {
+  // Each thread packs a copy of one item's S (C^2 floats): very wide S stay with bmm.
+  constexpr int64_t kMaxProductChannels = 2048;
   if (!cpu_has_avx2_fma() || view.scalar_type() != at::kFloat || symmetric.scalar_type() != at::kFloat ||
-      view.size(1) % kGramPanel != 0) {
+      view.size(1) % kGramPanel != 0 || view.size(1) > kMaxProductChannels) {
     return {};
   }
   const at::Tensor f = view.contiguous();
@@ -260,6 +262,7 @@ at::Tensor gram_matrix_cpu(const at::Tensor& features, bool normalize) {
   if (packed_source(features.scalar_type(), source)) {
     // in.view is dense (N, C, L) or (N, L, C); half types are widened while packing.
     const at::Tensor view = in.view.contiguous();
+    advise_huge_pages(gram.mutable_data_ptr(), static_cast<size_t>(gram.nbytes()));
     gram_packed(p, source, view.const_data_ptr(), view.element_size(), gram.mutable_data_ptr<float>());
     return gram.to(features.scalar_type());
   }

@@ -285,15 +285,19 @@ def test_gram_matrix_backward_matches_reference(shape, normalize, dtype, device)
     torch.testing.assert_close(expected, closed_form, rtol=1e-12, atol=1e-12)
 
 
-# The CPU backward kernel splits an item's positions between threads when the batch is smaller
-# than the thread count, in passes of 256 positions with a ragged last 16-position strip.
+# The CPU backward kernel (planar and channels-last) splits an item's positions between threads
+# when the batch is smaller than the thread count, in passes of 256 positions (planar) or blocks
+# of 16 (channels-last) with a ragged last one; 288 channels take two channel chunks.
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("shape", [(1, 16, 30, 70), (1, 32, 1000), (2, 64, 1, 1), (3, 16, 17, 3)], ids=shape_id)
-def test_gram_matrix_backward_cpu_thread_splits(shape, threads):
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(1, 16, 30, 70), (1, 32, 1000), (2, 64, 1, 1), (3, 16, 17, 3), (1, 288, 5, 7)], ids=shape_id)
+def test_gram_matrix_backward_cpu_thread_splits(shape, layout, threads):
+    if layout == "channels_last" and shape[-1] == 1 and shape[-2] == 1:
+        pytest.skip("a 1x1 map is contiguous in both layouts")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x = features_of(shape, torch.float32, "cpu").requires_grad_(True)
+        x = with_layout(features_of(shape, torch.float32, "cpu"), layout).requires_grad_(True)
         grad = torch.randn(shape[0], shape[1], shape[1])
         before = grad.clone()
         pyvision_ops.gram_matrix(x).backward(grad)

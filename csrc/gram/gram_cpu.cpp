@@ -188,31 +188,33 @@ void gram_packed(const GramParams& p, GramSource source, const void* features, i
 
 }  // namespace
 
-at::Tensor symmetric_times_planar_cpu(const at::Tensor& symmetric, const at::Tensor& view) {
+at::Tensor symmetric_times_features_cpu(const at::Tensor& symmetric, const at::Tensor& view, bool channels_last) {
   // Each thread packs a copy of one item's S (C^2 floats): very wide S stay with bmm.
   constexpr int64_t kMaxProductChannels = 2048;
+  const int64_t C = channels_last ? view.size(2) : view.size(1);
   if (!cpu_has_avx2_fma() || view.scalar_type() != at::kFloat || symmetric.scalar_type() != at::kFloat ||
-      view.size(1) % kGramPanel != 0 || view.size(1) > kMaxProductChannels) {
+      C % kGramPanel != 0 || C > kMaxProductChannels) {
     return {};
   }
   const at::Tensor f = view.contiguous();
   const at::Tensor sym = symmetric.contiguous();
-  const int64_t N = f.size(0), C = f.size(1), L = f.size(2);
-  at::Tensor out = at::empty({N, C, L}, f.options());
+  const int64_t N = f.size(0), L = channels_last ? f.size(1) : f.size(2);
+  at::Tensor out = at::empty(f.sizes(), f.options());
   if (out.numel() == 0) return out;
   advise_huge_pages(out.mutable_data_ptr(), static_cast<size_t>(out.nbytes()));
-  const int64_t panels = (C + kGramPanel - 1) / kGramPanel;
-  const int64_t strips = (L + kGramPanel - 1) / kGramPanel;
-  // Tasks: (item, range of strips), claimed dynamically; items are split when there are fewer
+  const int64_t panels = C / kGramPanel;
+  // Work units: 16-position strips (planar) or blocks (channels-last) of L; planar strips are
+  // packed kGramStripsPerPass at a time, so parts are whole passes.
+  const int64_t units = (L + kGramPanel - 1) / kGramPanel;
+  const int64_t unit_group = channels_last ? 1 : kGramStripsPerPass;
+  // Tasks: (item, range of units), claimed dynamically; items are split when there are fewer
   // of them than threads (each task re-packs its item's S: C^2 copies against C^2 L products).
   const int64_t threads = at::get_num_threads();
   int64_t parts = 1;
-  if (N < threads) {
-    parts = std::min((threads + N - 1) / N, (strips + kGramStripsPerPass - 1) / kGramStripsPerPass);
-  }
-  int64_t strips_per_part = (strips + parts - 1) / parts;
-  strips_per_part = (strips_per_part + kGramStripsPerPass - 1) / kGramStripsPerPass * kGramStripsPerPass;
-  parts = (strips + strips_per_part - 1) / strips_per_part;
+  if (N < threads) parts = std::min((threads + N - 1) / N, (units + unit_group - 1) / unit_group);
+  int64_t units_per_part = (units + parts - 1) / parts;
+  units_per_part = (units_per_part + unit_group - 1) / unit_group * unit_group;
+  parts = (units + units_per_part - 1) / units_per_part;
   const int64_t tasks = N * parts;
   const int64_t workers = C * C * L >= (int64_t{1} << 18) ? std::min(threads, tasks) : 1;
   std::atomic<int64_t> next_task{0};
@@ -221,7 +223,7 @@ at::Tensor symmetric_times_planar_cpu(const at::Tensor& symmetric, const at::Ten
   float* out_data = out.mutable_data_ptr<float>();
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     AlignedFloats packed(panels * kGramPanel * C);
-    AlignedFloats strip_buffer(kGramStripsPerPass * C * kGramPanel);
+    AlignedFloats scratch((channels_last ? 1 : kGramStripsPerPass) * C * kGramPanel);
     std::vector<float> edge(static_cast<size_t>(C * kGramPanel));
     int64_t packed_item = -1;
     for (int64_t task = next_task.fetch_add(1); task < tasks; task = next_task.fetch_add(1)) {
@@ -230,9 +232,14 @@ at::Tensor symmetric_times_planar_cpu(const at::Tensor& symmetric, const at::Ten
         gram_pack_symmetric_avx2(sym_data + n * C * C, C, packed.data());
         packed_item = n;
       }
-      gram_symmetric_product_avx2(packed.data(), f_data + n * C * L, C, L, part * strips_per_part,
-                                  std::min(strips, (part + 1) * strips_per_part), strip_buffer.data(), edge.data(),
-                                  out_data + n * C * L);
+      const int64_t first = part * units_per_part, last = std::min(units, (part + 1) * units_per_part);
+      if (channels_last) {
+        gram_symmetric_product_channels_last_avx2(packed.data(), f_data + n * L * C, C, L, first, last, scratch.data(),
+                                                  edge.data(), out_data + n * L * C);
+      } else {
+        gram_symmetric_product_avx2(packed.data(), f_data + n * C * L, C, L, first, last, scratch.data(), edge.data(),
+                                    out_data + n * C * L);
+      }
     }
   });
   return out;

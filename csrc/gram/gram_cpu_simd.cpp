@@ -320,6 +320,44 @@ void gram_symmetric_product_avx2(const float* packed_sym, const float* f, int64_
   }
 }
 
+void gram_symmetric_product_channels_last_avx2(const float* packed_sym, const float* x, int64_t C, int64_t L,
+                                               int64_t block_begin, int64_t block_end, float* panel, float* edge,
+                                               float* out) {
+  const int64_t panels = C / kGramPanel;
+  const int64_t panel_size = C * kGramPanel;
+  for (int64_t block = block_begin; block < block_end; ++block) {
+    const int64_t l0 = block * kGramPanel, rows = std::min(kGramPanel, L - l0);
+    // The block's 16 positions as one k-major panel (the forward's planar packing, with the
+    // positions as rows and the channels as the packed dimension; zero past L).
+    pack_planar<GramSource::Float32>(x + l0 * C, rows, C, 0, C, panel);
+    // A slice of the position panel stays in L1 while S's panels stream through from L2.
+    for (int64_t k0 = 0; k0 < C; k0 += kGramProductChunk) {
+      const int64_t kc = std::min(kGramProductChunk, C - k0);
+      const bool first = k0 == 0;
+      for (int64_t sub = 0; sub < rows; sub += 6) {
+        const int64_t mr = sub < 12 ? 6 : 4;
+        // Rows past L go through `edge` (16 x C), copied out below.
+        const bool whole = sub + mr <= rows;
+        for (int64_t pb = 0; pb < panels; ++pb) {
+          const float* a = panel + k0 * kGramPanel + sub;
+          const float* b = packed_sym + pb * panel_size + k0 * kGramPanel;
+          float* c = (whole ? out + (l0 + sub) * C : edge + sub * C) + pb * kGramPanel;
+          if (mr == 6) {
+            first ? micro_kernel<6, false>(a, b, kc, c, C) : micro_kernel<6, true>(a, b, kc, c, C);
+          } else {
+            first ? micro_kernel<4, false>(a, b, kc, c, C) : micro_kernel<4, true>(a, b, kc, c, C);
+          }
+        }
+      }
+    }
+    for (int64_t sub = 0; sub < rows; sub += 6) {
+      const int64_t mr = sub < 12 ? 6 : 4;
+      if (sub + mr <= rows) continue;
+      for (int64_t r = sub; r < rows; ++r) std::memcpy(out + (l0 + r) * C, edge + r * C, C * sizeof(float));
+    }
+  }
+}
+
 #else
 
 bool cpu_has_avx2_fma() { return false; }
@@ -331,6 +369,8 @@ void gram_packed_item_avx2(GramSource, bool, const void*, int64_t, int64_t, int6
 void gram_pack_symmetric_avx2(const float*, int64_t, float*) {}
 void gram_symmetric_product_avx2(const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*, float*,
                                  float*) {}
+void gram_symmetric_product_channels_last_avx2(const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*,
+                                               float*, float*) {}
 
 #endif
 

@@ -54,7 +54,8 @@ void gram_finish_upper(float* g, const float* const* partials, int64_t extra, in
 // The same micro-kernel with the roles changed: rows of dF from 16-row panels of S (row k of S
 // is column k of the panel's rows, since S is symmetric: contiguous copies), columns from
 // "strips" of 16 positions of F (k-major, also contiguous copies); written straight into the
-// fresh output. C must be a multiple of 16 (the caller falls back to bmm otherwise).
+// fresh output. C must be a multiple of 16 (the caller falls back to bmm otherwise). For
+// channels-last features the roles of the operands swap (dX = X S).
 constexpr int64_t kGramStripsPerPass = 16;   // strips packed together: 256 positions of L
 constexpr int64_t kGramProductChunk = 256;   // channels summed per micro-kernel call
 
@@ -66,5 +67,13 @@ void gram_pack_symmetric_avx2(const float* sym, int64_t C, float* packed_sym);
 // `strips`, kGramStripsPerPass * C * 16 floats, 64-byte aligned; `edge`, C * 16 floats.
 void gram_symmetric_product_avx2(const float* packed_sym, const float* f, int64_t C, int64_t L, int64_t strip_begin,
                                  int64_t strip_end, float* strips, float* edge, float* out);
+
+// Channels-last: out[l][c] = sum_k x[l][k] S[k][c] (x and out L x C, row stride C) for the
+// 16-position blocks [block_begin, block_end): each block is packed into one k-major panel
+// (`panel`, C * 16 floats, 64-byte aligned) and multiplied by S's panels; rows past L go
+// through `edge` (16 * C floats).
+void gram_symmetric_product_channels_last_avx2(const float* packed_sym, const float* x, int64_t C, int64_t L,
+                                               int64_t block_begin, int64_t block_end, float* panel, float* edge,
+                                               float* out);
 
 }  // namespace pyvision_ops

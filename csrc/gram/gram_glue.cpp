@@ -40,24 +40,27 @@ at::Tensor call_gram_matrix(const at::Tensor& features, bool normalize) {
 }
 
 // dF = S F for a symmetric S (N, C, C), laid out like `features` (channels-last stays so): the
-// CPU's AVX2 kernel for planar float32 with C a multiple of 16, bmm otherwise.
+// CPU's AVX2 kernel for float32 with C a multiple of 16, bmm otherwise.
 at::Tensor symmetric_times_features(const at::Tensor& symmetric, const at::Tensor& features, const GramInput& in) {
   const at::Tensor view = in.view.to(symmetric.scalar_type());
-  if (!in.params.channels_last && view.is_cpu() && symmetric.is_cpu()) {
-    // S is exactly symmetric here ((dG + dG^T) * s), which the CPU kernel relies on.
-    const at::Tensor product = symmetric_times_planar_cpu(symmetric, view);
-    if (product.defined()) return product.view(features.sizes()).to(features.scalar_type());
-  }
+  const bool channels_last = in.params.channels_last;
   at::Tensor product;
-  if (in.params.channels_last) {
-    // X (N, L, C): dX = X S (S symmetric), kept in (N, L, C) memory = the caller's channels-last.
-    product = at::bmm(view, symmetric);
+  if (view.is_cpu() && symmetric.is_cpu()) {
+    // S is exactly symmetric here ((dG + dG^T) * s), which the CPU kernel relies on.
+    product = symmetric_times_features_cpu(symmetric, view, channels_last);
+  }
+  if (!product.defined()) {
+    // Channels-last X (N, L, C): dX = X S (S symmetric).
+    product = channels_last ? at::bmm(view, symmetric) : at::bmm(symmetric, view);
+  }
+  if (channels_last) {
+    // Kept in (N, L, C) memory = the caller's channels-last.
     std::vector<int64_t> moved_sizes = {features.size(0)};
     for (int64_t d = 2; d < features.dim(); ++d) moved_sizes.push_back(features.size(d));
     moved_sizes.push_back(features.size(1));
     product = product.view(moved_sizes).movedim(-1, 1);
   } else {
-    product = at::bmm(symmetric, view).view(features.sizes());
+    product = product.view(features.sizes());
   }
   return product.to(features.scalar_type());
 }

@@ -1,7 +1,8 @@
 // The packed AVX2 Gram kernel (gram_cpu_simd.cpp) against a float64 loop on random shapes:
 // channel counts with and without a partial 16-channel panel, lengths spanning several chunks
 // with a ragged tail, planar and channels-last sources in float32, float16 and bfloat16, and
-// L-slices that start mid-tensor; and the backward product S F over ranges of 16-position strips.
+// L-slices that start mid-tensor; and the backward product S F (planar and channels-last) over
+// ranges of 16-position strips.
 // Every buffer is allocated to its exact size so that
 // AddressSanitizer (tests/test_gram_cpp.py) catches a read or write past it. Prints "bad N".
 #include "gram/gram_cpu_simd.h"
@@ -146,6 +147,7 @@ int main(int argc, char** argv) {
   for (int t = 0; t < cases / 3; ++t) {
     const int64_t C = kGramPanel * (1 + static_cast<int64_t>(rng() % 20));
     const int64_t L = 1 + static_cast<int64_t>(rng() % 700);
+    const bool channels_last = rng() % 2;  // f and out L x C, blocks of 16 positions
     const int64_t strips = (L + kGramPanel - 1) / kGramPanel;
     const int64_t strip_begin = static_cast<int64_t>(rng() % strips);
     const int64_t strip_end = strip_begin + 1 + static_cast<int64_t>(rng() % (strips - strip_begin));
@@ -160,22 +162,31 @@ int main(int argc, char** argv) {
     float* strip_buffer = static_cast<float*>(std::aligned_alloc(64, (strip_bytes + 63) / 64 * 64));
     std::vector<float> edge(C * kGramPanel);
     gram_pack_symmetric_avx2(sym.data(), C, packed);
-    gram_symmetric_product_avx2(packed, f.data(), C, L, strip_begin, strip_end, strip_buffer, edge.data(), out.data());
+    if (channels_last) {
+      // Exactly one panel of scratch (C x 16) for the channels-last kernel.
+      float* panel = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(C * kGramPanel) * sizeof(float)));
+      gram_symmetric_product_channels_last_avx2(packed, f.data(), C, L, strip_begin, strip_end, panel, edge.data(),
+                                                out.data());
+      std::free(panel);
+    } else {
+      gram_symmetric_product_avx2(packed, f.data(), C, L, strip_begin, strip_end, strip_buffer, edge.data(), out.data());
+    }
     std::free(packed);
     std::free(strip_buffer);
     const int64_t l_begin = strip_begin * kGramPanel, l_end = std::min(L, strip_end * kGramPanel);
     double worst = 0.0;
     for (int64_t r = 0; r < C; ++r) {
       for (int64_t l = 0; l < L; ++l) {
-        const float got = out[r * L + l];
+        const float got = channels_last ? out[l * C + r] : out[r * L + l];
         if (l < l_begin || l >= l_end) {
           if (!std::isnan(got)) worst = 1.0;  // written outside its strips
           continue;
         }
         double expected = 0.0, magnitude = 0.0;
         for (int64_t k = 0; k < C; ++k) {
-          expected += static_cast<double>(sym[r * C + k]) * f[k * L + l];
-          magnitude += std::fabs(static_cast<double>(sym[r * C + k]) * f[k * L + l]);
+          const float fk = channels_last ? f[l * C + k] : f[k * L + l];
+          expected += static_cast<double>(sym[r * C + k]) * fk;
+          magnitude += std::fabs(static_cast<double>(sym[r * C + k]) * fk);
         }
         const double error = std::fabs(got - expected) / (magnitude + 1e-30);
         if (!(error <= worst)) worst = error;
@@ -183,8 +194,9 @@ int main(int argc, char** argv) {
     }
     if (!(worst < 1e-5)) {
       ++bad;
-      std::printf("product case %d: C=%ld L=%ld strips [%ld, %ld): relative error %g\n", t, static_cast<long>(C),
-                  static_cast<long>(L), static_cast<long>(strip_begin), static_cast<long>(strip_end), worst);
+      std::printf("product case %d: C=%ld L=%ld strips [%ld, %ld) channels_last=%d: relative error %g\n", t,
+                  static_cast<long>(C), static_cast<long>(L), static_cast<long>(strip_begin), static_cast<long>(strip_end),
+                  channels_last ? 1 : 0, worst);
     }
   }
   std::printf("bad %d\n", bad);

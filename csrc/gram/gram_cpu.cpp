@@ -132,7 +132,6 @@ int64_t packed_chunk_length(int64_t panels) {
   return kc - kc % 8;
 }
 
-constexpr int64_t kTasksPerThread = 1;           // L is split while the batch has fewer tasks
 constexpr int64_t kMinSliceLength = 512;         // positions of L per slice when L is split
 constexpr int64_t kMaxSliceBytes = int64_t{1} << 26;  // extra C x C buffers of a split (64 MiB)
 
@@ -141,14 +140,14 @@ void gram_packed(const GramParams& p, GramSource source, const void* features, i
   const int64_t panels = (C + kGramPanel - 1) / kGramPanel;
   const int64_t kc = packed_chunk_length(panels);
   // Tasks are (item, slice of L) pairs claimed dynamically by the threads, so that a thread the
-  // VM (or a neighbour) slows down does not leave the other idle at the end. Small batches are
-  // also split over L, for at least kTasksPerThread tasks per thread: slice s > 0 of item n sums
-  // into its own C x C buffer, added in slice order (the result depends on the thread count only
-  // through this split, like a BLAS).
+  // VM (or a neighbour) slows down does not leave the other idle at the end. Batches smaller
+  // than the thread count are split over L, one task per thread (more slices measured slower):
+  // slice s > 0 of item n sums into its own C x C buffer, added in slice order (the result
+  // depends on the thread count only through this split, like a BLAS).
   const int64_t threads = at::get_num_threads();
   int64_t slices = 1;
-  if (p.batch < kTasksPerThread * threads) {
-    slices = std::min((kTasksPerThread * threads + p.batch - 1) / p.batch, std::max<int64_t>(1, L / kMinSliceLength));
+  if (p.batch < threads) {
+    slices = std::min((threads + p.batch - 1) / p.batch, std::max<int64_t>(1, L / kMinSliceLength));
     while (slices > 1 && (slices - 1) * p.batch * C * C * static_cast<int64_t>(sizeof(float)) > kMaxSliceBytes) --slices;
   }
   int64_t slice_length = (L + slices - 1) / slices;

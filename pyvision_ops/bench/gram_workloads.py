@@ -28,9 +28,13 @@ def _library() -> Any:
     return pyvision_ops
 
 
-def _features(shape: Sequence[int], device: torch.device, dtype: torch.dtype, with_grad: bool) -> Inputs:
+def _features(
+    shape: Sequence[int], device: torch.device, dtype: torch.dtype, with_grad: bool, channels_last: bool = False
+) -> Inputs:
     generator = torch.Generator().manual_seed(3)
     features = torch.randn(tuple(shape), generator=generator).to(device=device, dtype=dtype)
+    if channels_last:
+        features = features.contiguous(memory_format=torch.channels_last)
     n, c = shape[0], shape[1]
     inputs: Inputs = {"features": features.requires_grad_(with_grad)}
     inputs["grad_gram"] = torch.randn((n, c, c), generator=generator).to(device=device, dtype=dtype)
@@ -110,6 +114,24 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
             ours_label="gram_matrix(F) + grad",
             reference_label="bmm(F, F^T) / (C*H*W) + grad",
             notes="backward: one product (dG + dG^T) F (CPU: our AVX2 kernel into a huge-page output) where autograd runs two bmm",
+            devices=devices,
+        )
+    )
+    # The same in channels_last memory (read in place by ours; bmm reads the strided view).
+    register(
+        Workload(
+            family="gram",
+            op="gram_matrix",
+            variant=f"{label} channels_last",
+            description=f"{description} channels_last",
+            mode="fwd+bwd",
+            setup=lambda device: _features(shape, device, dtype, with_grad=True, channels_last=True),
+            ours=ours_grad,
+            reference=reference_grad,
+            check=_gram_check(tolerance),
+            ours_label="gram_matrix(F) + grad",
+            reference_label="bmm(F, F^T) / (C*H*W) + grad",
+            notes="channels_last: G = X^T X and dX = X S read and written in (N, HW, C) memory",
             devices=devices,
         )
     )

@@ -1,15 +1,17 @@
-// CPU Gram kernels. With AVX2 + FMA, float32/float16/bfloat16 features go through the packed
-// kernel (gram_cpu_simd.h): each chunk of L is packed once into 16-row panels and the upper
-// triangle's 16x16 blocks are accumulated in place in G by a register-blocked outer-product
-// micro-kernel, parallel over batch items (and over slices of L when the batch is smaller than
-// the thread count). float64, and CPUs without AVX2, use portable loops over upper-triangle
-// tiles, parallel over (batch item, tile pair).
+// CPU Gram kernels. With AVX2 + FMA, features go through the packed kernels (gram_cpu_simd.h):
+// each chunk of L is packed once into panels of one cache line per position (16 float32
+// channels, float16/bfloat16 widened while packing; 8 float64 channels) and the upper triangle's
+// blocks are accumulated in place in G by register-blocked outer-product micro-kernels, parallel
+// over batch items (and over slices of L when the batch is smaller than the thread count). CPUs
+// without AVX2 use portable loops over upper-triangle tiles, parallel over (batch item, tile
+// pair).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <cstdlib>
 #include <vector>
 
@@ -106,39 +108,45 @@ void gram_channels_last(const GramParams& p, const acc_t* features, acc_t* gram)
   });
 }
 
-// --- the packed AVX2 path: float32 accumulation from float32, float16 or bfloat16 ------------
+// --- the packed AVX2 path: float32 accumulation (float32/float16/bfloat16), float64 for float64 -
 
-// A 64-byte aligned float buffer (the micro-kernel's column loads are aligned).
-class AlignedFloats {
+// A 64-byte aligned buffer (the micro-kernels' column loads are aligned).
+template <typename T>
+class AlignedBuffer {
  public:
-  explicit AlignedFloats(int64_t count) {
-    const size_t bytes = (static_cast<size_t>(count) * sizeof(float) + 63) / 64 * 64;
-    data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+  explicit AlignedBuffer(int64_t count) {
+    const size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
+    data_ = static_cast<T*>(std::aligned_alloc(64, bytes));
     TORCH_CHECK(data_ != nullptr, "gram_matrix: could not allocate ", bytes, " bytes of workspace");
   }
-  ~AlignedFloats() { std::free(data_); }
-  AlignedFloats(const AlignedFloats&) = delete;
-  AlignedFloats& operator=(const AlignedFloats&) = delete;
-  float* data() const { return data_; }
+  ~AlignedBuffer() { std::free(data_); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  T* data() const { return data_; }
 
  private:
-  float* data_ = nullptr;
+  T* data_ = nullptr;
 };
 
 // Positions of L per packed chunk: the chunk's panels (~256 KB) stay in L2 next to the rows of G
-// they update, and a column panel (16 x kc floats) fits L1 beside the row slice it meets.
+// they update, and a column panel (P x kc elements) fits L1 beside the row slice it meets.
+template <typename T>
 int64_t packed_chunk_length(int64_t panels) {
-  const int64_t kc = std::clamp<int64_t>((int64_t{1} << 16) / (panels * kGramPanel), 64, 1024);
+  const int64_t bytes_per_position = panels * kGramPanelOf<T> * static_cast<int64_t>(sizeof(T));
+  const int64_t kc = std::clamp<int64_t>((int64_t{1} << 18) / bytes_per_position, 64, 1024);
   return kc - kc % 8;
 }
 
 constexpr int64_t kMinSliceLength = 512;         // positions of L per slice when L is split
 constexpr int64_t kMaxSliceBytes = int64_t{1} << 26;  // extra C x C buffers of a split (64 MiB)
 
-void gram_packed(const GramParams& p, GramSource source, const void* features, int64_t element_size, float* gram) {
+// T: the accumulation type (float for float32/float16/bfloat16 sources, double for float64).
+template <typename T>
+void gram_packed(const GramParams& p, GramSource source, const void* features, int64_t element_size, T* gram) {
+  constexpr int64_t P = kGramPanelOf<T>;
   const int64_t C = p.channels, L = p.length;
-  const int64_t panels = (C + kGramPanel - 1) / kGramPanel;
-  const int64_t kc = packed_chunk_length(panels);
+  const int64_t panels = (C + P - 1) / P;
+  const int64_t kc = packed_chunk_length<T>(panels);
   // Tasks are (item, slice of L) pairs claimed dynamically by the threads, so that a thread the
   // VM (or a neighbour) slows down does not leave the other idle at the end. Batches smaller
   // than the thread count are split over L, one task per thread (more slices measured slower):
@@ -148,36 +156,40 @@ void gram_packed(const GramParams& p, GramSource source, const void* features, i
   int64_t slices = 1;
   if (p.batch < threads) {
     slices = std::min((threads + p.batch - 1) / p.batch, std::max<int64_t>(1, L / kMinSliceLength));
-    while (slices > 1 && (slices - 1) * p.batch * C * C * static_cast<int64_t>(sizeof(float)) > kMaxSliceBytes) --slices;
+    while (slices > 1 && (slices - 1) * p.batch * C * C * static_cast<int64_t>(sizeof(T)) > kMaxSliceBytes) --slices;
   }
   int64_t slice_length = (L + slices - 1) / slices;
   slice_length = (slice_length + 7) / 8 * 8;
   slices = (L + slice_length - 1) / slice_length;
-  std::vector<float> partial(static_cast<size_t>((slices - 1) * p.batch * C * C));
-  const float scale = static_cast<float>(p.scale);
+  std::vector<T> partial(static_cast<size_t>((slices - 1) * p.batch * C * C));
+  const T scale = static_cast<T>(p.scale);
   const int64_t tasks = p.batch * slices;
   // Tiny problems stay on the calling thread.
   const int64_t workers = C * C * slice_length >= (int64_t{1} << 18) ? std::min(threads, tasks) : 1;
   std::atomic<int64_t> next_task{0};
   const char* base = static_cast<const char*>(features);
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    AlignedFloats packed(panels * kGramPanel * kc);
-    std::vector<float> edge(static_cast<size_t>(panels * kGramPanel * kGramPanel));
+    AlignedBuffer<T> packed(panels * P * kc);
+    std::vector<T> edge(static_cast<size_t>(panels * P * P));
     for (int64_t task = next_task.fetch_add(1); task < tasks; task = next_task.fetch_add(1)) {
       const int64_t n = task / slices, s = task % slices;
-      float* g = s == 0 ? gram + n * C * C : partial.data() + ((s - 1) * p.batch + n) * C * C;
-      std::fill(g, g + C * C, 0.0f);
-      std::fill(edge.begin(), edge.end(), 0.0f);
+      T* g = s == 0 ? gram + n * C * C : partial.data() + ((s - 1) * p.batch + n) * C * C;
+      std::fill(g, g + C * C, T(0));
+      std::fill(edge.begin(), edge.end(), T(0));
       const void* item = base + n * C * L * element_size;
-      const int64_t l_end = std::min(L, (s + 1) * slice_length);
-      gram_packed_item_avx2(source, p.channels_last, item, C, L, s * slice_length, l_end, kc, packed.data(), edge.data(),
-                            g);
+      const int64_t l_begin = s * slice_length, l_end = std::min(L, (s + 1) * slice_length);
+      if constexpr (std::is_same_v<T, double>) {
+        gram_packed_item_avx2(p.channels_last, static_cast<const double*>(item), C, L, l_begin, l_end, kc,
+                              packed.data(), edge.data(), g);
+      } else {
+        gram_packed_item_avx2(source, p.channels_last, item, C, L, l_begin, l_end, kc, packed.data(), edge.data(), g);
+      }
       if (slices == 1) gram_finish_upper(g, nullptr, 0, C, scale);
     }
   });
   if (slices == 1) return;
   at::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const float*> partials(static_cast<size_t>(slices - 1));
+    std::vector<const T*> partials(static_cast<size_t>(slices - 1));
     for (int64_t n = begin; n < end; ++n) {
       for (int64_t s = 1; s < slices; ++s) partials[s - 1] = partial.data() + ((s - 1) * p.batch + n) * C * C;
       gram_finish_upper(gram + n * C * C, partials.data(), slices - 1, C, scale);
@@ -187,24 +199,22 @@ void gram_packed(const GramParams& p, GramSource source, const void* features, i
 
 }  // namespace
 
-at::Tensor symmetric_times_features_cpu(const at::Tensor& symmetric, const at::Tensor& view, bool channels_last) {
-  // Each thread packs a copy of one item's S (C^2 floats): very wide S stay with bmm.
-  constexpr int64_t kMaxProductChannels = 2048;
+namespace {
+
+template <typename T>
+at::Tensor symmetric_times_features_packed(const at::Tensor& symmetric, const at::Tensor& view, bool channels_last) {
+  constexpr int64_t P = kGramPanelOf<T>;
   const int64_t C = channels_last ? view.size(2) : view.size(1);
-  if (!cpu_has_avx2_fma() || view.scalar_type() != at::kFloat || symmetric.scalar_type() != at::kFloat ||
-      C % kGramPanel != 0 || C > kMaxProductChannels) {
-    return {};
-  }
   const at::Tensor f = view.contiguous();
   const at::Tensor sym = symmetric.contiguous();
   const int64_t N = f.size(0), L = channels_last ? f.size(1) : f.size(2);
   at::Tensor out = at::empty(f.sizes(), f.options());
   if (out.numel() == 0) return out;
   advise_huge_pages(out.mutable_data_ptr(), static_cast<size_t>(out.nbytes()));
-  const int64_t panels = C / kGramPanel;
+  const int64_t panels = C / P;
   // Work units: 16-position strips (planar) or blocks (channels-last) of L; planar strips are
   // packed kGramStripsPerPass at a time, so parts are whole passes.
-  const int64_t units = (L + kGramPanel - 1) / kGramPanel;
+  const int64_t units = (L + P - 1) / P;
   const int64_t unit_group = channels_last ? 1 : kGramStripsPerPass;
   // Tasks: (item, range of units), claimed dynamically; items are split when there are fewer
   // of them than threads (each task re-packs its item's S: C^2 copies against C^2 L products).
@@ -217,13 +227,13 @@ at::Tensor symmetric_times_features_cpu(const at::Tensor& symmetric, const at::T
   const int64_t tasks = N * parts;
   const int64_t workers = C * C * L >= (int64_t{1} << 18) ? std::min(threads, tasks) : 1;
   std::atomic<int64_t> next_task{0};
-  const float* sym_data = sym.const_data_ptr<float>();
-  const float* f_data = f.const_data_ptr<float>();
-  float* out_data = out.mutable_data_ptr<float>();
+  const T* sym_data = sym.const_data_ptr<T>();
+  const T* f_data = f.const_data_ptr<T>();
+  T* out_data = out.mutable_data_ptr<T>();
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    AlignedFloats packed(panels * kGramPanel * C);
-    AlignedFloats scratch((channels_last ? 1 : kGramStripsPerPass) * C * kGramPanel);
-    std::vector<float> edge(static_cast<size_t>(C * kGramPanel));
+    AlignedBuffer<T> packed(panels * P * C);
+    AlignedBuffer<T> scratch((channels_last ? 1 : kGramStripsPerPass) * C * P);
+    std::vector<T> edge(static_cast<size_t>(C * P));
     int64_t packed_item = -1;
     for (int64_t task = next_task.fetch_add(1); task < tasks; task = next_task.fetch_add(1)) {
       const int64_t n = task / parts, part = task % parts;
@@ -244,6 +254,22 @@ at::Tensor symmetric_times_features_cpu(const at::Tensor& symmetric, const at::T
   return out;
 }
 
+}  // namespace
+
+at::Tensor symmetric_times_features_cpu(const at::Tensor& symmetric, const at::Tensor& view, bool channels_last) {
+  // Each thread packs a copy of one item's S (C^2 elements): very wide S stay with bmm.
+  constexpr int64_t kMaxProductChannels = 2048;
+  const at::ScalarType dtype = view.scalar_type();
+  const int64_t C = channels_last ? view.size(2) : view.size(1);
+  const int64_t panel = dtype == at::kDouble ? kGramPanelOf<double> : kGramPanelOf<float>;
+  if (!cpu_has_avx2_fma() || (dtype != at::kFloat && dtype != at::kDouble) || symmetric.scalar_type() != dtype ||
+      C % panel != 0 || C > kMaxProductChannels) {
+    return {};
+  }
+  return dtype == at::kDouble ? symmetric_times_features_packed<double>(symmetric, view, channels_last)
+                              : symmetric_times_features_packed<float>(symmetric, view, channels_last);
+}
+
 namespace {
 
 // The packed kernel's source type for `dtype`, if this CPU can run it.
@@ -253,6 +279,7 @@ bool packed_source(at::ScalarType dtype, GramSource& source) {
     case at::kFloat: source = GramSource::Float32; return true;
     case at::kBFloat16: source = GramSource::BFloat16; return true;
     case at::kHalf: source = GramSource::Float16; return cpu_has_f16c();
+    case at::kDouble: source = GramSource::Float32; return true;  // unused: float64 has its own packing
     default: return false;
   }
 }
@@ -269,7 +296,11 @@ at::Tensor gram_matrix_cpu(const at::Tensor& features, bool normalize) {
     // in.view is dense (N, C, L) or (N, L, C); half types are widened while packing.
     const at::Tensor view = in.view.contiguous();
     advise_huge_pages(gram.mutable_data_ptr(), static_cast<size_t>(gram.nbytes()));
-    gram_packed(p, source, view.const_data_ptr(), view.element_size(), gram.mutable_data_ptr<float>());
+    if (features.scalar_type() == at::kDouble) {
+      gram_packed<double>(p, source, view.const_data_ptr(), view.element_size(), gram.mutable_data_ptr<double>());
+    } else {
+      gram_packed<float>(p, source, view.const_data_ptr(), view.element_size(), gram.mutable_data_ptr<float>());
+    }
     return gram.to(features.scalar_type());
   }
   // float16/bfloat16 are widened once to float32 (the accumulation type) on the CPU.

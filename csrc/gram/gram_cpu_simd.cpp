@@ -62,6 +62,17 @@ struct Source<GramSource::BFloat16> {
   }
 };
 
+template <typename T>
+struct Geometry;  // panel width and micro-kernel rows per accumulation type
+template <>
+struct Geometry<float> {
+  static constexpr int64_t kRows = 6;  // 16 = 6 + 6 + 4
+};
+template <>
+struct Geometry<double> {
+  static constexpr int64_t kRows = 4;  // 8 = 4 + 4
+};
+
 // --- packing ------------------------------------------------------------------------------
 
 // Transposes the 8x8 block rows[i][0..7] and stores column j at dst + j * kGramPanel.
@@ -143,7 +154,70 @@ void pack(bool channels_last, const void* src, int64_t C, int64_t L, int64_t l0,
   channels_last ? pack_channels_last<S>(typed, C, l0, kc, packed) : pack_planar<S>(typed, C, L, l0, kc, packed);
 }
 
-// --- the micro-kernel ---------------------------------------------------------------------
+// float64: 8-row panels (one cache line per position) through 4x4 transposes.
+__attribute__((target("avx2,fma"))) inline void transpose4_store(const __m256d r[4], double* dst) {
+  const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+  const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+  constexpr int64_t P = kGramPanelOf<double>;
+  _mm256_store_pd(dst + 0 * P, _mm256_permute2f128_pd(t0, t2, 0x20));
+  _mm256_store_pd(dst + 1 * P, _mm256_permute2f128_pd(t1, t3, 0x20));
+  _mm256_store_pd(dst + 2 * P, _mm256_permute2f128_pd(t0, t2, 0x31));
+  _mm256_store_pd(dst + 3 * P, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+
+__attribute__((target("avx2,fma"))) void pack_planar_f64(const double* src, int64_t C, int64_t L, int64_t l0,
+                                                         int64_t kc, double* packed) {
+  constexpr int64_t P = kGramPanelOf<double>;
+  const int64_t panels = (C + P - 1) / P;
+  const int64_t kc4 = kc - kc % 4;
+  for (int64_t p = 0; p < panels; ++p) {
+    double* dst = packed + p * kc * P;
+    const int64_t r0 = p * P;
+    int64_t k_done = 0;
+    if (r0 + P <= C) {
+      for (int64_t quarter = 0; quarter < 2; ++quarter) {
+        const double* rows = src + (r0 + 4 * quarter) * L + l0;
+        for (int64_t k = 0; k < kc4; k += 4) {
+          __m256d r[4];
+          for (int i = 0; i < 4; ++i) r[i] = _mm256_loadu_pd(rows + i * L + k);
+          transpose4_store(r, dst + k * P + 4 * quarter);
+        }
+      }
+      k_done = kc4;
+    }
+    for (int64_t k = k_done; k < kc; ++k) {
+      for (int64_t r = 0; r < P; ++r) dst[k * P + r] = r0 + r < C ? src[(r0 + r) * L + l0 + k] : 0.0;
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) void pack_channels_last_f64(const double* src, int64_t C, int64_t l0, int64_t kc,
+                                                                double* packed) {
+  constexpr int64_t P = kGramPanelOf<double>;
+  const int64_t panels = (C + P - 1) / P, full = C / P;
+  for (int64_t k = 0; k < kc; ++k) {
+    const double* row = src + (l0 + k) * C;
+    for (int64_t p = 0; p < full; ++p) {
+      double* dst = packed + (p * kc + k) * P;
+      _mm256_store_pd(dst, _mm256_loadu_pd(row + p * P));
+      _mm256_store_pd(dst + 4, _mm256_loadu_pd(row + p * P + 4));
+    }
+    if (full < panels) {
+      double* dst = packed + (full * kc + k) * P;
+      for (int64_t r = 0; r < P; ++r) dst[r] = full * P + r < C ? row[full * P + r] : 0.0;
+    }
+  }
+}
+
+// Packs rows [0, C) x positions [l0, l0 + kc) of a row-major C x L array (either type).
+inline void pack_rows(const float* src, int64_t C, int64_t L, int64_t l0, int64_t kc, float* packed) {
+  pack_planar<GramSource::Float32>(src, C, L, l0, kc, packed);
+}
+inline void pack_rows(const double* src, int64_t C, int64_t L, int64_t l0, int64_t kc, double* packed) {
+  pack_planar_f64(src, C, L, l0, kc, packed);
+}
+
+// --- the micro-kernels --------------------------------------------------------------------
 
 // c[r * ldc + j] += sum_k a[k * 16 + r] * b[k * 16 + j] for r < MR, j < 16: MR broadcasts of the
 // row panel and two aligned loads of the column panel feed 2 * MR FMAs per position.
@@ -193,196 +267,287 @@ __attribute__((target("avx2,fma"))) inline void micro_kernel(const float* a, con
   }
 }
 
-}  // namespace
+// float64: c[r * ldc + j] += sum_k a[k * 8 + r] * b[k * 8 + j] for r < 4, j < 8 (8 FMAs per
+// position from 2 aligned loads and 4 broadcasts).
+template <int MR, bool kAccumulate = true>
+__attribute__((target("avx2,fma"))) inline void micro_kernel_f64(const double* a, const double* b, int64_t kc,
+                                                                 double* c, int64_t ldc) {
+  static_assert(MR == 4, "micro-kernel rows");
+  constexpr int64_t P = kGramPanelOf<double>;
+  __m256d c00 = _mm256_setzero_pd(), c01 = _mm256_setzero_pd(), c10 = _mm256_setzero_pd(), c11 = _mm256_setzero_pd();
+  __m256d c20 = _mm256_setzero_pd(), c21 = _mm256_setzero_pd(), c30 = _mm256_setzero_pd(), c31 = _mm256_setzero_pd();
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256d b0 = _mm256_load_pd(b), b1 = _mm256_load_pd(b + 4);
+    __m256d x = _mm256_broadcast_sd(a + 0);
+    c00 = _mm256_fmadd_pd(x, b0, c00);
+    c01 = _mm256_fmadd_pd(x, b1, c01);
+    x = _mm256_broadcast_sd(a + 1);
+    c10 = _mm256_fmadd_pd(x, b0, c10);
+    c11 = _mm256_fmadd_pd(x, b1, c11);
+    x = _mm256_broadcast_sd(a + 2);
+    c20 = _mm256_fmadd_pd(x, b0, c20);
+    c21 = _mm256_fmadd_pd(x, b1, c21);
+    x = _mm256_broadcast_sd(a + 3);
+    c30 = _mm256_fmadd_pd(x, b0, c30);
+    c31 = _mm256_fmadd_pd(x, b1, c31);
+    a += P;
+    b += P;
+  }
+  const __m256d sums[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+  for (int r = 0; r < MR; ++r) {
+    double* row = c + r * ldc;
+    if constexpr (kAccumulate) {
+      _mm256_storeu_pd(row, _mm256_add_pd(_mm256_loadu_pd(row), sums[r][0]));
+      _mm256_storeu_pd(row + 4, _mm256_add_pd(_mm256_loadu_pd(row + 4), sums[r][1]));
+    } else {
+      _mm256_storeu_pd(row, sums[r][0]);
+      _mm256_storeu_pd(row + 4, sums[r][1]);
+    }
+  }
+}
 
-void gram_pack_panels_avx2(GramSource source, bool channels_last, const void* src, int64_t C, int64_t L, int64_t l0,
-                           int64_t kc, float* packed) {
+// One micro-kernel call of `rows` rows (Geometry<T>::kRows, or the remainder of a panel).
+template <bool kAccumulate>
+inline void micro(const float* a, const float* b, int64_t kc, float* c, int64_t ldc, int64_t rows) {
+  rows == 6 ? micro_kernel<6, kAccumulate>(a, b, kc, c, ldc) : micro_kernel<4, kAccumulate>(a, b, kc, c, ldc);
+}
+template <bool kAccumulate>
+inline void micro(const double* a, const double* b, int64_t kc, double* c, int64_t ldc, int64_t) {
+  micro_kernel_f64<4, kAccumulate>(a, b, kc, c, ldc);
+}
+template <typename T>
+inline void micro(bool accumulate, const T* a, const T* b, int64_t kc, T* c, int64_t ldc, int64_t rows) {
+  accumulate ? micro<true>(a, b, kc, c, ldc, rows) : micro<false>(a, b, kc, c, ldc, rows);
+}
+
+void pack_source(GramSource source, bool channels_last, const void* src, int64_t C, int64_t L, int64_t l0, int64_t kc,
+                 float* packed) {
   switch (source) {
     case GramSource::Float32: return pack<GramSource::Float32>(channels_last, src, C, L, l0, kc, packed);
     case GramSource::Float16: return pack<GramSource::Float16>(channels_last, src, C, L, l0, kc, packed);
     case GramSource::BFloat16: return pack<GramSource::BFloat16>(channels_last, src, C, L, l0, kc, packed);
   }
 }
+void pack_source(bool channels_last, const double* src, int64_t C, int64_t L, int64_t l0, int64_t kc,
+                 double* packed) {
+  channels_last ? pack_channels_last_f64(src, C, l0, kc, packed) : pack_planar_f64(src, C, L, l0, kc, packed);
+}
 
-void gram_panel_products_avx2(const float* packed, int64_t panels, int64_t kc, float* g, int64_t ldg,
-                              int64_t full_panels, float* edge) {
-  const int64_t panel_size = kc * kGramPanel;
-  // Row panel outermost: its 6- and 4-row slices stay in L1 while the column panels stream
-  // through from L2 (each column panel's cache lines are used whole).
+// Row panel outermost: its row slices stay in L1 while the column panels stream through from
+// L2 (each column panel's cache lines are used whole).
+template <typename T>
+void panel_products(const T* packed, int64_t panels, int64_t kc, T* g, int64_t ldg, int64_t full_panels, T* edge) {
+  constexpr int64_t P = kGramPanelOf<T>, kRows = Geometry<T>::kRows;
+  const int64_t panel_size = kc * P;
   for (int64_t pa = 0; pa < panels; ++pa) {
-    const float* a = packed + pa * panel_size;
-    for (int64_t sub = 0; sub < kGramPanel; sub += 6) {
+    const T* a = packed + pa * panel_size;
+    for (int64_t sub = 0; sub < P; sub += kRows) {
+      const int64_t rows = std::min(kRows, P - sub);
       for (int64_t pb = pa; pb < panels; ++pb) {
-        const float* b = packed + pb * panel_size;
-        float* c;
-        int64_t ldc;
+        const T* b = packed + pb * panel_size;
         if (pb < full_panels) {
-          c = g + (pa * kGramPanel + sub) * ldg + pb * kGramPanel;
-          ldc = ldg;
+          micro<true>(a + sub, b, kc, g + (pa * P + sub) * ldg + pb * P, ldg, rows);
         } else {
-          c = edge + (pa * kGramPanel + sub) * kGramPanel;
-          ldc = kGramPanel;
-        }
-        if (sub < 12) {
-          micro_kernel<6>(a + sub, b, kc, c, ldc);
-        } else {
-          micro_kernel<4>(a + sub, b, kc, c, ldc);
+          micro<true>(a + sub, b, kc, edge + (pa * P + sub) * P, P, rows);
         }
       }
     }
   }
 }
 
-void gram_packed_item_avx2(GramSource source, bool channels_last, const void* item, int64_t C, int64_t L,
-                           int64_t l_begin, int64_t l_end, int64_t kc, float* packed, float* edge, float* g) {
-  const int64_t panels = (C + kGramPanel - 1) / kGramPanel, full_panels = C / kGramPanel;
+template <typename T, typename Pack>
+void packed_item(const Pack& pack_chunk, int64_t C, int64_t l_begin, int64_t l_end, int64_t kc, T* packed, T* edge,
+                 T* g) {
+  constexpr int64_t P = kGramPanelOf<T>;
+  const int64_t panels = (C + P - 1) / P, full_panels = C / P;
   for (int64_t l0 = l_begin; l0 < l_end; l0 += kc) {
     const int64_t len = std::min(kc, l_end - l0);
-    gram_pack_panels_avx2(source, channels_last, item, C, L, l0, len, packed);
-    gram_panel_products_avx2(packed, panels, len, g, C, full_panels, edge);
+    pack_chunk(l0, len, packed);
+    panel_products(packed, panels, len, g, C, full_panels, edge);
   }
-  // The blocks of the last, partial column panel were accumulated aside (16 wide).
-  const int64_t c_edge = full_panels * kGramPanel;
+  // The blocks of the last, partial column panel were accumulated aside (P wide).
+  const int64_t c_edge = full_panels * P;
   for (int64_t r = 0; r < C; ++r) {
-    for (int64_t c = std::max(r, c_edge); c < C; ++c) g[r * C + c] = edge[r * kGramPanel + (c - c_edge)];
+    for (int64_t c = std::max(r, c_edge); c < C; ++c) g[r * C + c] = edge[r * P + (c - c_edge)];
   }
 }
 
-void gram_pack_symmetric_avx2(const float* sym, int64_t C, float* packed) {
-  const int64_t panels = (C + kGramPanel - 1) / kGramPanel;
+template <typename T>
+void pack_symmetric(const T* sym, int64_t C, T* packed) {
+  constexpr int64_t P = kGramPanelOf<T>;
+  const int64_t panels = (C + P - 1) / P;
   for (int64_t p = 0; p < panels; ++p) {
-    float* dst = packed + p * C * kGramPanel;
-    const int64_t c0 = p * kGramPanel, width = std::min(kGramPanel, C - c0);
+    T* dst = packed + p * C * P;
+    const int64_t c0 = p * P, width = std::min(P, C - c0);
     for (int64_t k = 0; k < C; ++k) {
-      const float* row = sym + k * C + c0;  // = column k of rows c0.. (sym is symmetric)
-      for (int64_t r = 0; r < width; ++r) dst[k * kGramPanel + r] = row[r];
-      for (int64_t r = width; r < kGramPanel; ++r) dst[k * kGramPanel + r] = 0.0f;
+      const T* row = sym + k * C + c0;  // = column k of rows c0.. (sym is symmetric)
+      for (int64_t r = 0; r < width; ++r) dst[k * P + r] = row[r];
+      for (int64_t r = width; r < P; ++r) dst[k * P + r] = T(0);
     }
   }
 }
 
-void gram_symmetric_product_avx2(const float* packed_sym, const float* f, int64_t C, int64_t L, int64_t strip_begin,
-                                 int64_t strip_end, float* strips, float* edge, float* out) {
-  const int64_t panels = C / kGramPanel;
-  const int64_t strip_size = C * kGramPanel;
+template <typename T>
+void symmetric_product(const T* packed_sym, const T* f, int64_t C, int64_t L, int64_t strip_begin, int64_t strip_end,
+                       T* strips, T* edge, T* out) {
+  constexpr int64_t P = kGramPanelOf<T>, kRows = Geometry<T>::kRows;
+  const int64_t panels = C / P;
+  const int64_t strip_size = C * P;
   for (int64_t s0 = strip_begin; s0 < strip_end; s0 += kGramStripsPerPass) {
     const int64_t count = std::min(kGramStripsPerPass, strip_end - s0);
-    const int64_t l_first = s0 * kGramPanel;
-    // Pack `count` strips: strip i holds positions l_first + 16 i .. + 15 of every row, k-major
-    // (zero past L); each row of f is read as one contiguous run.
+    const int64_t l_first = s0 * P;
+    // Pack `count` strips: strip i holds positions l_first + P i .. + P - 1 of every row,
+    // k-major (zero past L); each row of f is read as one contiguous run.
     for (int64_t k = 0; k < C; ++k) {
-      const float* row = f + k * L;
+      const T* row = f + k * L;
       for (int64_t i = 0; i < count; ++i) {
-        float* dst = strips + i * strip_size + k * kGramPanel;
-        const int64_t l0 = l_first + i * kGramPanel;
-        if (l0 + kGramPanel <= L) {
-          std::memcpy(dst, row + l0, kGramPanel * sizeof(float));
+        T* dst = strips + i * strip_size + k * P;
+        const int64_t l0 = l_first + i * P;
+        if (l0 + P <= L) {
+          std::memcpy(dst, row + l0, P * sizeof(T));
         } else {
-          for (int64_t j = 0; j < kGramPanel; ++j) dst[j] = l0 + j < L ? row[l0 + j] : 0.0f;
+          for (int64_t j = 0; j < P; ++j) dst[j] = l0 + j < L ? row[l0 + j] : T(0);
         }
       }
     }
-    // As in the forward: a 6- or 4-row slice of an S panel stays in L1 while the strips stream
-    // through from L2; the sum over channels runs in chunks of kGramProductChunk (the first
-    // stores, the others accumulate). A ragged last strip goes to `edge` (C x 16).
+    // As in the forward: a row slice of an S panel stays in L1 while the strips stream through
+    // from L2; the sum over channels runs in chunks of kGramProductChunk (the first stores, the
+    // others accumulate). A ragged last strip goes to `edge` (C x P).
     bool ragged = false;
     for (int64_t k0 = 0; k0 < C; k0 += kGramProductChunk) {
       const int64_t kc = std::min(kGramProductChunk, C - k0);
-      const bool first = k0 == 0;
+      const bool accumulate = k0 > 0;
       for (int64_t pa = 0; pa < panels; ++pa) {
-        const float* a = packed_sym + pa * strip_size + k0 * kGramPanel;
-        for (int64_t sub = 0; sub < kGramPanel; sub += 6) {
-          const int64_t c0 = pa * kGramPanel + sub;
+        const T* a = packed_sym + pa * strip_size + k0 * P;
+        for (int64_t sub = 0; sub < P; sub += kRows) {
+          const int64_t rows = std::min(kRows, P - sub), c0 = pa * P + sub;
           for (int64_t i = 0; i < count; ++i) {
-            const float* b = strips + i * strip_size + k0 * kGramPanel;
-            const int64_t l0 = l_first + i * kGramPanel;
-            float* c = out + c0 * L + l0;
-            int64_t ldc = L;
-            if (l0 + kGramPanel > L) {
-              c = edge + c0 * kGramPanel;
-              ldc = kGramPanel;
-              ragged = true;
-            }
-            if (sub < 12) {
-              first ? micro_kernel<6, false>(a + sub, b, kc, c, ldc) : micro_kernel<6, true>(a + sub, b, kc, c, ldc);
+            const T* b = strips + i * strip_size + k0 * P;
+            const int64_t l0 = l_first + i * P;
+            if (l0 + P <= L) {
+              micro(accumulate, a + sub, b, kc, out + c0 * L + l0, L, rows);
             } else {
-              first ? micro_kernel<4, false>(a + sub, b, kc, c, ldc) : micro_kernel<4, true>(a + sub, b, kc, c, ldc);
+              micro(accumulate, a + sub, b, kc, edge + c0 * P, P, rows);
+              ragged = true;
             }
           }
         }
       }
     }
     if (ragged) {
-      const int64_t l0 = l_first + (count - 1) * kGramPanel;
+      const int64_t l0 = l_first + (count - 1) * P;
       for (int64_t r = 0; r < C; ++r) {
-        for (int64_t j = 0; l0 + j < L; ++j) out[r * L + l0 + j] = edge[r * kGramPanel + j];
+        for (int64_t j = 0; l0 + j < L; ++j) out[r * L + l0 + j] = edge[r * P + j];
       }
     }
   }
 }
 
-void gram_symmetric_product_channels_last_avx2(const float* packed_sym, const float* x, int64_t C, int64_t L,
-                                               int64_t block_begin, int64_t block_end, float* panel, float* edge,
-                                               float* out) {
-  const int64_t panels = C / kGramPanel;
-  const int64_t panel_size = C * kGramPanel;
+template <typename T>
+void symmetric_product_channels_last(const T* packed_sym, const T* x, int64_t C, int64_t L, int64_t block_begin,
+                                     int64_t block_end, T* panel, T* edge, T* out) {
+  constexpr int64_t P = kGramPanelOf<T>, kRows = Geometry<T>::kRows;
+  const int64_t panels = C / P;
+  const int64_t panel_size = C * P;
   for (int64_t block = block_begin; block < block_end; ++block) {
-    const int64_t l0 = block * kGramPanel, rows = std::min(kGramPanel, L - l0);
-    // The block's 16 positions as one k-major panel (the forward's planar packing, with the
+    const int64_t l0 = block * P, rows = std::min(P, L - l0);
+    // The block's P positions as one k-major panel (the forward's planar packing, with the
     // positions as rows and the channels as the packed dimension; zero past L).
-    pack_planar<GramSource::Float32>(x + l0 * C, rows, C, 0, C, panel);
-    // A slice of the position panel stays in L1 while S's panels stream through from L2.
+    pack_rows(x + l0 * C, rows, C, 0, C, panel);
+    // A slice of the position panel stays in L1 while S's panels stream through from L2; rows
+    // past L go through `edge` (P x C), copied out below.
     for (int64_t k0 = 0; k0 < C; k0 += kGramProductChunk) {
       const int64_t kc = std::min(kGramProductChunk, C - k0);
-      const bool first = k0 == 0;
-      for (int64_t sub = 0; sub < rows; sub += 6) {
-        const int64_t mr = sub < 12 ? 6 : 4;
-        // Rows past L go through `edge` (16 x C), copied out below.
-        const bool whole = sub + mr <= rows;
+      const bool accumulate = k0 > 0;
+      for (int64_t sub = 0; sub < rows; sub += kRows) {
+        const int64_t mr = std::min(kRows, P - sub);
+        T* c_rows = sub + mr <= rows ? out + (l0 + sub) * C : edge + sub * C;
         for (int64_t pb = 0; pb < panels; ++pb) {
-          const float* a = panel + k0 * kGramPanel + sub;
-          const float* b = packed_sym + pb * panel_size + k0 * kGramPanel;
-          float* c = (whole ? out + (l0 + sub) * C : edge + sub * C) + pb * kGramPanel;
-          if (mr == 6) {
-            first ? micro_kernel<6, false>(a, b, kc, c, C) : micro_kernel<6, true>(a, b, kc, c, C);
-          } else {
-            first ? micro_kernel<4, false>(a, b, kc, c, C) : micro_kernel<4, true>(a, b, kc, c, C);
-          }
+          micro(accumulate, panel + k0 * P + sub, packed_sym + pb * panel_size + k0 * P, kc, c_rows + pb * P, C, mr);
         }
       }
     }
-    for (int64_t sub = 0; sub < rows; sub += 6) {
-      const int64_t mr = sub < 12 ? 6 : 4;
-      if (sub + mr <= rows) continue;
-      for (int64_t r = sub; r < rows; ++r) std::memcpy(out + (l0 + r) * C, edge + r * C, C * sizeof(float));
+    for (int64_t sub = 0; sub < rows; sub += kRows) {
+      if (sub + std::min(kRows, P - sub) <= rows) continue;
+      for (int64_t r = sub; r < rows; ++r) std::memcpy(out + (l0 + r) * C, edge + r * C, C * sizeof(T));
     }
   }
+}
+
+}  // namespace
+
+void gram_packed_item_avx2(GramSource source, bool channels_last, const void* item, int64_t C, int64_t L,
+                           int64_t l_begin, int64_t l_end, int64_t kc, float* packed, float* edge, float* g) {
+  const auto pack_chunk = [&](int64_t l0, int64_t len, float* dst) {
+    pack_source(source, channels_last, item, C, L, l0, len, dst);
+  };
+  packed_item(pack_chunk, C, l_begin, l_end, kc, packed, edge, g);
+}
+
+void gram_packed_item_avx2(bool channels_last, const double* item, int64_t C, int64_t L, int64_t l_begin,
+                           int64_t l_end, int64_t kc, double* packed, double* edge, double* g) {
+  const auto pack_chunk = [&](int64_t l0, int64_t len, double* dst) {
+    pack_source(channels_last, item, C, L, l0, len, dst);
+  };
+  packed_item(pack_chunk, C, l_begin, l_end, kc, packed, edge, g);
+}
+
+void gram_pack_symmetric_avx2(const float* sym, int64_t C, float* packed) { pack_symmetric(sym, C, packed); }
+void gram_pack_symmetric_avx2(const double* sym, int64_t C, double* packed) { pack_symmetric(sym, C, packed); }
+
+void gram_symmetric_product_avx2(const float* packed_sym, const float* f, int64_t C, int64_t L, int64_t strip_begin,
+                                 int64_t strip_end, float* strips, float* edge, float* out) {
+  symmetric_product(packed_sym, f, C, L, strip_begin, strip_end, strips, edge, out);
+}
+void gram_symmetric_product_avx2(const double* packed_sym, const double* f, int64_t C, int64_t L, int64_t strip_begin,
+                                 int64_t strip_end, double* strips, double* edge, double* out) {
+  symmetric_product(packed_sym, f, C, L, strip_begin, strip_end, strips, edge, out);
+}
+
+void gram_symmetric_product_channels_last_avx2(const float* packed_sym, const float* x, int64_t C, int64_t L,
+                                               int64_t block_begin, int64_t block_end, float* panel, float* edge,
+                                               float* out) {
+  symmetric_product_channels_last(packed_sym, x, C, L, block_begin, block_end, panel, edge, out);
+}
+void gram_symmetric_product_channels_last_avx2(const double* packed_sym, const double* x, int64_t C, int64_t L,
+                                               int64_t block_begin, int64_t block_end, double* panel, double* edge,
+                                               double* out) {
+  symmetric_product_channels_last(packed_sym, x, C, L, block_begin, block_end, panel, edge, out);
 }
 
 #else
 
 bool cpu_has_avx2_fma() { return false; }
 bool cpu_has_f16c() { return false; }
-void gram_pack_panels_avx2(GramSource, bool, const void*, int64_t, int64_t, int64_t, int64_t, float*) {}
-void gram_panel_products_avx2(const float*, int64_t, int64_t, float*, int64_t, int64_t, float*) {}
 void gram_packed_item_avx2(GramSource, bool, const void*, int64_t, int64_t, int64_t, int64_t, int64_t, float*, float*,
                            float*) {}
+void gram_packed_item_avx2(bool, const double*, int64_t, int64_t, int64_t, int64_t, int64_t, double*, double*,
+                           double*) {}
 void gram_pack_symmetric_avx2(const float*, int64_t, float*) {}
+void gram_pack_symmetric_avx2(const double*, int64_t, double*) {}
 void gram_symmetric_product_avx2(const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*, float*,
                                  float*) {}
+void gram_symmetric_product_avx2(const double*, const double*, int64_t, int64_t, int64_t, int64_t, double*, double*,
+                                 double*) {}
 void gram_symmetric_product_channels_last_avx2(const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*,
                                                float*, float*) {}
+void gram_symmetric_product_channels_last_avx2(const double*, const double*, int64_t, int64_t, int64_t, int64_t,
+                                               double*, double*, double*) {}
 
 #endif
 
-void gram_finish_upper(float* g, const float* const* partials, int64_t extra, int64_t C, float scale) {
-  for (int64_t r0 = 0; r0 < C; r0 += kGramPanel) {
-    const int64_t r1 = std::min(C, r0 + kGramPanel);
-    for (int64_t c0 = r0; c0 < C; c0 += kGramPanel) {
-      const int64_t c1 = std::min(C, c0 + kGramPanel);
+namespace {
+template <typename T>
+void finish_upper(T* g, const T* const* partials, int64_t extra, int64_t C, T scale) {
+  constexpr int64_t B = 16;  // blocks of the mirror copy
+  for (int64_t r0 = 0; r0 < C; r0 += B) {
+    const int64_t r1 = std::min(C, r0 + B);
+    for (int64_t c0 = r0; c0 < C; c0 += B) {
+      const int64_t c1 = std::min(C, c0 + B);
       for (int64_t r = r0; r < r1; ++r) {
         for (int64_t c = std::max(r, c0); c < c1; ++c) {
-          float v = g[r * C + c];
+          T v = g[r * C + c];
           for (int64_t s = 0; s < extra; ++s) v += partials[s][r * C + c];
           v *= scale;
           g[r * C + c] = v;
@@ -391,6 +556,14 @@ void gram_finish_upper(float* g, const float* const* partials, int64_t extra, in
       }
     }
   }
+}
+}  // namespace
+
+void gram_finish_upper(float* g, const float* const* partials, int64_t extra, int64_t C, float scale) {
+  finish_upper(g, partials, extra, C, scale);
+}
+void gram_finish_upper(double* g, const double* const* partials, int64_t extra, int64_t C, double scale) {
+  finish_upper(g, partials, extra, C, scale);
 }
 
 }  // namespace pyvision_ops

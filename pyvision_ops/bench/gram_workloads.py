@@ -66,7 +66,7 @@ def _gram_check(tolerance: float):
 def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tuple[str, ...]) -> None:
     dtype_name = str(dtype).replace("torch.", "")
     description = f"{label} features {tuple(shape)} {dtype_name}"
-    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    tolerance = {torch.float32: 1e-4, torch.float64: 1e-10}.get(dtype, 2e-2)
     flops = 2 * shape[0] * shape[1] * shape[1] * shape[2] * shape[3]
     note = f"bmm: {flops / 1e9:.2f} GFLOP; ours computes one triangle"
 
@@ -168,6 +168,7 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
 def _register_gram_family() -> None:
     for label, shape in _CPU_SHAPES:
         _register(label, shape, torch.float32, ("cpu", "cuda"))
+    _register("relu3_1-like float64", _CPU_SHAPES[1][1], torch.float64, ("cpu",))
     _register("H100 bf16", _CUDA_BF16_SHAPE, torch.bfloat16, ("cuda",))
 
 

@@ -285,6 +285,41 @@ def test_gram_matrix_backward_matches_reference(shape, normalize, dtype, device)
     torch.testing.assert_close(expected, closed_form, rtol=1e-12, atol=1e-12)
 
 
+@pytest.fixture
+def portable_gram_cpu():
+    """The CPU Gram ops on their portable loops (and the bmm backward), as on CPUs without
+    AVX2, which this test machine cannot otherwise reach."""
+    from pyvision_ops import _C
+
+    previous = _C._set_gram_cpu_simd(False)
+    try:
+        yield
+    finally:
+        _C._set_gram_cpu_simd(previous)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (3, 65, 7, 9), (2, 130, 17, 19), (1, 32, 20, 30)], ids=shape_id)
+def test_gram_ops_on_the_portable_cpu_path(shape, layout, dtype, portable_gram_cpu):
+    x = with_layout(features_of(shape, dtype, "cpu"), layout)
+    check_gram(x, True, TOL[dtype])
+    x = x.detach().requires_grad_(True)
+    gram = pyvision_ops.gram_matrix(x)
+    grad = torch.randn(gram.shape).to(dtype)
+    gram.backward(grad)
+    assert_close_scaled(x.grad, reference_gram_backward(x, grad, True), GRAD_TOL[dtype])
+    target = target_gram_of(shape, dtype, "cpu", True)
+    x64 = x.detach().double().requires_grad_(True)
+    expected_loss = reference_style_loss(x64, target, True, "sum")
+    (expected_grad,) = torch.autograd.grad(expected_loss, x64)
+    x.grad = None
+    loss = pyvision_ops.style_loss(x, target)
+    loss.backward()
+    assert_close_scaled(loss, expected_loss, TOL[dtype])
+    assert_close_scaled(x.grad, expected_grad, GRAD_TOL[dtype])
+
+
 # The CPU backward kernel (planar and channels-last) splits an item's positions between threads
 # when the batch is smaller than the thread count, in passes of 256 positions (planar) or blocks
 # of 16 (channels-last) with a ragged last one; 288 channels take two channel chunks.

@@ -256,13 +256,22 @@ at::Tensor symmetric_times_features_packed(const at::Tensor& symmetric, const at
 
 }  // namespace
 
+namespace {
+std::atomic<bool> gram_simd_enabled{true};
+}  // namespace
+
+bool gram_cpu_simd_enabled() { return gram_simd_enabled.load(std::memory_order_relaxed); }
+
+bool set_gram_cpu_simd(bool enabled) { return gram_simd_enabled.exchange(enabled); }
+
 at::Tensor symmetric_times_features_cpu(const at::Tensor& symmetric, const at::Tensor& view, bool channels_last) {
   // Each thread packs a copy of one item's S (C^2 elements): very wide S stay with bmm.
   constexpr int64_t kMaxProductChannels = 2048;
   const at::ScalarType dtype = view.scalar_type();
   const int64_t C = channels_last ? view.size(2) : view.size(1);
   const int64_t panel = dtype == at::kDouble ? kGramPanelOf<double> : kGramPanelOf<float>;
-  if (!cpu_has_avx2_fma() || (dtype != at::kFloat && dtype != at::kDouble) || symmetric.scalar_type() != dtype ||
+  if (!gram_cpu_simd_enabled() || !cpu_has_avx2_fma() || (dtype != at::kFloat && dtype != at::kDouble) ||
+      symmetric.scalar_type() != dtype ||
       C % panel != 0 || C > kMaxProductChannels) {
     return {};
   }
@@ -274,7 +283,7 @@ namespace {
 
 // The packed kernel's source type for `dtype`, if this CPU can run it.
 bool packed_source(at::ScalarType dtype, GramSource& source) {
-  if (!cpu_has_avx2_fma()) return false;
+  if (!gram_cpu_simd_enabled() || !cpu_has_avx2_fma()) return false;
   switch (dtype) {
     case at::kFloat: source = GramSource::Float32; return true;
     case at::kBFloat16: source = GramSource::BFloat16; return true;

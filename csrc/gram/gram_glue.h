@@ -25,4 +25,10 @@ at::ScalarType gram_compute_dtype(at::ScalarType dtype);
 // undefined tensor where it does not apply. The result has the view's shape.
 at::Tensor symmetric_times_features_cpu(const at::Tensor& symmetric, const at::Tensor& view, bool channels_last);
 
+// Whether the CPU Gram ops may use the packed AVX2 kernels (default true; the CPU must also
+// support them). Tests switch it off to exercise the portable loops and the bmm backward that
+// CPUs without AVX2 run. set_gram_cpu_simd returns the previous setting.
+bool gram_cpu_simd_enabled();
+bool set_gram_cpu_simd(bool enabled);
+
 }  // namespace pyvision_ops

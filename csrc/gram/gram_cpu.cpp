@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "common/huge_pages.h"
 #include "gram/gram.h"
 #include "gram/gram_cpu_simd.h"
 #include "gram/gram_glue.h"
@@ -210,7 +209,6 @@ at::Tensor symmetric_times_features_packed(const at::Tensor& symmetric, const at
   const int64_t N = f.size(0), L = channels_last ? f.size(1) : f.size(2);
   at::Tensor out = at::empty(f.sizes(), f.options());
   if (out.numel() == 0) return out;
-  advise_huge_pages(out.mutable_data_ptr(), static_cast<size_t>(out.nbytes()));
   const int64_t panels = C / P;
   // Work units: 16-position strips (planar) or blocks (channels-last) of L; planar strips are
   // packed kGramStripsPerPass at a time, so parts are whole passes.
@@ -304,7 +302,6 @@ at::Tensor gram_matrix_cpu(const at::Tensor& features, bool normalize) {
   if (packed_source(features.scalar_type(), source)) {
     // in.view is dense (N, C, L) or (N, L, C); half types are widened while packing.
     const at::Tensor view = in.view.contiguous();
-    advise_huge_pages(gram.mutable_data_ptr(), static_cast<size_t>(gram.nbytes()));
     if (features.scalar_type() == at::kDouble) {
       gram_packed<double>(p, source, view.const_data_ptr(), view.element_size(), gram.mutable_data_ptr<double>());
     } else {

@@ -40,7 +40,7 @@ at::Tensor call_gram_matrix(const at::Tensor& features, bool normalize) {
 }
 
 // dF = S F for a symmetric S (N, C, C), laid out like `features` (channels-last stays so): the
-// CPU's AVX2 kernel for float32 with C a multiple of 16, bmm otherwise.
+// CPU's packed AVX2 kernel where it applies (symmetric_times_features_cpu), bmm otherwise.
 at::Tensor symmetric_times_features(const at::Tensor& symmetric, const at::Tensor& features, const GramInput& in) {
   const at::Tensor view = in.view.to(symmetric.scalar_type());
   const bool channels_last = in.params.channels_last;

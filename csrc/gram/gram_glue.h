@@ -20,9 +20,10 @@ GramInput prepare_gram_input(const char* op, const at::Tensor& features, bool no
 // The dtype the kernels accumulate in: float64 for float64, float32 otherwise.
 at::ScalarType gram_compute_dtype(at::ScalarType dtype);
 
-// The CPU kernel of dF = S F (gram_cpu.cpp) for a symmetric float32 S (N, C, C) and a float32
-// view (N, C, L) planar or (N, L, C) channels-last, with AVX2 + FMA and C a multiple of 16; an
-// undefined tensor where it does not apply. The result has the view's shape.
+// The CPU kernel of dF = S F (gram_cpu.cpp) for a symmetric S (N, C, C) and a view (N, C, L)
+// planar or (N, L, C) channels-last of the same dtype: float32 with C a multiple of 16, or
+// float64 with C a multiple of 8, C <= 2048, on a CPU with AVX2 + FMA and the packed kernels
+// allowed; an undefined tensor where it does not apply. The result has the view's shape.
 at::Tensor symmetric_times_features_cpu(const at::Tensor& symmetric, const at::Tensor& view, bool channels_last);
 
 // Whether the CPU Gram ops may use the packed AVX2 kernels (default true; the CPU must also

@@ -26,7 +26,7 @@ import torch
 
 from pyvision_ops.box_ops import box_cxcywh_to_xyxy, box_iou
 from pyvision_ops.models import DETR
-from pyvision_ops.models.detr import synthetic_detection_batch
+from pyvision_ops.data import synthetic_detection_batch
 from pyvision_ops.nn import HungarianMatcher, SetCriterion
 
 try:

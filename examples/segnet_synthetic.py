@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pyvision_ops.models import SegNet
-from pyvision_ops.models.segnet import synthetic_rectangles
+from pyvision_ops.data import synthetic_rectangles
 
 
 def parse_stages(text: str) -> Tuple[Tuple[int, ...], ...]:

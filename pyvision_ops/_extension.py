@@ -1,23 +1,32 @@
-"""Loads the compiled extension ``pyvision_ops._C`` and remembers why it failed, if it did.
+"""Loads the compiled extension ``pyvision_ops._C`` if it is built, and remembers why not.
 
-Importing ``_C`` runs the ``TORCH_LIBRARY`` registrations, after which every operator is
-reachable as ``torch.ops.pyvision_ops.<name>``.
+Importing ``_C`` runs the C++ ``TORCH_LIBRARY`` registrations, after which every operator is
+reachable as ``torch.ops.pyvision_ops.<name>``. ``import pyvision_ops`` works without it (the
+pattern of torchvision's ``_has_ops``): the Python registrations that need the operators' schemas
+(fake kernels, autograd) run only when ``_C`` loaded, through :func:`register_when_loaded`, and
+calling an operator without it raises an error saying how to build it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
-__all__ = ["has_ops", "has_cuda", "build_info", "ensure_loaded"]
+__all__ = ["has_ops", "has_cuda", "build_info", "ensure_loaded", "ops", "register_when_loaded", "BUILD_HINT"]
+
+#: How to build the extension, quoted by every "not built" error.
+BUILD_HINT = (
+    "build it from the repository root with `make build` (or `pip install --no-build-isolation -e .` "
+    "in an environment that has torch, ninja and pybind11)"
+)
 
 _load_error: Optional[BaseException] = None
 _C: Any = None
 
 try:
     from pyvision_ops import _C  # type: ignore[attr-defined,no-redef]  # noqa: F401
-except (ImportError, OSError) as error:  # pragma: no cover - exercised only on broken installs
+except (ImportError, OSError) as error:
     _load_error = error
 
 
@@ -27,13 +36,27 @@ def has_ops() -> bool:
 
 
 def ensure_loaded() -> None:
-    """Raise the real load error (not a vague 'operator not found') when ``_C`` is missing."""
+    """Raise a RuntimeError that says the extension is not built, and how to build it."""
     if _C is None:
         raise RuntimeError(
-            "pyvision_ops' compiled extension could not be loaded; build it with "
-            "`pip install --no-build-isolation -e .` (or `make test`). Original error: "
-            f"{_load_error!r}"
+            f"pyvision_ops: the compiled extension pyvision_ops._C is not built or could not be loaded; "
+            f"{BUILD_HINT}. The import failed with: {_load_error!r}"
         ) from _load_error
+
+
+def ops() -> Any:
+    """``torch.ops.pyvision_ops``, after checking that the extension is loaded."""
+    if _C is None:
+        ensure_loaded()
+    return torch.ops.pyvision_ops
+
+
+def register_when_loaded(register: Callable[[], None]) -> Callable[[], None]:
+    """Run ``register`` (a family's fake-kernel and autograd registrations) now if the operators
+    exist; without the extension there is nothing to register them on."""
+    if _C is not None:
+        register()
+    return register
 
 
 def has_cuda() -> bool:
@@ -42,7 +65,7 @@ def has_cuda() -> bool:
 
 
 def build_info() -> Dict[str, Any]:
-    """How the extension was built: torch and CUDA versions, archs, whether CUDA kernels are in."""
+    """How the extension was built: torch and CUDA versions, archs, CPU kernels in use."""
     ensure_loaded()
     info = dict(_C.build_info())
     info["torch_runtime"] = torch.__version__

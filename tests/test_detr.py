@@ -20,9 +20,10 @@ from conftest import DEVICES, raises, sync
 import pyvision_ops
 from pyvision_ops import box_ops
 from pyvision_ops.models import DETR
-from pyvision_ops.models.detr import sine_position_encoding, synthetic_detection_batch
+from pyvision_ops.data import synthetic_detection_batch
+from pyvision_ops.models.detr import sine_position_encoding
 from pyvision_ops.nn import HungarianMatcher, SetCriterion
-import pyvision_ops.nn.detr as nn_detr
+import pyvision_ops.nn.assign as nn_assign
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
@@ -224,7 +225,7 @@ def test_matcher_solves_the_batch_in_one_call(monkeypatch):
         calls.append(cost)
         return pyvision_ops.linear_sum_assignment(cost, maximize=maximize)
 
-    monkeypatch.setattr(nn_detr, "linear_sum_assignment", counting_solver)
+    monkeypatch.setattr(nn_assign, "linear_sum_assignment", counting_solver)
     outputs, targets = random_detr_batch((2, 0, 4, 3))
     HungarianMatcher()(outputs, targets)
     assert len(calls) == 1
@@ -458,7 +459,7 @@ def test_synthetic_detection_batch():
         assert (iou - torch.eye(count)).abs().max() < 1e-6  # no overlaps
         for box, label in zip((xyxy * 64).round().long().tolist(), target["labels"].tolist()):
             mean_colour = image[:, box[1] : box[3], box[0] : box[2]].mean(dim=(1, 2))
-            expected = torch.tensor(pyvision_ops.models.detr.COLOURS[label])
+            expected = torch.tensor(pyvision_ops.data.COLOURS[label])
             assert (mean_colour - expected).abs().max() < 0.1
 
 

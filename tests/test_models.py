@@ -11,7 +11,7 @@ from torch import nn
 
 from conftest import DEVICES
 from pyvision_ops.models import SegNet, deconvnet_project
-from pyvision_ops.models.segnet import synthetic_rectangles
+from pyvision_ops.data import synthetic_rectangles
 import pyvision_ops.nn as pvnn
 
 TINY_STAGES = ((8, 8), (16, 16), (16,))

@@ -18,7 +18,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from pyvision_ops.nn.pooling import MaxPool2d
+from pyvision_ops.nn.unpool import MaxPool2d
 
 __all__ = ["VGGFeatures", "VGG_CONFIGS", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_normalize", "vgg_layer_names"]
 

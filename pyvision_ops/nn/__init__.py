@@ -1,8 +1,14 @@
-"""nn.Module wrappers, drop-in where torch.nn has the same module."""
+"""nn.Module wrappers of the functional ops, one module per op family.
 
-from pyvision_ops.nn.detr import HungarianMatcher, SetCriterion
-from pyvision_ops.nn.pooling import MaxPool2d, MaxUnpool1d, MaxUnpool2d, MaxUnpool3d
-from pyvision_ops.nn.style import GramMatrix, PerceptualLoss, StyleLoss
+``MaxPool2d`` and ``MaxUnpool1d/2d/3d`` (family ``unpool``) subclass their ``torch.nn`` namesakes
+and are drop-in replacements. ``GramMatrix``, ``StyleLoss`` and ``PerceptualLoss`` (family
+``gram``) and ``HungarianMatcher`` and ``SetCriterion`` (family ``assign``, DETR's matcher and
+loss) have no ``torch.nn`` counterpart.
+"""
+
+from pyvision_ops.nn.assign import HungarianMatcher, SetCriterion
+from pyvision_ops.nn.gram import GramMatrix, PerceptualLoss, StyleLoss
+from pyvision_ops.nn.unpool import MaxPool2d, MaxUnpool1d, MaxUnpool2d, MaxUnpool3d
 
 __all__ = ["MaxPool2d", "MaxUnpool1d", "MaxUnpool2d", "MaxUnpool3d", "GramMatrix", "StyleLoss", "PerceptualLoss",
            "HungarianMatcher", "SetCriterion"]

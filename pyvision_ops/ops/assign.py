@@ -19,12 +19,10 @@ from typing import List, Sequence, Tuple, Union
 
 import torch
 
-from pyvision_ops._extension import ensure_loaded
+from pyvision_ops._extension import ops, register_when_loaded
 
 __all__ = ["linear_sum_assignment"]
 
-ensure_loaded()
-_ops = torch.ops.pyvision_ops
 
 _FLOATS = (torch.float32, torch.float64)
 
@@ -76,7 +74,7 @@ def linear_sum_assignment(
             f"linear_sum_assignment: cost must be 2-D (N, M) or 3-D (B, N, M), got {cost.dim()}-D "
             f"of shape {tuple(cost.shape)}"
         )
-    return _ops.linear_sum_assignment(cost, bool(maximize))
+    return ops().linear_sum_assignment(cost, bool(maximize))
 
 
 def _solve_list(costs: Sequence[torch.Tensor], maximize: bool) -> List[Tuple[torch.Tensor, torch.Tensor]]:
@@ -99,30 +97,31 @@ def _solve_list(costs: Sequence[torch.Tensor], maximize: bool) -> List[Tuple[tor
     for c in mats:
         shapes += [int(c.shape[0]), int(c.shape[1])]
     flat = torch.cat([c.reshape(-1).to(dtype) for c in mats])
-    rows, cols = _ops._linear_sum_assignment_packed(flat, shapes, maximize)
+    rows, cols = ops()._linear_sum_assignment_packed(flat, shapes, maximize)
     sizes = [min(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(mats))]
     return list(zip(rows.split(sizes), cols.split(sizes)))
 
 
-# --------------------------------------------------------------------------------------------
-# fake kernels: the output shapes depend only on the input shapes
-# --------------------------------------------------------------------------------------------
+@register_when_loaded
+def _register() -> None:
+    """Fake kernels and autograd of the family's operators (they need the compiled schemas)."""
 
+    # --------------------------------------------------------------------------------------------
+    # fake kernels: the output shapes depend only on the input shapes
+    # --------------------------------------------------------------------------------------------
 
-@torch.library.register_fake("pyvision_ops::linear_sum_assignment")
-def _lsa_fake(cost, maximize):
-    torch._check(cost.dim() in (2, 3), lambda: f"linear_sum_assignment: cost must be 2-D or 3-D, got {cost.dim()}-D")
-    k = min(cost.shape[-2], cost.shape[-1])
-    shape = (k,) if cost.dim() == 2 else (cost.shape[0], k)
-    return cost.new_empty(shape, dtype=torch.int64), cost.new_empty(shape, dtype=torch.int64)
+    @torch.library.register_fake("pyvision_ops::linear_sum_assignment")
+    def _lsa_fake(cost, maximize):
+        torch._check(cost.dim() in (2, 3), lambda: f"linear_sum_assignment: cost must be 2-D or 3-D, got {cost.dim()}-D")
+        k = min(cost.shape[-2], cost.shape[-1])
+        shape = (k,) if cost.dim() == 2 else (cost.shape[0], k)
+        return cost.new_empty(shape, dtype=torch.int64), cost.new_empty(shape, dtype=torch.int64)
 
+    @torch.library.register_fake("pyvision_ops::_linear_sum_assignment_packed")
+    def _lsa_packed_fake(costs, shapes, maximize):
+        total = sum(min(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(shapes) // 2))
+        return costs.new_empty((total,), dtype=torch.int64), costs.new_empty((total,), dtype=torch.int64)
 
-@torch.library.register_fake("pyvision_ops::_linear_sum_assignment_packed")
-def _lsa_packed_fake(costs, shapes, maximize):
-    total = sum(min(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(shapes) // 2))
-    return costs.new_empty((total,), dtype=torch.int64), costs.new_empty((total,), dtype=torch.int64)
-
-
-@torch.library.register_fake("pyvision_ops::_linear_sum_assignment_team_reference")
-def _lsa_team_fake(cost, maximize):
-    return _lsa_fake(cost, maximize)
+    @torch.library.register_fake("pyvision_ops::_linear_sum_assignment_team_reference")
+    def _lsa_team_fake(cost, maximize):
+        return _lsa_fake(cost, maximize)

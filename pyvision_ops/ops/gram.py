@@ -12,12 +12,10 @@ from typing import Sequence
 
 import torch
 
-from pyvision_ops._extension import ensure_loaded
+from pyvision_ops._extension import ops, register_when_loaded
 
 __all__ = ["gram_matrix", "style_loss", "perceptual_loss"]
 
-ensure_loaded()
-_ops = torch.ops.pyvision_ops
 
 _REDUCTIONS = {"sum": 0, "mean": 1}
 
@@ -39,7 +37,7 @@ def gram_matrix(features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"features must be a Tensor, got {type(features).__name__}")
-    return _ops.gram_matrix(features, bool(normalize))
+    return ops().gram_matrix(features, bool(normalize))
 
 
 def style_loss(
@@ -66,7 +64,7 @@ def style_loss(
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     if not isinstance(features, torch.Tensor) or not isinstance(target_gram, torch.Tensor):
         raise TypeError("features and target_gram must be Tensors")
-    loss, _gram = _ops._style_loss_forward(features, target_gram.detach(), bool(normalize), _REDUCTIONS[reduction])
+    loss, _gram = ops()._style_loss_forward(features, target_gram.detach(), bool(normalize), _REDUCTIONS[reduction])
     return loss
 
 
@@ -90,79 +88,71 @@ def perceptual_loss(features_hat: torch.Tensor, features: torch.Tensor) -> torch
     return (features_hat - features).pow(2).sum() / features[0].numel() / n
 
 
-# --------------------------------------------------------------------------------------------
-# fake kernels
-# --------------------------------------------------------------------------------------------
+@register_when_loaded
+def _register() -> None:
+    """Fake kernels and autograd of the family's operators (they need the compiled schemas)."""
 
+    # --------------------------------------------------------------------------------------------
+    # fake kernels
+    # --------------------------------------------------------------------------------------------
 
-def _feature_channels(features: torch.Tensor) -> int:
-    torch._check(
-        features.dim() in (3, 4),
-        lambda: f"gram_matrix: features must be 3-D (N, C, L) or 4-D (N, C, H, W), got {features.dim()}-D",
+    def _feature_channels(features: torch.Tensor) -> int:
+        torch._check(
+            features.dim() in (3, 4),
+            lambda: f"gram_matrix: features must be 3-D (N, C, L) or 4-D (N, C, H, W), got {features.dim()}-D",
+        )
+        return features.shape[1]
+
+    @torch.library.register_fake("pyvision_ops::gram_matrix")
+    def _gram_matrix_fake(features, normalize):
+        c = _feature_channels(features)
+        return features.new_empty((features.shape[0], c, c))
+
+    @torch.library.register_fake("pyvision_ops::_gram_matrix_backward")
+    def _gram_matrix_backward_fake(grad_gram, features, normalize):
+        return torch.empty_like(features)
+
+    @torch.library.register_fake("pyvision_ops::_style_loss_forward")
+    def _style_loss_forward_fake(features, target_gram, normalize, reduction):
+        c = _feature_channels(features)
+        return features.new_empty(()), features.new_empty((features.shape[0], c, c))
+
+    @torch.library.register_fake("pyvision_ops::_style_loss_backward")
+    def _style_loss_backward_fake(grad_loss, grad_gram, features, gram, target_gram, normalize, reduction):
+        return torch.empty_like(features)
+
+    # --------------------------------------------------------------------------------------------
+    # autograd
+    # --------------------------------------------------------------------------------------------
+
+    def _gram_setup_context(ctx, inputs, output):
+        features, normalize = inputs
+        ctx.save_for_backward(features)
+        ctx.normalize = normalize
+
+    def _gram_backward(ctx, grad_gram):
+        (features,) = ctx.saved_tensors
+        return ops()._gram_matrix_backward(grad_gram, features, ctx.normalize), None
+
+    torch.library.register_autograd("pyvision_ops::gram_matrix", _gram_backward, setup_context=_gram_setup_context)
+
+    def _style_setup_context(ctx, inputs, output):
+        features, target_gram, normalize, reduction = inputs
+        ctx.save_for_backward(features, output[1], target_gram)
+        ctx.args = (normalize, reduction)
+
+    def _style_backward(ctx, grad_loss, grad_gram):
+        features, gram, target_gram = ctx.saved_tensors
+        normalize, reduction = ctx.args
+        if grad_loss is None:
+            grad_loss = torch.zeros((), dtype=features.dtype, device=features.device)
+        if grad_gram is None:
+            grad_gram = torch.zeros((0,), dtype=features.dtype, device=features.device)
+        grad_features = ops()._style_loss_backward(
+            grad_loss, grad_gram, features, gram, target_gram, normalize, reduction
+        )
+        return grad_features, None, None, None
+
+    torch.library.register_autograd(
+        "pyvision_ops::_style_loss_forward", _style_backward, setup_context=_style_setup_context
     )
-    return features.shape[1]
-
-
-@torch.library.register_fake("pyvision_ops::gram_matrix")
-def _gram_matrix_fake(features, normalize):
-    c = _feature_channels(features)
-    return features.new_empty((features.shape[0], c, c))
-
-
-@torch.library.register_fake("pyvision_ops::_gram_matrix_backward")
-def _gram_matrix_backward_fake(grad_gram, features, normalize):
-    return torch.empty_like(features)
-
-
-@torch.library.register_fake("pyvision_ops::_style_loss_forward")
-def _style_loss_forward_fake(features, target_gram, normalize, reduction):
-    c = _feature_channels(features)
-    return features.new_empty(()), features.new_empty((features.shape[0], c, c))
-
-
-@torch.library.register_fake("pyvision_ops::_style_loss_backward")
-def _style_loss_backward_fake(grad_loss, grad_gram, features, gram, target_gram, normalize, reduction):
-    return torch.empty_like(features)
-
-
-# --------------------------------------------------------------------------------------------
-# autograd
-# --------------------------------------------------------------------------------------------
-
-
-def _gram_setup_context(ctx, inputs, output):
-    features, normalize = inputs
-    ctx.save_for_backward(features)
-    ctx.normalize = normalize
-
-
-def _gram_backward(ctx, grad_gram):
-    (features,) = ctx.saved_tensors
-    return _ops._gram_matrix_backward(grad_gram, features, ctx.normalize), None
-
-
-torch.library.register_autograd("pyvision_ops::gram_matrix", _gram_backward, setup_context=_gram_setup_context)
-
-
-def _style_setup_context(ctx, inputs, output):
-    features, target_gram, normalize, reduction = inputs
-    ctx.save_for_backward(features, output[1], target_gram)
-    ctx.args = (normalize, reduction)
-
-
-def _style_backward(ctx, grad_loss, grad_gram):
-    features, gram, target_gram = ctx.saved_tensors
-    normalize, reduction = ctx.args
-    if grad_loss is None:
-        grad_loss = torch.zeros((), dtype=features.dtype, device=features.device)
-    if grad_gram is None:
-        grad_gram = torch.zeros((0,), dtype=features.dtype, device=features.device)
-    grad_features = _ops._style_loss_backward(
-        grad_loss, grad_gram, features, gram, target_gram, normalize, reduction
-    )
-    return grad_features, None, None, None
-
-
-torch.library.register_autograd(
-    "pyvision_ops::_style_loss_forward", _style_backward, setup_context=_style_setup_context
-)

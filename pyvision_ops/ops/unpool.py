@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from pyvision_ops._extension import ensure_loaded
+from pyvision_ops._extension import ops, register_when_loaded
 
 __all__ = [
     "max_pool2d_with_indices",
@@ -33,8 +33,6 @@ __all__ = [
 
 IntOrTuple = Union[int, Sequence[int]]
 
-ensure_loaded()
-_ops = torch.ops.pyvision_ops
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +153,7 @@ def max_pool2d_with_indices(
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
-    values, indices = _ops.max_pool2d_with_indices(x, k, s, p, d, bool(ceil_mode), bool(compact))
+    values, indices = ops().max_pool2d_with_indices(x, k, s, p, d, bool(ceil_mode), bool(compact))
     if unbatched:
         values, indices = values.squeeze(0), indices.squeeze(0)
     return values, indices
@@ -180,7 +178,7 @@ def _max_unpool(
         x = x.unsqueeze(0)
         indices = indices.unsqueeze(0) if indices.dim() == dims + 1 else indices
     out_size = _unpool_output_size(x, k, s, p, output_size)
-    op = {1: _ops.max_unpool1d, 2: _ops.max_unpool2d, 3: _ops.max_unpool3d}[dims]
+    op = {1: ops().max_unpool1d, 2: ops().max_unpool2d, 3: ops().max_unpool3d}[dims]
     out = op(x, indices, k, s, p, out_size)
     return out.squeeze(0) if unbatched else out
 
@@ -233,125 +231,111 @@ def max_unpool3d(
     return _max_unpool(3, x, indices, kernel_size, stride, padding, output_size)
 
 
-# --------------------------------------------------------------------------------------------
-# fake kernels (shapes, dtypes and layouts only) for torch.compile / torch.export
-# --------------------------------------------------------------------------------------------
+@register_when_loaded
+def _register() -> None:
+    """Fake kernels and autograd of the family's operators (they need the compiled schemas)."""
 
+    # --------------------------------------------------------------------------------------------
+    # fake kernels (shapes, dtypes and layouts only) for torch.compile / torch.export
+    # --------------------------------------------------------------------------------------------
 
-@torch.library.register_fake("pyvision_ops::max_pool2d_with_indices")
-def _max_pool2d_with_indices_fake(x, kernel_size, stride, padding, dilation, ceil_mode, compact):
-    torch._check(x.dim() == 4, lambda: f"max_pool2d_with_indices: x must be 4-D (N, C, H, W), got {x.dim()}-D")
-    out_h = pooling_output_size(x.shape[2], kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
-    out_w = pooling_output_size(x.shape[3], kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
-    shape = (x.shape[0], x.shape[1], out_h, out_w)
-    index_dtype = torch.uint8 if compact else torch.int64
-    return _empty_like_layout(x, shape, x.dtype), _empty_like_layout(x, shape, index_dtype)
+    @torch.library.register_fake("pyvision_ops::max_pool2d_with_indices")
+    def _max_pool2d_with_indices_fake(x, kernel_size, stride, padding, dilation, ceil_mode, compact):
+        torch._check(x.dim() == 4, lambda: f"max_pool2d_with_indices: x must be 4-D (N, C, H, W), got {x.dim()}-D")
+        out_h = pooling_output_size(x.shape[2], kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
+        out_w = pooling_output_size(x.shape[3], kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
+        shape = (x.shape[0], x.shape[1], out_h, out_w)
+        index_dtype = torch.uint8 if compact else torch.int64
+        return _empty_like_layout(x, shape, x.dtype), _empty_like_layout(x, shape, index_dtype)
 
+    @torch.library.register_fake("pyvision_ops::_max_pool2d_backward")
+    def _max_pool2d_backward_fake(grad_output, indices, input_size, kernel_size, stride, padding, dilation, compact):
+        shape = (grad_output.shape[0], grad_output.shape[1], input_size[0], input_size[1])
+        return _empty_like_layout(grad_output, shape, grad_output.dtype)
 
-@torch.library.register_fake("pyvision_ops::_max_pool2d_backward")
-def _max_pool2d_backward_fake(grad_output, indices, input_size, kernel_size, stride, padding, dilation, compact):
-    shape = (grad_output.shape[0], grad_output.shape[1], input_size[0], input_size[1])
-    return _empty_like_layout(grad_output, shape, grad_output.dtype)
+    def _unpool_fake(x, indices, kernel_size, stride, padding, output_size):
+        shape = (x.shape[0], x.shape[1], *output_size)
+        return _empty_like_layout(x, shape, x.dtype)
 
+    for _name in ("max_unpool1d", "max_unpool2d", "max_unpool3d"):
+        torch.library.register_fake(f"pyvision_ops::{_name}")(_unpool_fake)
 
-def _unpool_fake(x, indices, kernel_size, stride, padding, output_size):
-    shape = (x.shape[0], x.shape[1], *output_size)
-    return _empty_like_layout(x, shape, x.dtype)
+    @torch.library.register_fake("pyvision_ops::_max_unpool_backward")
+    def _max_unpool_backward_fake(grad_output, indices, kernel_size, stride, padding, dilation):
+        return _empty_like_layout(grad_output, indices.shape, grad_output.dtype)
 
+    # --------------------------------------------------------------------------------------------
+    # autograd: every backward is itself a registered operator
+    # --------------------------------------------------------------------------------------------
 
-for _name in ("max_unpool1d", "max_unpool2d", "max_unpool3d"):
-    torch.library.register_fake(f"pyvision_ops::{_name}")(_unpool_fake)
+    def _pool_setup_context(ctx, inputs, output):
+        x, kernel_size, stride, padding, dilation, _ceil_mode, compact = inputs
+        ctx.save_for_backward(output[1])
+        ctx.input_size = (x.shape[2], x.shape[3])
+        ctx.args = (kernel_size, stride, padding, dilation, compact)
+        ctx.mark_non_differentiable(output[1])
 
+    def _pool_backward(ctx, grad_values, _grad_indices):
+        (indices,) = ctx.saved_tensors
+        kernel_size, stride, padding, dilation, compact = ctx.args
+        grad_x = ops()._max_pool2d_backward(
+            grad_values, indices, list(ctx.input_size), kernel_size, stride, padding, dilation, compact
+        )
+        return grad_x, None, None, None, None, None, None
 
-@torch.library.register_fake("pyvision_ops::_max_unpool_backward")
-def _max_unpool_backward_fake(grad_output, indices, kernel_size, stride, padding, dilation):
-    return _empty_like_layout(grad_output, indices.shape, grad_output.dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# autograd: every backward is itself a registered operator
-# --------------------------------------------------------------------------------------------
-
-
-def _pool_setup_context(ctx, inputs, output):
-    x, kernel_size, stride, padding, dilation, _ceil_mode, compact = inputs
-    ctx.save_for_backward(output[1])
-    ctx.input_size = (x.shape[2], x.shape[3])
-    ctx.args = (kernel_size, stride, padding, dilation, compact)
-    ctx.mark_non_differentiable(output[1])
-
-
-def _pool_backward(ctx, grad_values, _grad_indices):
-    (indices,) = ctx.saved_tensors
-    kernel_size, stride, padding, dilation, compact = ctx.args
-    grad_x = _ops._max_pool2d_backward(
-        grad_values, indices, list(ctx.input_size), kernel_size, stride, padding, dilation, compact
-    )
-    return grad_x, None, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "pyvision_ops::max_pool2d_with_indices", _pool_backward, setup_context=_pool_setup_context
-)
-
-
-def _pool_backward_setup_context(ctx, inputs, output):
-    _grad_output, indices, _input_size, kernel_size, stride, padding, dilation, _compact = inputs
-    ctx.save_for_backward(indices)
-    ctx.args = (kernel_size, stride, padding, dilation)
-
-
-def _pool_backward_backward(ctx, grad_grad_x):
-    # The pooling backward scatters grad_output into the input; its adjoint gathers.
-    (indices,) = ctx.saved_tensors
-    kernel_size, stride, padding, dilation = ctx.args
-    grad_grad_output = _ops._max_unpool_backward(grad_grad_x, indices, kernel_size, stride, padding, dilation)
-    return grad_grad_output, None, None, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "pyvision_ops::_max_pool2d_backward", _pool_backward_backward, setup_context=_pool_backward_setup_context
-)
-
-
-def _unpool_setup_context(ctx, inputs, output):
-    _x, indices, kernel_size, stride, padding, _output_size = inputs
-    ctx.save_for_backward(indices)
-    ctx.args = (kernel_size, stride, padding)
-
-
-def _unpool_backward(ctx, grad_output):
-    (indices,) = ctx.saved_tensors
-    kernel_size, stride, padding = ctx.args
-    dilation = [1] * len(kernel_size)
-    grad_x = _ops._max_unpool_backward(grad_output, indices, kernel_size, stride, padding, dilation)
-    return grad_x, None, None, None, None, None
-
-
-for _name in ("max_unpool1d", "max_unpool2d", "max_unpool3d"):
     torch.library.register_autograd(
-        f"pyvision_ops::{_name}", _unpool_backward, setup_context=_unpool_setup_context
+        "pyvision_ops::max_pool2d_with_indices", _pool_backward, setup_context=_pool_setup_context
     )
 
+    def _pool_backward_setup_context(ctx, inputs, output):
+        _grad_output, indices, _input_size, kernel_size, stride, padding, dilation, _compact = inputs
+        ctx.save_for_backward(indices)
+        ctx.args = (kernel_size, stride, padding, dilation)
 
-def _unpool_backward_setup_context(ctx, inputs, output):
-    grad_output, indices, kernel_size, stride, padding, dilation = inputs
-    ctx.save_for_backward(indices)
-    ctx.args = (kernel_size, stride, padding, dilation)
-    ctx.output_size = list(grad_output.shape[2:])
+    def _pool_backward_backward(ctx, grad_grad_x):
+        # The pooling backward scatters grad_output into the input; its adjoint gathers.
+        (indices,) = ctx.saved_tensors
+        kernel_size, stride, padding, dilation = ctx.args
+        grad_grad_output = ops()._max_unpool_backward(grad_grad_x, indices, kernel_size, stride, padding, dilation)
+        return grad_grad_output, None, None, None, None, None, None, None
 
+    torch.library.register_autograd(
+        "pyvision_ops::_max_pool2d_backward", _pool_backward_backward, setup_context=_pool_backward_setup_context
+    )
 
-def _unpool_backward_backward(ctx, grad_grad_x):
-    # The unpooling backward gathers; its adjoint is the unpooling scatter itself.
-    (indices,) = ctx.saved_tensors
-    kernel_size, stride, padding, dilation = ctx.args
-    if any(d != 1 for d in dilation):
-        raise RuntimeError("double backward of a dilated compact max_pool2d is not supported")
-    op = {1: _ops.max_unpool1d, 2: _ops.max_unpool2d, 3: _ops.max_unpool3d}[len(kernel_size)]
-    grad_grad_output = op(grad_grad_x, indices, kernel_size, stride, padding, ctx.output_size)
-    return grad_grad_output, None, None, None, None, None
+    def _unpool_setup_context(ctx, inputs, output):
+        _x, indices, kernel_size, stride, padding, _output_size = inputs
+        ctx.save_for_backward(indices)
+        ctx.args = (kernel_size, stride, padding)
 
+    def _unpool_backward(ctx, grad_output):
+        (indices,) = ctx.saved_tensors
+        kernel_size, stride, padding = ctx.args
+        dilation = [1] * len(kernel_size)
+        grad_x = ops()._max_unpool_backward(grad_output, indices, kernel_size, stride, padding, dilation)
+        return grad_x, None, None, None, None, None
 
-torch.library.register_autograd(
-    "pyvision_ops::_max_unpool_backward", _unpool_backward_backward, setup_context=_unpool_backward_setup_context
-)
+    for _name in ("max_unpool1d", "max_unpool2d", "max_unpool3d"):
+        torch.library.register_autograd(
+            f"pyvision_ops::{_name}", _unpool_backward, setup_context=_unpool_setup_context
+        )
+
+    def _unpool_backward_setup_context(ctx, inputs, output):
+        grad_output, indices, kernel_size, stride, padding, dilation = inputs
+        ctx.save_for_backward(indices)
+        ctx.args = (kernel_size, stride, padding, dilation)
+        ctx.output_size = list(grad_output.shape[2:])
+
+    def _unpool_backward_backward(ctx, grad_grad_x):
+        # The unpooling backward gathers; its adjoint is the unpooling scatter itself.
+        (indices,) = ctx.saved_tensors
+        kernel_size, stride, padding, dilation = ctx.args
+        if any(d != 1 for d in dilation):
+            raise RuntimeError("double backward of a dilated compact max_pool2d is not supported")
+        op = {1: ops().max_unpool1d, 2: ops().max_unpool2d, 3: ops().max_unpool3d}[len(kernel_size)]
+        grad_grad_output = op(grad_grad_x, indices, kernel_size, stride, padding, ctx.output_size)
+        return grad_grad_output, None, None, None, None, None
+
+    torch.library.register_autograd(
+        "pyvision_ops::_max_unpool_backward", _unpool_backward_backward, setup_context=_unpool_backward_setup_context
+    )

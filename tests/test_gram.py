@@ -291,11 +291,11 @@ def portable_gram_cpu():
     AVX2, which this test machine cannot otherwise reach."""
     from pyvision_ops import _C
 
-    previous = _C._set_gram_cpu_simd(False)
+    previous = _C._set_cpu_simd(False)
     try:
         yield
     finally:
-        _C._set_gram_cpu_simd(previous)
+        _C._set_cpu_simd(previous)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)

@@ -15,5 +15,5 @@ from sanitized_cpp import run_sanitized
 
 
 def test_packed_gram_kernel_under_sanitizers(tmp_path: Path) -> None:
-    out = run_sanitized(tmp_path, "gram_packed_agrees.cpp", ["gram/gram_cpu_simd.cpp"], ["1000"])
+    out = run_sanitized(tmp_path, "gram_packed_agrees.cpp", ["gram/gram_cpu_simd.cpp", "common/cpu_features.cpp"], ["1000"])
     assert "bad 0" in out

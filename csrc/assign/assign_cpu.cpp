@@ -1,6 +1,6 @@
-// CPU kernels of linear_sum_assignment: the Jonker-Volgenant solver (lap_jv.h) run over the
+// CPU kernels of linear_sum_assignment: the Jonker-Volgenant solver (assign_jv.h) run over the
 // problems of a batch with at::parallel_for, one workspace per thread and call; plus the CPU run
-// of the CUDA kernel's algorithm (sap_team.h), used by the tests.
+// of the CUDA kernel's algorithm (assign_sap_team.h), used by the tests.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "assign/assign.h"
-#include "assign/assign_glue.h"
-#include "assign/lap_jv.h"
-#include "assign/sap_team.h"
+#include "assign/assign_checks.h"
+#include "assign/assign_jv.h"
+#include "assign/assign_sap_team.h"
 
 namespace pyvision_ops {
 namespace {
@@ -49,17 +49,16 @@ int32_t solve_one_jv(const T* base, const AssignProblem& p, lap::Workspace& ws, 
     // vs 105 us per 300x100 problem for column-block order); float32 uses column blocks on
     // cache-sized problems and lets the solver scan the transposed rows otherwise.
     constexpr int64_t kFusedMinimaMaxEntries = 8192;
-    if (!lap::lap_avx2_available()) {
-      invalid = lap::transpose_check_portable(c, p.rows, p.cols, t.data());
-    } else if constexpr (std::is_same_v<T, double>) {
-      invalid = lap::transpose_check_min_rows_avx2(c, p.rows, p.cols, t.data(), ws.row_minima.data(),
-                                                   ws.min_value.data(), ws.min_row.data());
+    const lap::LapKernels<T>& kernels = lap::lap_kernels<T>();
+    if (kernels.transpose_check_min_rows != nullptr) {
+      invalid = kernels.transpose_check_min_rows(c, p.rows, p.cols, t.data(), ws.row_minima.data(),
+                                                 ws.min_value.data(), ws.min_row.data());
       row_minima = ws.row_minima.data();
-    } else if (count <= kFusedMinimaMaxEntries) {
-      invalid = lap::transpose_check_min_avx2(c, p.rows, p.cols, t.data(), ws.row_minima.data());
+    } else if (kernels.transpose_check_min != nullptr && count <= kFusedMinimaMaxEntries) {
+      invalid = kernels.transpose_check_min(c, p.rows, p.cols, t.data(), ws.row_minima.data());
       row_minima = ws.row_minima.data();
     } else {
-      invalid = lap::transpose_check(c, p.rows, p.cols, t.data());
+      invalid = kernels.transpose_check(c, p.rows, p.cols, t.data());
     }
     if (invalid) return kAssignInvalid;
     wide = t.data();

@@ -1,4 +1,4 @@
-// CUDA glue of linear_sum_assignment: the shared checks (assign_glue), tall dense batches
+// CUDA glue of linear_sum_assignment: the shared checks (assign_checks), tall dense batches
 // transposed once on the device so that the kernel reads rows contiguously, the problem list and
 // the scratch copied/allocated once per call, one launch for the whole batch, and one status
 // read-back per call so that invalid or infeasible problems raise SciPy's ValueError.
@@ -12,9 +12,10 @@
 #include <tuple>
 #include <vector>
 
-#include "assign/assign_glue.h"
+#include "assign/assign_checks.h"
 #include "assign/assign_kernel.h"
 #include "common/checks.h"
+#include "common/cuda_launch.h"
 
 namespace pyvision_ops {
 namespace {
@@ -39,13 +40,12 @@ std::tuple<at::Tensor, at::Tensor> run_cuda(const char* op, AssignBatch batch, b
   at::Tensor scratch_i = at::empty({2 * scratch}, batch.cost.options().dtype(at::kInt));
   at::Tensor status = at::empty({count}, batch.cost.options().dtype(at::kInt));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const cudaError_t launched = launch_linear_sum_assignment(
+  check_cuda_launch(launch_linear_sum_assignment(
       scalar_kind(batch.cost.scalar_type()), batch.cost.const_data_ptr(),
       reinterpret_cast<const AssignProblem*>(problems.const_data_ptr()), count, max_wide_cols, wide_layout,
       scratch_d.mutable_data_ptr<double>(), scratch_i.mutable_data_ptr<int32_t>(),
       batch.rows.mutable_data_ptr<int64_t>(), batch.cols.mutable_data_ptr<int64_t>(),
-      status.mutable_data_ptr<int32_t>(), stream);
-  TORCH_CHECK(launched == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(launched));
+      status.mutable_data_ptr<int32_t>(), stream), op, "lsa_kernel");
   const at::Tensor status_host = status.cpu();  // the one synchronisation of the call
   raise_assign_status(op, status_host.const_data_ptr<int32_t>(), count);
   return {batch.rows, batch.cols};

@@ -1,4 +1,4 @@
-// CUDA kernel of linear_sum_assignment: one thread block per problem runs sap_solve (sap_team.h,
+// CUDA kernel of linear_sum_assignment: one thread block per problem runs sap_solve (assign_sap_team.h,
 // the code the CPU tests run with a team of one) with the block as the team. Each Dijkstra step
 // scans the current row with one column per thread (strided when m > blockDim) and settles the
 // next column with a block arg-min: warp shuffles, one partial per warp in shared memory (double
@@ -6,8 +6,9 @@
 #include <cstdint>
 
 #include "assign/assign_kernel.h"
-#include "assign/sap_team.h"
+#include "assign/assign_sap_team.h"
 #include "common/cuda_check.h"
+#include "common/cuda_dispatch.cuh"
 
 namespace pyvision_ops {
 namespace {
@@ -94,16 +95,12 @@ cudaError_t launch_linear_sum_assignment(ScalarKind kind, const void* cost, cons
   int threads = ((max_wide_cols + 31) / 32) * 32;
   threads = threads < 32 ? 32 : (threads > kMaxThreads ? kMaxThreads : threads);
   const dim3 grid(static_cast<unsigned>(count));
-  if (kind == ScalarKind::Float64) {
-    lsa_kernel<double><<<grid, threads, 0, stream>>>(static_cast<const double*>(cost), problems, wide_layout,
-                                                     scratch_d, scratch_i, rows, cols, status);
-  } else if (kind == ScalarKind::Float32) {
-    lsa_kernel<float><<<grid, threads, 0, stream>>>(static_cast<const float*>(cost), problems, wide_layout,
-                                                    scratch_d, scratch_i, rows, cols, status);
-  } else {
-    return cudaErrorInvalidValue;
-  }
-  PVO_RETURN_LAST_LAUNCH_ERROR();
+  return dispatch_float_double(kind, [&](auto tag) {
+    using T = decltype(tag);
+    lsa_kernel<T><<<grid, threads, 0, stream>>>(static_cast<const T*>(cost), problems, wide_layout, scratch_d,
+                                                scratch_i, rows, cols, status);
+    PVO_RETURN_LAST_LAUNCH_ERROR();
+  });
 }
 
 }  // namespace pyvision_ops

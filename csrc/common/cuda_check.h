@@ -1,5 +1,6 @@
-// Launch checking for the torch-free .cu files: launchers return the cudaError_t of the launch
-// and the glue turns a failure into a torch error (PVO_CHECK_CUDA).
+// Error handling of the torch-free CUDA launchers: every launcher returns the cudaError_t of its
+// launches, and the glue turns a failure into a torch error naming the op and the kernel with
+// check_cuda_launch (common/cuda_launch.h).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -1,4 +1,5 @@
-// CPU Gram kernels. With AVX2 + FMA, features go through the packed kernels (gram_cpu_simd.h):
+// CPU Gram kernels. Where the family's kernel table has packed kernels (gram_cpu_simd.h: AVX2),
+// features go through them:
 // each chunk of L is packed once into panels of one cache line per position (16 float32
 // channels, float16/bfloat16 widened while packing; 8 float64 channels) and the upper triangle's
 // blocks are accumulated in place in G by register-blocked outer-product micro-kernels, parallel
@@ -6,6 +7,7 @@
 // without AVX2 use portable loops over upper-triangle tiles, parallel over (batch item, tile
 // pair).
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -18,7 +20,7 @@
 #include "common/checks.h"
 #include "gram/gram.h"
 #include "gram/gram_cpu_simd.h"
-#include "gram/gram_glue.h"
+#include "gram/gram_checks.h"
 
 namespace pyvision_ops {
 namespace {
@@ -43,8 +45,10 @@ void store_tile(const GramParams& p, int64_t n, int64_t row0, int64_t col0, cons
   }
 }
 
-template <typename acc_t>
-void gram_planar(const GramParams& p, const acc_t* features, acc_t* gram) {
+// The portable loops read the features in their own dtype and accumulate in acc_t (float32, or
+// float64 for float64), so half types need no widened copy.
+template <typename scalar_t, typename acc_t>
+void gram_planar(const GramParams& p, const scalar_t* features, acc_t* gram) {
   const int64_t C = p.channels, L = p.length;
   const int64_t tiles = (C + kTile - 1) / kTile;
   const int64_t pairs = triangle_tile_count(tiles);
@@ -56,17 +60,17 @@ void gram_planar(const GramParams& p, const acc_t* features, acc_t* gram) {
       triangle_tile(task % pairs, tiles, tile_row, tile_col);
       const int64_t row0 = tile_row * kTile, col0 = tile_col * kTile;
       std::fill(acc.begin(), acc.end(), acc_t(0));
-      const acc_t* base = features + n * C * L;
+      const scalar_t* base = features + n * C * L;
       for (int64_t l0 = 0; l0 < L; l0 += kChunk) {
         const int64_t len = std::min(kChunk, L - l0);
         for (int64_t i = 0; i < kTile && row0 + i < C; ++i) {
-          const acc_t* x = base + (row0 + i) * L + l0;
+          const scalar_t* x = base + (row0 + i) * L + l0;
           // On a diagonal tile only entries on or above the diagonal are needed.
           for (int64_t j = tile_row == tile_col ? i : 0; j < kTile && col0 + j < C; ++j) {
-            const acc_t* y = base + (col0 + j) * L + l0;
+            const scalar_t* y = base + (col0 + j) * L + l0;
             acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
-            for (int64_t l = 0; l < len; ++l) sum += x[l] * y[l];
+            for (int64_t l = 0; l < len; ++l) sum += static_cast<acc_t>(x[l]) * static_cast<acc_t>(y[l]);
             acc[i * kTile + j] += sum;
           }
         }
@@ -77,8 +81,8 @@ void gram_planar(const GramParams& p, const acc_t* features, acc_t* gram) {
 }
 
 // Channels-last: X (N, L, C) read in place; each position l adds the outer product of its row.
-template <typename acc_t>
-void gram_channels_last(const GramParams& p, const acc_t* features, acc_t* gram) {
+template <typename scalar_t, typename acc_t>
+void gram_channels_last(const GramParams& p, const scalar_t* features, acc_t* gram) {
   const int64_t C = p.channels, L = p.length;
   const int64_t tiles = (C + kTile - 1) / kTile;
   const int64_t pairs = triangle_tile_count(tiles);
@@ -92,14 +96,14 @@ void gram_channels_last(const GramParams& p, const acc_t* features, acc_t* gram)
       const int64_t rows = std::min(kTile, C - row0), cols = std::min(kTile, C - col0);
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t l = 0; l < L; ++l) {
-        const acc_t* x = features + (n * L + l) * C;
+        const scalar_t* x = features + (n * L + l) * C;
         for (int64_t i = 0; i < rows; ++i) {
-          const acc_t xi = x[row0 + i];
-          const acc_t* xj = x + col0;
+          const acc_t xi = static_cast<acc_t>(x[row0 + i]);
+          const scalar_t* xj = x + col0;
           acc_t* a = acc.data() + i * kTile;
           const int64_t j_start = tile_row == tile_col ? i : 0;
 #pragma omp simd
-          for (int64_t j = j_start; j < cols; ++j) a[j] += xi * xj[j];
+          for (int64_t j = j_start; j < cols; ++j) a[j] += xi * static_cast<acc_t>(xj[j]);
         }
       }
       store_tile(p, n, row0, col0, acc.data(), gram);
@@ -141,7 +145,8 @@ constexpr int64_t kMaxSliceBytes = int64_t{1} << 26;  // extra C x C buffers of 
 
 // T: the accumulation type (float for float32/float16/bfloat16 sources, double for float64).
 template <typename T>
-void gram_packed(const GramParams& p, GramSource source, const void* features, int64_t element_size, T* gram) {
+void gram_packed(const GramPackedKernels<T>& kernels, const GramParams& p, GramSource source, const void* features,
+                 int64_t element_size, T* gram) {
   constexpr int64_t P = kGramPanelOf<T>;
   const int64_t C = p.channels, L = p.length;
   const int64_t panels = (C + P - 1) / P;
@@ -177,12 +182,7 @@ void gram_packed(const GramParams& p, GramSource source, const void* features, i
       std::fill(edge.begin(), edge.end(), T(0));
       const void* item = base + n * C * L * element_size;
       const int64_t l_begin = s * slice_length, l_end = std::min(L, (s + 1) * slice_length);
-      if constexpr (std::is_same_v<T, double>) {
-        gram_packed_item_avx2(p.channels_last, static_cast<const double*>(item), C, L, l_begin, l_end, kc,
-                              packed.data(), edge.data(), g);
-      } else {
-        gram_packed_item_avx2(source, p.channels_last, item, C, L, l_begin, l_end, kc, packed.data(), edge.data(), g);
-      }
+      kernels.pack_item(source, p.channels_last, item, C, L, l_begin, l_end, kc, packed.data(), edge.data(), g);
       if (slices == 1) gram_finish_upper(g, nullptr, 0, C, scale);
     }
   });
@@ -196,12 +196,9 @@ void gram_packed(const GramParams& p, GramSource source, const void* features, i
   });
 }
 
-}  // namespace
-
-namespace {
-
 template <typename T>
-at::Tensor symmetric_times_features_packed(const at::Tensor& symmetric, const at::Tensor& view, bool channels_last) {
+at::Tensor symmetric_times_features_packed(const GramPackedKernels<T>& kernels, const at::Tensor& symmetric,
+                                           const at::Tensor& view, bool channels_last) {
   constexpr int64_t P = kGramPanelOf<T>;
   const int64_t C = channels_last ? view.size(2) : view.size(1);
   const at::Tensor f = view.contiguous();
@@ -236,15 +233,15 @@ at::Tensor symmetric_times_features_packed(const at::Tensor& symmetric, const at
     for (int64_t task = next_task.fetch_add(1); task < tasks; task = next_task.fetch_add(1)) {
       const int64_t n = task / parts, part = task % parts;
       if (n != packed_item) {
-        gram_pack_symmetric_avx2(sym_data + n * C * C, C, packed.data());
+        kernels.pack_symmetric(sym_data + n * C * C, C, packed.data());
         packed_item = n;
       }
       const int64_t first = part * units_per_part, last = std::min(units, (part + 1) * units_per_part);
       if (channels_last) {
-        gram_symmetric_product_channels_last_avx2(packed.data(), f_data + n * L * C, C, L, first, last, scratch.data(),
-                                                  edge.data(), out_data + n * L * C);
+        kernels.symmetric_product_channels_last(packed.data(), f_data + n * L * C, C, L, first, last, scratch.data(),
+                                                edge.data(), out_data + n * L * C);
       } else {
-        gram_symmetric_product_avx2(packed.data(), f_data + n * C * L, C, L, first, last, scratch.data(), edge.data(),
+        kernels.symmetric_product(packed.data(), f_data + n * C * L, C, L, first, last, scratch.data(), edge.data(),
                                     out_data + n * C * L);
       }
     }
@@ -254,40 +251,30 @@ at::Tensor symmetric_times_features_packed(const at::Tensor& symmetric, const at
 
 }  // namespace
 
-namespace {
-std::atomic<bool> gram_simd_enabled{true};
-}  // namespace
-
-bool gram_cpu_simd_enabled() { return gram_simd_enabled.load(std::memory_order_relaxed); }
-
-bool set_gram_cpu_simd(bool enabled) { return gram_simd_enabled.exchange(enabled); }
-
 at::Tensor symmetric_times_features_cpu(const at::Tensor& symmetric, const at::Tensor& view, bool channels_last) {
   // Each thread packs a copy of one item's S (C^2 elements): very wide S stay with bmm.
   constexpr int64_t kMaxProductChannels = 2048;
   const at::ScalarType dtype = view.scalar_type();
   const int64_t C = channels_last ? view.size(2) : view.size(1);
-  const int64_t panel = dtype == at::kDouble ? kGramPanelOf<double> : kGramPanelOf<float>;
-  if (!gram_cpu_simd_enabled() || !cpu_has_avx2_fma() || (dtype != at::kFloat && dtype != at::kDouble) ||
-      symmetric.scalar_type() != dtype ||
-      C % panel != 0 || C > kMaxProductChannels) {
-    return {};
+  const GramCpuKernels& kernels = gram_cpu_kernels();
+  if (symmetric.scalar_type() != dtype || C > kMaxProductChannels) return {};
+  if (dtype == at::kDouble && kernels.packed_f64 != nullptr && C % kGramPanelOf<double> == 0) {
+    return symmetric_times_features_packed<double>(*kernels.packed_f64, symmetric, view, channels_last);
   }
-  return dtype == at::kDouble ? symmetric_times_features_packed<double>(symmetric, view, channels_last)
-                              : symmetric_times_features_packed<float>(symmetric, view, channels_last);
+  if (dtype == at::kFloat && kernels.packed_f32 != nullptr && C % kGramPanelOf<float> == 0) {
+    return symmetric_times_features_packed<float>(*kernels.packed_f32, symmetric, view, channels_last);
+  }
+  return {};
 }
 
 namespace {
 
-// The packed kernel's source type for `dtype`, if this CPU can run it.
-bool packed_source(at::ScalarType dtype, GramSource& source) {
-  if (!gram_cpu_simd_enabled() || !cpu_has_avx2_fma()) return false;
+// The packed kernel's source type for a float32-accumulated dtype.
+GramSource packed_source(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kFloat: source = GramSource::Float32; return true;
-    case at::kBFloat16: source = GramSource::BFloat16; return true;
-    case at::kHalf: source = GramSource::Float16; return cpu_has_f16c();
-    case at::kDouble: source = GramSource::Float32; return true;  // unused: float64 has its own packing
-    default: return false;
+    case at::kBFloat16: return GramSource::BFloat16;
+    case at::kHalf: return GramSource::Float16;
+    default: return GramSource::Float32;
   }
 }
 
@@ -298,23 +285,23 @@ at::Tensor gram_matrix_cpu(const at::Tensor& features, bool normalize) {
   at::Tensor gram = at::empty({p.batch, p.channels, p.channels}, features.options().dtype(compute));
   if (gram.numel() == 0) return gram.to(features.scalar_type());
   if (p.length == 0) return gram.zero_().to(features.scalar_type());
-  GramSource source;
-  if (packed_source(features.scalar_type(), source)) {
-    // in.view is dense (N, C, L) or (N, L, C); half types are widened while packing.
-    const at::Tensor view = in.view.contiguous();
-    if (features.scalar_type() == at::kDouble) {
-      gram_packed<double>(p, source, view.const_data_ptr(), view.element_size(), gram.mutable_data_ptr<double>());
-    } else {
-      gram_packed<float>(p, source, view.const_data_ptr(), view.element_size(), gram.mutable_data_ptr<float>());
-    }
-    return gram.to(features.scalar_type());
+  // in.view is dense (N, C, L) or (N, L, C); half types are widened where they are read.
+  const at::Tensor view = in.view.contiguous();
+  const GramCpuKernels& kernels = gram_cpu_kernels();
+  if (compute == at::kDouble && kernels.packed_f64 != nullptr) {
+    gram_packed<double>(*kernels.packed_f64, p, GramSource::Float32, view.const_data_ptr(), view.element_size(),
+                        gram.mutable_data_ptr<double>());
+  } else if (compute == at::kFloat && kernels.packed_f32 != nullptr) {
+    gram_packed<float>(*kernels.packed_f32, p, packed_source(features.scalar_type()), view.const_data_ptr(),
+                       view.element_size(), gram.mutable_data_ptr<float>());
+  } else {
+    PVO_DISPATCH_FLOATING_TYPES(features.scalar_type(), "gram_matrix_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* data = view.const_data_ptr<scalar_t>();
+      acc_t* out = gram.mutable_data_ptr<acc_t>();
+      p.channels_last ? gram_channels_last<scalar_t, acc_t>(p, data, out) : gram_planar<scalar_t, acc_t>(p, data, out);
+    });
   }
-  // float16/bfloat16 are widened once to float32 (the accumulation type) on the CPU.
-  const at::Tensor view = in.view.to(compute).contiguous();
-  AT_DISPATCH_FLOATING_TYPES(compute, "gram_matrix_cpu", [&] {
-    p.channels_last ? gram_channels_last<scalar_t>(p, view.const_data_ptr<scalar_t>(), gram.mutable_data_ptr<scalar_t>())
-                    : gram_planar<scalar_t>(p, view.const_data_ptr<scalar_t>(), gram.mutable_data_ptr<scalar_t>());
-  });
   return gram.to(features.scalar_type());
 }
 

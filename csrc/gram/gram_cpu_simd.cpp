@@ -1,28 +1,18 @@
+// The packed AVX2 Gram kernels (gram_cpu_simd.h), compiled for AVX2 + FMA + F16C per function
+// and reached through gram_cpu_kernels(); gram_finish_upper is portable. Nothing else here on
+// other architectures.
 #include "gram/gram_cpu_simd.h"
 
 #include <algorithm>
 #include <cstring>
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if PVO_X86
 #include <immintrin.h>
-#define PVO_HAVE_GRAM_AVX2 1
-#else
-#define PVO_HAVE_GRAM_AVX2 0
 #endif
 
 namespace pyvision_ops {
 
-#if PVO_HAVE_GRAM_AVX2
-
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-
-bool cpu_has_f16c() {
-  static const bool has = __builtin_cpu_supports("f16c");
-  return has;
-}
+#if PVO_X86
 
 namespace {
 
@@ -34,23 +24,23 @@ struct Source;
 template <>
 struct Source<GramSource::Float32> {
   using type = float;
-  __attribute__((target("avx2,fma,f16c"))) static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+  PVO_TARGET_AVX2 static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
   static inline float load1(const float* p) { return *p; }
 };
 
 template <>
 struct Source<GramSource::Float16> {
   using type = uint16_t;
-  __attribute__((target("avx2,fma,f16c"))) static inline __m256 load8(const uint16_t* p) {
+  PVO_TARGET_AVX2 static inline __m256 load8(const uint16_t* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
-  __attribute__((target("avx2,fma,f16c"))) static inline float load1(const uint16_t* p) { return _cvtsh_ss(*p); }
+  PVO_TARGET_AVX2 static inline float load1(const uint16_t* p) { return _cvtsh_ss(*p); }
 };
 
 template <>
 struct Source<GramSource::BFloat16> {
   using type = uint16_t;
-  __attribute__((target("avx2,fma,f16c"))) static inline __m256 load8(const uint16_t* p) {
+  PVO_TARGET_AVX2 static inline __m256 load8(const uint16_t* p) {
     const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
   }
@@ -76,7 +66,7 @@ struct Geometry<double> {
 // --- packing ------------------------------------------------------------------------------
 
 // Transposes the 8x8 block rows[i][0..7] and stores column j at dst + j * kGramPanel.
-__attribute__((target("avx2,fma,f16c"))) inline void transpose8_store(const __m256 r[8], float* dst) {
+PVO_TARGET_AVX2 inline void transpose8_store(const __m256 r[8], float* dst) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
   const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
   const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
@@ -98,7 +88,7 @@ __attribute__((target("avx2,fma,f16c"))) inline void transpose8_store(const __m2
 // Planar rows: each panel is a blocked 8x8 transpose of 16 rows; scalar for the last positions
 // (kc % 8) and for a partial last panel (zero past C).
 template <GramSource S>
-__attribute__((target("avx2,fma,f16c"))) void pack_planar(const typename Source<S>::type* src, int64_t C, int64_t L,
+PVO_TARGET_AVX2 void pack_planar(const typename Source<S>::type* src, int64_t C, int64_t L,
                                                           int64_t l0, int64_t kc, float* packed) {
   const int64_t panels = (C + kGramPanel - 1) / kGramPanel;
   const int64_t kc8 = kc - kc % 8;
@@ -127,7 +117,7 @@ __attribute__((target("avx2,fma,f16c"))) void pack_planar(const typename Source<
 
 // Channels-last: position l's C values are contiguous; each panel takes 16 of them.
 template <GramSource S>
-__attribute__((target("avx2,fma,f16c"))) void pack_channels_last(const typename Source<S>::type* src, int64_t C,
+PVO_TARGET_AVX2 void pack_channels_last(const typename Source<S>::type* src, int64_t C,
                                                                  int64_t l0, int64_t kc, float* packed) {
   const int64_t panels = (C + kGramPanel - 1) / kGramPanel;
   const int64_t full = C / kGramPanel;
@@ -155,7 +145,7 @@ void pack(bool channels_last, const void* src, int64_t C, int64_t L, int64_t l0,
 }
 
 // float64: 8-row panels (one cache line per position) through 4x4 transposes.
-__attribute__((target("avx2,fma"))) inline void transpose4_store(const __m256d r[4], double* dst) {
+PVO_TARGET_AVX2 inline void transpose4_store(const __m256d r[4], double* dst) {
   const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
   const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
   constexpr int64_t P = kGramPanelOf<double>;
@@ -165,7 +155,7 @@ __attribute__((target("avx2,fma"))) inline void transpose4_store(const __m256d r
   _mm256_store_pd(dst + 3 * P, _mm256_permute2f128_pd(t1, t3, 0x31));
 }
 
-__attribute__((target("avx2,fma"))) void pack_planar_f64(const double* src, int64_t C, int64_t L, int64_t l0,
+PVO_TARGET_AVX2 void pack_planar_f64(const double* src, int64_t C, int64_t L, int64_t l0,
                                                          int64_t kc, double* packed) {
   constexpr int64_t P = kGramPanelOf<double>;
   const int64_t panels = (C + P - 1) / P;
@@ -191,7 +181,7 @@ __attribute__((target("avx2,fma"))) void pack_planar_f64(const double* src, int6
   }
 }
 
-__attribute__((target("avx2,fma"))) void pack_channels_last_f64(const double* src, int64_t C, int64_t l0, int64_t kc,
+PVO_TARGET_AVX2 void pack_channels_last_f64(const double* src, int64_t C, int64_t l0, int64_t kc,
                                                                 double* packed) {
   constexpr int64_t P = kGramPanelOf<double>;
   const int64_t panels = (C + P - 1) / P, full = C / P;
@@ -222,7 +212,7 @@ inline void pack_rows(const double* src, int64_t C, int64_t L, int64_t l0, int64
 // c[r * ldc + j] += sum_k a[k * 16 + r] * b[k * 16 + j] for r < MR, j < 16: MR broadcasts of the
 // row panel and two aligned loads of the column panel feed 2 * MR FMAs per position.
 template <int MR, bool kAccumulate = true>
-__attribute__((target("avx2,fma"))) inline void micro_kernel(const float* a, const float* b, int64_t kc, float* c,
+PVO_TARGET_AVX2 inline void micro_kernel(const float* a, const float* b, int64_t kc, float* c,
                                                              int64_t ldc) {
   static_assert(MR == 4 || MR == 6, "micro-kernel rows");
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
@@ -270,7 +260,7 @@ __attribute__((target("avx2,fma"))) inline void micro_kernel(const float* a, con
 // float64: c[r * ldc + j] += sum_k a[k * 8 + r] * b[k * 8 + j] for r < 4, j < 8 (8 FMAs per
 // position from 2 aligned loads and 4 broadcasts).
 template <int MR, bool kAccumulate = true>
-__attribute__((target("avx2,fma"))) inline void micro_kernel_f64(const double* a, const double* b, int64_t kc,
+PVO_TARGET_AVX2 inline void micro_kernel_f64(const double* a, const double* b, int64_t kc,
                                                                  double* c, int64_t ldc) {
   static_assert(MR == 4, "micro-kernel rows");
   constexpr int64_t P = kGramPanelOf<double>;
@@ -516,24 +506,32 @@ void gram_symmetric_product_channels_last_avx2(const double* packed_sym, const d
   symmetric_product_channels_last(packed_sym, x, C, L, block_begin, block_end, panel, edge, out);
 }
 
+const GramCpuKernels* gram_avx2_kernels() {
+  static constexpr GramPackedKernels<float> f32{
+      &gram_packed_item_avx2,
+      static_cast<void (*)(const float*, int64_t, float*)>(&gram_pack_symmetric_avx2),
+      static_cast<void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*, float*, float*)>(
+          &gram_symmetric_product_avx2),
+      static_cast<void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*, float*, float*)>(
+          &gram_symmetric_product_channels_last_avx2)};
+  static constexpr GramPackedKernels<double> f64{
+      [](GramSource, bool channels_last, const void* item, int64_t C, int64_t L, int64_t l_begin, int64_t l_end,
+         int64_t kc, double* packed, double* edge, double* g) {
+        gram_packed_item_avx2(channels_last, static_cast<const double*>(item), C, L, l_begin, l_end, kc, packed, edge,
+                              g);
+      },
+      static_cast<void (*)(const double*, int64_t, double*)>(&gram_pack_symmetric_avx2),
+      static_cast<void (*)(const double*, const double*, int64_t, int64_t, int64_t, int64_t, double*, double*,
+                           double*)>(&gram_symmetric_product_avx2),
+      static_cast<void (*)(const double*, const double*, int64_t, int64_t, int64_t, int64_t, double*, double*,
+                           double*)>(&gram_symmetric_product_channels_last_avx2)};
+  static constexpr GramCpuKernels avx2{&f32, &f64};
+  return &avx2;
+}
+
 #else
 
-bool cpu_has_avx2_fma() { return false; }
-bool cpu_has_f16c() { return false; }
-void gram_packed_item_avx2(GramSource, bool, const void*, int64_t, int64_t, int64_t, int64_t, int64_t, float*, float*,
-                           float*) {}
-void gram_packed_item_avx2(bool, const double*, int64_t, int64_t, int64_t, int64_t, int64_t, double*, double*,
-                           double*) {}
-void gram_pack_symmetric_avx2(const float*, int64_t, float*) {}
-void gram_pack_symmetric_avx2(const double*, int64_t, double*) {}
-void gram_symmetric_product_avx2(const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*, float*,
-                                 float*) {}
-void gram_symmetric_product_avx2(const double*, const double*, int64_t, int64_t, int64_t, int64_t, double*, double*,
-                                 double*) {}
-void gram_symmetric_product_channels_last_avx2(const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*,
-                                               float*, float*) {}
-void gram_symmetric_product_channels_last_avx2(const double*, const double*, int64_t, int64_t, int64_t, int64_t,
-                                               double*, double*, double*) {}
+const GramCpuKernels* gram_avx2_kernels() { return nullptr; }
 
 #endif
 

@@ -1,5 +1,7 @@
-// The packed AVX2 Gram kernels. Torch-free; chosen at run time when the CPU reports AVX2 + FMA
-// (+ F16C for float16 sources).
+// The packed AVX2 Gram kernels and the Gram family's CPU kernel table. Torch-free. The table's
+// AVX2 entries exist on x86 builds and are used when cpu_capability() allows AVX2 (which
+// includes FMA and F16C); its portable entries are null: those CPUs run the portable tile loops
+// of gram_cpu.cpp and the bmm backward.
 //
 // Layout: the features of one batch item, positions [l0, l0 + kc) of L, are packed into
 // "panels" of P rows (P = 16 for float32 accumulation, 8 for float64: one cache line per
@@ -13,6 +15,8 @@
 
 #include <cstdint>
 
+#include "common/cpu_features.h"
+
 namespace pyvision_ops {
 
 // Rows per panel: one 64-byte cache line of the accumulation type.
@@ -23,8 +27,6 @@ constexpr int64_t kGramPanel = kGramPanelOf<float>;  // 16
 // Element types a float32 panel can be packed from (widened while packing).
 enum class GramSource : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
 
-bool cpu_has_avx2_fma();
-bool cpu_has_f16c();
 
 // One batch item, positions [l_begin, l_end) of L, in chunks of kc: packs each chunk into
 // `packed` (panels * P * kc elements, 64-byte aligned) and accumulates the upper triangle into g
@@ -32,6 +34,7 @@ bool cpu_has_f16c();
 // caller) collects the partial last column panel, copied into g at the end. Entries below the
 // diagonal are left unspecified. planar: row c of the item starts at item + c * L (elements of
 // the source type); channels-last: position l starts at item + l * C.
+// The AVX2 kernels below are defined on x86 builds only; kernels reach them through the table.
 void gram_packed_item_avx2(GramSource source, bool channels_last, const void* item, int64_t C, int64_t L,
                            int64_t l_begin, int64_t l_end, int64_t kc, float* packed, float* edge, float* g);
 void gram_packed_item_avx2(bool channels_last, const double* item, int64_t C, int64_t L, int64_t l_begin,
@@ -74,5 +77,34 @@ void gram_symmetric_product_channels_last_avx2(const float* packed_sym, const fl
 void gram_symmetric_product_channels_last_avx2(const double* packed_sym, const double* x, int64_t C, int64_t L,
                                                int64_t block_begin, int64_t block_end, double* panel, double* edge,
                                                double* out);
+
+// --- the family's kernel table ------------------------------------------------------------
+
+// The packed kernels of one accumulation type T (float: float32/float16/bfloat16 sources;
+// double: float64, whose `source` argument is ignored).
+template <typename T>
+struct GramPackedKernels {
+  void (*pack_item)(GramSource source, bool channels_last, const void* item, int64_t C, int64_t L, int64_t l_begin,
+                    int64_t l_end, int64_t kc, T* packed, T* edge, T* g);
+  void (*pack_symmetric)(const T* sym, int64_t C, T* packed_sym);
+  void (*symmetric_product)(const T* packed_sym, const T* f, int64_t C, int64_t L, int64_t strip_begin,
+                            int64_t strip_end, T* strips, T* edge, T* out);
+  void (*symmetric_product_channels_last)(const T* packed_sym, const T* x, int64_t C, int64_t L, int64_t block_begin,
+                                          int64_t block_end, T* panel, T* edge, T* out);
+};
+
+struct GramCpuKernels {
+  const GramPackedKernels<float>* packed_f32;   // null: no packed kernels (portable loops)
+  const GramPackedKernels<double>* packed_f64;  // null: no packed kernels (portable loops)
+};
+
+// The AVX2 table (gram_cpu_simd.cpp), nullptr where the build has none.
+const GramCpuKernels* gram_avx2_kernels();
+
+// The table to use now (see common/cpu_features.h).
+inline const GramCpuKernels& gram_cpu_kernels() {
+  static constexpr GramCpuKernels portable{nullptr, nullptr};
+  return select_cpu_kernels(portable, gram_avx2_kernels());
+}
 
 }  // namespace pyvision_ops

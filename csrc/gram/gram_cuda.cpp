@@ -1,13 +1,14 @@
-// CUDA glue of the Gram family: the same checks and in-place view as the CPU path (gram_glue),
+// CUDA glue of the Gram family: the same checks and in-place view as the CPU path (gram_checks),
 // device guard, current stream, launch check. The derived ops (backward, style loss) are
-// device-generic and registered in gram_glue.cpp.
+// device-generic and registered in gram_composite.cpp.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
-#include "gram/gram_glue.h"
+#include "common/cuda_launch.h"
+#include "gram/gram_checks.h"
 #include "gram/gram_kernel.h"
 
 namespace pyvision_ops {
@@ -24,15 +25,14 @@ at::Tensor gram_matrix_cuda(const at::Tensor& features, bool normalize) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const ScalarKind scalar = scalar_kind(features.scalar_type());
   GramLaunchPlan plan;
-  cudaError_t status = plan_gram_matrix(p, scalar, in.view.const_data_ptr(), &plan);
-  TORCH_CHECK(status == cudaSuccess, "gram_matrix: CUDA kernel setup failed: ", cudaGetErrorString(status));
+  check_cuda_launch(plan_gram_matrix(p, scalar, in.view.const_data_ptr(), &plan), "gram_matrix", "plan_gram_matrix");
   // Split-K partial tiles (float16/bfloat16 on tensor cores, when the tiles alone are too few).
   const at::Tensor workspace = plan.workspace_elements > 0
                                    ? at::empty({plan.workspace_elements}, features.options().dtype(at::kFloat))
                                    : at::Tensor();
-  status = launch_gram_matrix(p, scalar, plan, in.view.const_data_ptr(), gram.mutable_data_ptr(),
-                              workspace.defined() ? workspace.mutable_data_ptr<float>() : nullptr, stream);
-  TORCH_CHECK(status == cudaSuccess, "gram_matrix: CUDA kernel failed: ", cudaGetErrorString(status));
+  check_cuda_launch(launch_gram_matrix(p, scalar, plan, in.view.const_data_ptr(), gram.mutable_data_ptr(),
+                                       workspace.defined() ? workspace.mutable_data_ptr<float>() : nullptr, stream),
+                    "gram_matrix", plan.tensor_cores ? "gram_mma_kernel" : "gram_tile_kernel");
   return gram.to(features.scalar_type());
 }
 

@@ -8,13 +8,11 @@
 //   of 32 through a 3-stage cp.async pipeline (2-byte loads where 16-byte copies do not line up); when
 //   the tiles cannot fill the GPU, L is split over blockIdx.y and gram_split_reduce_kernel sums
 //   the float32 partial tiles in a fixed order (deterministic) and mirrors them.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cstdint>
 #include <type_traits>
 
 #include "common/cuda_check.h"
+#include "common/cuda_dispatch.cuh"
 #include "gram/gram_kernel.h"
 
 namespace pyvision_ops {
@@ -24,19 +22,11 @@ constexpr int kTile = 64;
 constexpr int kChunk = 16;
 constexpr int kThreadsPerSide = 16;  // 16 x 16 threads, each 4 x 4 outputs
 
-template <typename T> struct GramAcc { using type = float; };
-template <> struct GramAcc<double> { using type = double; };
-
-__device__ PVO_INLINE float widen(float v) { return v; }
-__device__ PVO_INLINE double widen(double v) { return v; }
-__device__ PVO_INLINE float widen(__half v) { return __half2float(v); }
-__device__ PVO_INLINE float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
-
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreadsPerSide * kThreadsPerSide)
     gram_tile_kernel(const GramParams p, const scalar_t* __restrict__ features,
-                     typename GramAcc<scalar_t>::type* __restrict__ gram) {
-  using acc_t = typename GramAcc<scalar_t>::type;
+                     acc_type<scalar_t>* __restrict__ gram) {
+  using acc_t = acc_type<scalar_t>;
   // +1 column of padding: the loaders write along the tile's rows.
   __shared__ acc_t a_tile[kChunk][kTile + 1];
   __shared__ acc_t b_tile[kChunk][kTile + 1];
@@ -63,8 +53,8 @@ __global__ void __launch_bounds__(kThreadsPerSide * kThreadsPerSide)
         }
         const int64_t l = l0 + k;
         const int64_t ra = row0 + i, rb = col0 + i;
-        a_tile[k][i] = (ra < C && l < L) ? static_cast<acc_t>(widen(features[p.feature_offset(n, ra, l)])) : acc_t(0);
-        b_tile[k][i] = (rb < C && l < L) ? static_cast<acc_t>(widen(features[p.feature_offset(n, rb, l)])) : acc_t(0);
+        a_tile[k][i] = (ra < C && l < L) ? static_cast<acc_t>(to_acc(features[p.feature_offset(n, ra, l)])) : acc_t(0);
+        b_tile[k][i] = (rb < C && l < L) ? static_cast<acc_t>(to_acc(features[p.feature_offset(n, rb, l)])) : acc_t(0);
       }
       __syncthreads();
 #pragma unroll

@@ -9,6 +9,10 @@
 //
 // Index formats. Flat: s in the target plane (PyTorch's format). Compact (uint8): the
 // window-local position (kd * kH + kh) * kW + kw of the selected element.
+//
+// The tensor whose values an op moves (unpooling's x, the backward ops' grad_output) is read in
+// place through a StridedView, whatever its strides: an upstream gradient may be expanded
+// (stride 0, the gradient of out.sum()), sliced or channels-last, and is never copied.
 #pragma once
 
 #include <cmath>
@@ -17,6 +21,32 @@
 #include "common/host_device.h"
 
 namespace pyvision_ops {
+
+// Element (n, c, d, h, w) of a tensor read in place: n * stride_n + c * stride_c +
+// d * stride[0] + h * stride[1] + w * stride[2] elements from its first element.
+struct StridedView {
+  int64_t stride_n = 0, stride_c = 0;
+  int64_t stride[3] = {0, 0, 0};
+  // When the spatial strides nest (stride[1] == W * stride[2] and stride[0] == H * stride[1],
+  // ignoring dims of size 1) the flat spatial position s = (d * H + h) * W + w sits at
+  // s * flat_step: true of dense planes, channels-last and stride-0 tensors. Otherwise s is split
+  // into (d, h, w).
+  bool flat = true;
+  int64_t flat_step = 0;
+
+  PVO_HOST_DEVICE int64_t at(int64_t n, int64_t c, int64_t d, int64_t h, int64_t w) const {
+    return n * stride_n + c * stride_c + d * stride[0] + h * stride[1] + w * stride[2];
+  }
+  // Element (n, c, s) for spatial sizes `size` (d, h, w).
+  PVO_HOST_DEVICE int64_t at(int64_t n, int64_t c, int64_t s, const int64_t* size) const {
+    if (flat) return n * stride_n + c * stride_c + s * flat_step;
+    const int64_t w = s % size[2];
+    const int64_t dh = s / size[2];
+    return at(n, c, dh / size[1], dh % size[1], w);
+  }
+  // True when every plane (n, c) is contiguous: the kernels can then take a pointer to it.
+  PVO_HOST_DEVICE bool planes_contiguous() const { return flat && flat_step == 1; }
+};
 
 struct PoolParams {
   int64_t batch = 0, channels = 0;
@@ -37,7 +67,8 @@ struct UnpoolParams {
   int64_t stride[3] = {1, 1, 1};
   int64_t padding[3] = {0, 0, 0};
   int64_t dilation[3] = {1, 1, 1};
-  bool channels_last = false;
+  bool channels_last = false;  // layout of the tensors the op writes and of its indices
+  StridedView values;          // the tensor of values moved (see the top of this file)
 
   PVO_HOST_DEVICE int64_t source_plane() const { return source_size[0] * source_size[1] * source_size[2]; }
   PVO_HOST_DEVICE int64_t target_plane() const { return target_size[0] * target_size[1] * target_size[2]; }

@@ -1,6 +1,8 @@
 // CPU kernels of the pooling family: max_pool2d_with_indices (flat or compact indices), its
 // backward, max_unpool{1,2,3}d and their backward. Parallel over planes (or images for the
-// channels-last layout) with at::parallel_for, which runs on OpenMP threads (-fopenmp).
+// channels-last layout) with at::parallel_for, which runs on OpenMP threads (-fopenmp). The
+// 2x2/2 float32 rows go through the family's kernel table (unpool_cpu_simd.h: AVX2 or
+// portable); the values an op moves are read in place through a StridedView (unpool.h).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -15,7 +17,7 @@
 #include "common/checks.h"
 #include "unpool/unpool.h"
 #include "unpool/unpool_cpu_simd.h"
-#include "unpool/unpool_glue.h"
+#include "unpool/unpool_checks.h"
 
 namespace pyvision_ops {
 namespace {
@@ -34,8 +36,9 @@ void pool_forward_planar(const PoolParams& p, const scalar_t* x, scalar_t* out, 
   const int64_t in_plane = p.in_h * p.in_w;
   const bool is_2x2 = p.kernel_h == 2 && p.kernel_w == 2 && p.stride_h == 2 && p.stride_w == 2 && p.pad_h == 0 &&
                       p.pad_w == 0 && p.dilation_h == 1 && p.dilation_w == 1;
-  // AVX2 rows need the row width to fit the 32-bit multiply of the flat-index computation.
-  const bool use_avx2 = is_2x2 && cpu_has_avx2() && p.in_w < (int64_t{1} << 31);
+  // The vector rows need the row width to fit the 32-bit multiply of the flat-index computation.
+  const UnpoolCpuKernels& kernels =
+      p.in_w < (int64_t{1} << 31) ? unpool_cpu_kernels() : unpool_portable_kernels();
   at::parallel_for(0, rows, std::max<int64_t>(1, 2048 / std::max<int64_t>(1, p.out_w)), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t plane = row / p.out_h;
@@ -52,11 +55,9 @@ void pool_forward_planar(const PoolParams& p, const scalar_t* x, scalar_t* out, 
         const int64_t full = std::min(p.out_w, p.in_w / 2);
         const int64_t base = 2 * oh * p.in_w;
         if constexpr (std::is_same_v<scalar_t, float>) {
-          if (use_avx2) {
-            max_pool2x2_row_avx2(r0, r1, out_row, Compact ? nullptr : reinterpret_cast<int64_t*>(index_row),
-                                 Compact ? reinterpret_cast<uint8_t*>(index_row) : nullptr, full, base, p.in_w);
-            ow = full;
-          }
+          kernels.max_pool2x2_row(r0, r1, out_row, Compact ? nullptr : reinterpret_cast<int64_t*>(index_row),
+                                  Compact ? reinterpret_cast<uint8_t*>(index_row) : nullptr, full, base, p.in_w);
+          ow = full;
         }
         for (; ow < full; ++ow) {
           const acc_t a = static_cast<acc_t>(r0[2 * ow]);
@@ -204,7 +205,8 @@ int64_t scatter_plane(const UnpoolParams& p, int64_t plane, const source_t* sour
 // in one dense pass instead of zero-fill then scatter. Returns false (plane must be redone by
 // scatter_plane) if some index does not point inside its own window.
 template <typename source_t, typename target_t, typename index_t, bool Compact, int64_t KernelW>
-bool tile_plane(const UnpoolParams& p, const source_t* source, const index_t* indices, target_t* target) {
+bool tile_plane(const UnpoolParams& p, const UnpoolCpuKernels& kernels, const source_t* source, const index_t* indices,
+                target_t* target) {
   const int64_t kernel_w = KernelW > 0 ? KernelW : p.kernel[2];
   const int64_t sd = p.source_size[0], sh = p.source_size[1], sw = p.source_size[2];
   const int64_t th_size = p.target_size[1], tw_size = p.target_size[2];
@@ -212,16 +214,16 @@ bool tile_plane(const UnpoolParams& p, const source_t* source, const index_t* in
   int64_t matches = 0;
   if constexpr (std::is_same_v<source_t, float> && std::is_same_v<target_t, float> &&
                 (std::is_same_v<index_t, int64_t> || std::is_same_v<index_t, uint8_t>)) {
-    if (kernel_w == 2 && p.kernel[1] == 2 && p.kernel[0] == 1 && sd == 1 && cpu_has_avx2()) {
-      // 2-D 2x2 windows: two target rows per source row, 8 windows per AVX2 step.
+    if (kernel_w == 2 && p.kernel[1] == 2 && p.kernel[0] == 1 && sd == 1) {
+      // 2-D 2x2 windows: two target rows per source row, through the family's row kernel.
       for (int64_t ph = 0; ph < sh; ++ph) {
         float* t0 = target + 2 * ph * tw_size;
         const int64_t* flat = nullptr;
         const uint8_t* compact = nullptr;
         if constexpr (std::is_same_v<index_t, int64_t>) flat = indices + ph * sw;
         else compact = indices + ph * sw;
-        matches += max_unpool2x2_row_avx2(source + ph * sw, flat, compact, t0, t0 + tw_size, sw,
-                                          2 * ph * tw_size, tw_size);
+        matches += kernels.max_unpool2x2_row(source + ph * sw, flat, compact, t0, t0 + tw_size, sw, 2 * ph * tw_size,
+                                             tw_size);
         std::fill(t0 + covered_w, t0 + tw_size, 0.0f);
         std::fill(t0 + tw_size + covered_w, t0 + 2 * tw_size, 0.0f);
       }
@@ -263,47 +265,63 @@ bool tile_plane(const UnpoolParams& p, const source_t* source, const index_t* in
   return matches == p.source_plane();
 }
 
+// Folds a task's first bad position into the op's (the smallest over all tasks).
+inline void keep_first_bad(std::atomic<int64_t>& first, int64_t local_first) {
+  int64_t seen = first.load();
+  while (local_first < seen && !first.compare_exchange_weak(seen, local_first)) {
+  }
+}
+
+// Planar layout, one task per group of planes. The source plane is read in place when it is
+// contiguous, else copied (one pass over a pooled plane, which stays in cache) from its strides.
 template <typename source_t, typename target_t, typename index_t, bool Compact, bool Accumulate>
 int64_t scatter_planar(const UnpoolParams& p, const source_t* source, const index_t* indices, target_t* target) {
   const int64_t planes = p.batch * p.channels;
   const int64_t source_plane = p.source_plane();
   const int64_t target_plane = p.target_plane();
   const bool tile = !Accumulate && windows_tile_target(p);
+  const StridedView& view = p.values;
+  const UnpoolCpuKernels& kernels = unpool_cpu_kernels();
   std::atomic<int64_t> first(kNoBadIndex);
   at::parallel_for(0, planes, kPlaneGrain, [&](int64_t begin, int64_t end) {
     int64_t local_first = kNoBadIndex;
+    std::vector<source_t> copied(view.planes_contiguous() ? 0 : static_cast<size_t>(source_plane));
     for (int64_t plane = begin; plane < end; ++plane) {
-      const source_t* s = source + plane * source_plane;
+      const int64_t n = plane / p.channels, c = plane % p.channels;
+      const source_t* s = source + view.at(n, c, 0, p.source_size);
+      if (!view.planes_contiguous()) {
+        for (int64_t k = 0; k < source_plane; ++k) copied[k] = source[view.at(n, c, k, p.source_size)];
+        s = copied.data();
+      }
       const index_t* i = indices + plane * source_plane;
       target_t* t = target + plane * target_plane;
       bool done = false;
       if (tile) {
-        done = p.kernel[2] == 2 ? tile_plane<source_t, target_t, index_t, Compact, 2>(p, s, i, t)
-                                : tile_plane<source_t, target_t, index_t, Compact, 0>(p, s, i, t);
+        done = p.kernel[2] == 2 ? tile_plane<source_t, target_t, index_t, Compact, 2>(p, kernels, s, i, t)
+                                : tile_plane<source_t, target_t, index_t, Compact, 0>(p, kernels, s, i, t);
       }
       if (!done) {
         const int64_t plane_bad = scatter_plane<source_t, target_t, index_t, Compact, Accumulate>(p, plane, s, i, t);
         local_first = std::min(local_first, plane_bad);
       }
     }
-    int64_t seen = first.load();
-    while (local_first < seen && !first.compare_exchange_weak(seen, local_first)) {
-    }
+    keep_first_bad(first, local_first);
   });
   return first.load();
 }
 
+// Channels-last layout, one task per image; the source is read through its strides.
 template <typename source_t, typename target_t, typename index_t, bool Compact, bool Accumulate>
 int64_t scatter_channels_last(const UnpoolParams& p, const source_t* source, const index_t* indices,
                               target_t* target) {
   const int64_t C = p.channels;
   const int64_t source_plane = p.source_plane();
   const int64_t target_plane = p.target_plane();
+  const StridedView& view = p.values;
   std::atomic<int64_t> first(kNoBadIndex);
   at::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
     int64_t local_first = kNoBadIndex;
     for (int64_t n = begin; n < end; ++n) {
-      const source_t* s_image = source + n * source_plane * C;
       const index_t* i_image = indices + n * source_plane * C;
       target_t* t_image = target + n * target_plane * C;
       std::fill(t_image, t_image + target_plane * C, target_t(0));
@@ -314,17 +332,16 @@ int64_t scatter_channels_last(const UnpoolParams& p, const source_t* source, con
             local_first = std::min(local_first, (n * C + c) * source_plane + s);
             continue;
           }
+          const source_t value = source[view.at(n, c, s, p.source_size)];
           if (Accumulate) {
-            t_image[t * C + c] += static_cast<target_t>(s_image[s * C + c]);
+            t_image[t * C + c] += static_cast<target_t>(value);
           } else {
-            t_image[t * C + c] = static_cast<target_t>(s_image[s * C + c]);
+            t_image[t * C + c] = static_cast<target_t>(value);
           }
         }
       }
     }
-    int64_t seen = first.load();
-    while (local_first < seen && !first.compare_exchange_weak(seen, local_first)) {
-    }
+    keep_first_bad(first, local_first);
   });
   return first.load();
 }
@@ -351,13 +368,14 @@ int64_t scatter_to_target(const UnpoolParams& p, const source_t* source, const a
 }
 
 // Unpool (accumulate=false) or pooling backward: returns the new target tensor of `target_sizes`.
-at::Tensor source_to_target(const char* op, const at::Tensor& source_in, const at::Tensor& indices_in,
-                            const UnpoolParams& p, c10::IntArrayRef target_sizes, bool accumulate) {
-  const at::Tensor source = dense_in_layout(source_in, p.channels_last);
+// `source` (x, or the pooling's grad_output) is read in place, whatever its strides.
+at::Tensor source_to_target(const char* op, const at::Tensor& source, const at::Tensor& indices_in,
+                            UnpoolParams p, c10::IntArrayRef target_sizes, bool accumulate) {
   const at::Tensor indices = dense_in_layout(indices_in, p.channels_last);
   at::Tensor target = empty_in_layout(target_sizes, source.options(), p.channels_last);
   if (target.numel() == 0) return target;
   if (source.numel() == 0) return target.zero_();
+  p.values = strided_view(source);
   const bool compact = indices.scalar_type() == at::kByte;
   int64_t bad = kNoBadIndex;
   const bool reduced = source.scalar_type() == at::kHalf || source.scalar_type() == at::kBFloat16;
@@ -417,8 +435,10 @@ struct CompactWindowTable {
   }
 };
 
-// Gather (the unpooling backward): source[i] = target[target_of(indices[i])]. Source positions
-// are walked as (d, h, w) loops so compact indices decode through the table, not by division.
+// Gather (the unpooling backward): source[i] = target[target_of(indices[i])], the target (the
+// upstream gradient) read in place through p.values. Source positions are walked as (d, h, w)
+// loops so compact indices decode through the table, not by division; flat indices need a
+// division only when the target's spatial strides do not nest (p.values.flat is false).
 template <typename scalar_t, typename index_t, bool Compact, bool ChannelsLast>
 int64_t gather_from_target_layout(const UnpoolParams& p, const scalar_t* __restrict__ target,
                                   const index_t* __restrict__ indices, scalar_t* __restrict__ source) {
@@ -429,6 +449,7 @@ int64_t gather_from_target_layout(const UnpoolParams& p, const scalar_t* __restr
   const int64_t TD = p.target_size[0], TH = p.target_size[1], TW = p.target_size[2];
   const int64_t stride_d = p.stride[0], stride_h = p.stride[1], stride_w = p.stride[2];
   const int64_t pad_d = p.padding[0], pad_h = p.padding[1], pad_w = p.padding[2];
+  const StridedView& view = p.values;
   const CompactWindowTable table(p);
   const int64_t* off_d = table.offset[0];
   const int64_t* off_h = table.offset[1];
@@ -441,9 +462,9 @@ int64_t gather_from_target_layout(const UnpoolParams& p, const scalar_t* __restr
                    [&](int64_t begin, int64_t end) {
     int64_t local_first = kNoBadIndex;
     for (int64_t o = begin; o < end; ++o) {
-      const scalar_t* t_base = target + o * target_plane * inner;
       const index_t* i_base = indices + o * source_plane * inner;
       scalar_t* s_base = source + o * source_plane * inner;
+      const int64_t n = ChannelsLast ? o : o / C;
       int64_t s = 0;
       for (int64_t pd = 0; pd < SD; ++pd) {
         const int64_t d0 = pd * stride_d - pad_d;
@@ -451,37 +472,35 @@ int64_t gather_from_target_layout(const UnpoolParams& p, const scalar_t* __restr
           const int64_t h0 = ph * stride_h - pad_h;
           for (int64_t pw = 0; pw < SW; ++pw, ++s) {
             const int64_t w0 = pw * stride_w - pad_w;
-            for (int64_t c = 0; c < inner; ++c) {
-              const int64_t i = s * inner + c;
+            for (int64_t k = 0; k < inner; ++k) {
+              const int64_t c = ChannelsLast ? k : o % C;
+              const int64_t i = s * inner + k;
               const int64_t value = static_cast<int64_t>(i_base[i]);
-              int64_t t = -1;
+              int64_t at = -1;
               if constexpr (Compact) {
                 if (value < window_count) {
                   const int64_t td = d0 + off_d[value], th = h0 + off_h[value], tw = w0 + off_w[value];
                   if (static_cast<uint64_t>(td) < static_cast<uint64_t>(TD) &&
                       static_cast<uint64_t>(th) < static_cast<uint64_t>(TH) &&
                       static_cast<uint64_t>(tw) < static_cast<uint64_t>(TW)) {
-                    t = (td * TH + th) * TW + tw;
+                    at = view.at(n, c, td, th, tw);
                   }
                 }
               } else if (static_cast<uint64_t>(value) < static_cast<uint64_t>(target_plane)) {
-                t = value;
+                at = view.at(n, c, value, p.target_size);
               }
-              if (t < 0) {
-                const int64_t plane = ChannelsLast ? o * C + c : o;
-                local_first = std::min(local_first, plane * source_plane + s);
+              if (at < 0) {
+                local_first = std::min(local_first, (n * C + c) * source_plane + s);
                 s_base[i] = scalar_t(0);
                 continue;
               }
-              s_base[i] = t_base[t * inner + c];
+              s_base[i] = target[at];
             }
           }
         }
       }
     }
-    int64_t seen = first.load();
-    while (local_first < seen && !first.compare_exchange_weak(seen, local_first)) {
-    }
+    keep_first_bad(first, local_first);
   });
   return first.load();
 }
@@ -491,14 +510,17 @@ int64_t gather_from_target_layout(const UnpoolParams& p, const scalar_t* __restr
 template <typename scalar_t>
 int64_t gather_compact_2x2_planar(const UnpoolParams& p, const scalar_t* __restrict__ target,
                                   const uint8_t* __restrict__ indices, scalar_t* __restrict__ source) {
-  const int64_t SH = p.source_size[1], SW = p.source_size[2], TW = p.target_size[2];
-  const int64_t source_plane = p.source_plane(), target_plane = p.target_plane();
+  const int64_t SH = p.source_size[1], SW = p.source_size[2];
+  const int64_t source_plane = p.source_plane();
+  const StridedView& view = p.values;
+  const int64_t row_step = view.stride[1], column_step = view.stride[2];
   std::atomic<int64_t> first(kNoBadIndex);
   at::parallel_for(0, p.batch * p.channels, kPlaneGrain, [&](int64_t begin, int64_t end) {
     int64_t local_first = kNoBadIndex;
     for (int64_t o = begin; o < end; ++o) {
+      const scalar_t* plane = target + view.at(o / p.channels, o % p.channels, 0, 0, 0);
       for (int64_t ph = 0; ph < SH; ++ph) {
-        const scalar_t* row0 = target + o * target_plane + 2 * ph * TW;
+        const scalar_t* row0 = plane + 2 * ph * row_step;
         const uint8_t* codes = indices + o * source_plane + ph * SW;
         scalar_t* out = source + o * source_plane + ph * SW;
         for (int64_t pw = 0; pw < SW; ++pw) {
@@ -509,13 +531,42 @@ int64_t gather_compact_2x2_planar(const UnpoolParams& p, const scalar_t* __restr
             continue;
           }
           // Arithmetic, not a branch on the code: the codes are random, a branch mispredicts.
-          out[pw] = row0[2 * pw + (code >> 1) * TW + (code & 1)];
+          out[pw] = row0[(code >> 1) * row_step + (2 * pw + (code & 1)) * column_step];
         }
       }
     }
-    int64_t seen = first.load();
-    while (local_first < seen && !first.compare_exchange_weak(seen, local_first)) {
+    keep_first_bad(first, local_first);
+  });
+  return first.load();
+}
+
+// Flat indices, planar layout, target spatial strides that nest (p.values.flat): the index is
+// the target element's position times a constant step, so each plane is one tight loop.
+template <typename scalar_t, typename index_t>
+int64_t gather_flat_planar(const UnpoolParams& p, const scalar_t* __restrict__ target,
+                           const index_t* __restrict__ indices, scalar_t* __restrict__ source) {
+  const int64_t source_plane = p.source_plane();
+  const uint64_t target_plane = static_cast<uint64_t>(p.target_plane());
+  const StridedView& view = p.values;
+  const int64_t step = view.flat_step;
+  std::atomic<int64_t> first(kNoBadIndex);
+  at::parallel_for(0, p.batch * p.channels, kPlaneGrain, [&](int64_t begin, int64_t end) {
+    int64_t local_first = kNoBadIndex;
+    for (int64_t o = begin; o < end; ++o) {
+      const scalar_t* plane = target + view.at(o / p.channels, o % p.channels, 0, 0, 0);
+      const index_t* codes = indices + o * source_plane;
+      scalar_t* out = source + o * source_plane;
+      for (int64_t s = 0; s < source_plane; ++s) {
+        const int64_t value = static_cast<int64_t>(codes[s]);
+        if (static_cast<uint64_t>(value) >= target_plane) {
+          local_first = std::min(local_first, o * source_plane + s);
+          out[s] = scalar_t(0);
+          continue;
+        }
+        out[s] = plane[value * step];
+      }
     }
+    keep_first_bad(first, local_first);
   });
   return first.load();
 }
@@ -526,20 +577,22 @@ int64_t gather_from_target(const UnpoolParams& p, const scalar_t* target, const 
     if (!p.channels_last && p.kernel[0] == 1 && p.kernel[1] == 2 && p.kernel[2] == 2 && windows_tile_target(p)) {
       return gather_compact_2x2_planar<scalar_t>(p, target, indices, source);
     }
+  } else {
+    if (!p.channels_last && p.values.flat) return gather_flat_planar<scalar_t, index_t>(p, target, indices, source);
   }
   return p.channels_last ? gather_from_target_layout<scalar_t, index_t, Compact, true>(p, target, indices, source)
                          : gather_from_target_layout<scalar_t, index_t, Compact, false>(p, target, indices, source);
 }
 
-at::Tensor max_unpool_backward_cpu(const at::Tensor& grad_output_in, const at::Tensor& indices_in,
+at::Tensor max_unpool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices_in,
                                    c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
                                    c10::IntArrayRef dilation) {
   constexpr const char* op = "_max_unpool_backward";
-  const UnpoolParams p = make_unpool_backward_params(grad_output_in, indices_in, kernel_size, stride, padding, dilation);
-  const at::Tensor grad_output = dense_in_layout(grad_output_in, p.channels_last);
+  UnpoolParams p = make_unpool_backward_params(grad_output, indices_in, kernel_size, stride, padding, dilation);
   const at::Tensor indices = dense_in_layout(indices_in, p.channels_last);
   at::Tensor grad_x = empty_in_layout(indices.sizes(), grad_output.options(), p.channels_last);
   if (grad_x.numel() == 0) return grad_x;
+  p.values = strided_view(grad_output);
   int64_t bad = kNoBadIndex;
   PVO_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "max_unpool_backward_cpu", [&] {
     const auto* target = grad_output.const_data_ptr<scalar_t>();

@@ -1,33 +1,27 @@
+// AVX2 versions of the pooling family's row kernels (unpool_cpu_simd.h); compiled for AVX2 per
+// function and reached only through unpool_cpu_kernels(). Nothing here on other architectures.
 #include "unpool/unpool_cpu_simd.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if PVO_X86
 #include <immintrin.h>
-#define PVO_HAVE_AVX2_KERNELS 1
-#else
-#define PVO_HAVE_AVX2_KERNELS 0
 #endif
 
 namespace pyvision_ops {
 
-#if PVO_HAVE_AVX2_KERNELS
-
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
+#if PVO_X86
 
 namespace {
 
 // Even and odd elements of the 16 floats a[0..7], b[0..7], each as 8 lanes in order.
-__attribute__((target("avx2"))) inline __m256 even_lanes(__m256 a, __m256 b) {
+PVO_TARGET_AVX2 inline __m256 even_lanes(__m256 a, __m256 b) {
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
 }
-__attribute__((target("avx2"))) inline __m256 odd_lanes(__m256 a, __m256 b) {
+PVO_TARGET_AVX2 inline __m256 odd_lanes(__m256 a, __m256 b) {
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
 }
 
 // 8 lane masks (32-bit) of "offset == d" for 8 int64 offsets held in d_lo (lanes 0-3), d_hi (4-7).
-__attribute__((target("avx2"))) inline __m256 lanes_equal(__m256i d_lo, __m256i d_hi, int64_t offset) {
+PVO_TARGET_AVX2 inline __m256 lanes_equal(__m256i d_lo, __m256i d_hi, int64_t offset) {
   const __m256i target = _mm256_set1_epi64x(offset);
   const __m256 lo = _mm256_castsi256_ps(_mm256_cmpeq_epi64(d_lo, target));
   const __m256 hi = _mm256_castsi256_ps(_mm256_cmpeq_epi64(d_hi, target));
@@ -35,30 +29,11 @@ __attribute__((target("avx2"))) inline __m256 lanes_equal(__m256i d_lo, __m256i 
 }
 
 // PyTorch's rule for replacing the running max: v > best, or v is NaN.
-__attribute__((target("avx2"))) inline __m256 takes_over(__m256 v, __m256 best) {
+PVO_TARGET_AVX2 inline __m256 takes_over(__m256 v, __m256 best) {
   return _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
 }
 
-// Scalar twin of the vector loop, for the tail (and the definition of what the vector loop does).
-inline void pool2x2_scalar(const float* r0, const float* r1, float* values, int64_t* flat, uint8_t* compact,
-                           int64_t ow, int64_t base, int64_t row_width) {
-  const float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
-  float best = a;
-  int code = 0;
-  if (b > best || b != b) { best = b; code = 1; }
-  if (c > best || c != c) { best = c; code = 2; }
-  if (d > best || d != d) { best = d; code = 3; }
-  values[ow] = best;
-  if (compact) {
-    compact[ow] = static_cast<uint8_t>(code);
-  } else {
-    flat[ow] = base + (code >> 1) * row_width + 2 * ow + (code & 1);
-  }
-}
-
-}  // namespace
-
-__attribute__((target("avx2,fma"))) void max_pool2x2_row_avx2(const float* r0, const float* r1, float* values,
+PVO_TARGET_AVX2 void max_pool2x2_row_avx2(const float* r0, const float* r1, float* values,
                                                                int64_t* flat, uint8_t* compact, int64_t count,
                                                                int64_t base, int64_t row_width) {
   int64_t ow = 0;
@@ -103,10 +78,10 @@ __attribute__((target("avx2,fma"))) void max_pool2x2_row_avx2(const float* r0, c
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(flat + ow + 4), f_hi);
     }
   }
-  for (; ow < count; ++ow) pool2x2_scalar(r0, r1, values, flat, compact, ow, base, row_width);
+  for (; ow < count; ++ow) max_pool2x2_window(r0, r1, values, flat, compact, ow, base, row_width);
 }
 
-__attribute__((target("avx2,fma"))) int64_t max_unpool2x2_row_avx2(const float* source, const int64_t* flat,
+PVO_TARGET_AVX2 int64_t max_unpool2x2_row_avx2(const float* source, const int64_t* flat,
                                                                     const uint8_t* compact, float* t0, float* t1,
                                                                     int64_t count, int64_t row_start,
                                                                     int64_t row_width) {
@@ -146,33 +121,20 @@ __attribute__((target("avx2,fma"))) int64_t max_unpool2x2_row_avx2(const float* 
     _mm256_storeu_ps(t1 + 2 * pw, _mm256_permute2f128_ps(lo1, hi1, 0x20));
     _mm256_storeu_ps(t1 + 2 * pw + 8, _mm256_permute2f128_ps(lo1, hi1, 0x31));
   }
-  for (; pw < count; ++pw) {
-    const int64_t expected = row_start + 2 * pw;
-    int code = -1;
-    if (compact) {
-      code = compact[pw] < 4 ? compact[pw] : -1;
-    } else {
-      const int64_t d = flat[pw] - expected;
-      code = d == 0 ? 0 : d == 1 ? 1 : d == row_width ? 2 : d == row_width + 1 ? 3 : -1;
-    }
-    matches += code >= 0;
-    const float v = source[pw];
-    t0[2 * pw] = code == 0 ? v : 0.0f;
-    t0[2 * pw + 1] = code == 1 ? v : 0.0f;
-    t1[2 * pw] = code == 2 ? v : 0.0f;
-    t1[2 * pw + 1] = code == 3 ? v : 0.0f;
-  }
+  for (; pw < count; ++pw) matches += max_unpool2x2_window(source, flat, compact, t0, t1, pw, row_start, row_width);
   return matches;
 }
 
-#else  // no AVX2 kernels on this architecture
+}  // namespace
 
-bool cpu_has_avx2() { return false; }
-void max_pool2x2_row_avx2(const float*, const float*, float*, int64_t*, uint8_t*, int64_t, int64_t, int64_t) {}
-int64_t max_unpool2x2_row_avx2(const float*, const int64_t*, const uint8_t*, float*, float*, int64_t, int64_t,
-                               int64_t) {
-  return -1;
+const UnpoolCpuKernels* unpool_avx2_kernels() {
+  static constexpr UnpoolCpuKernels avx2{&max_pool2x2_row_avx2, &max_unpool2x2_row_avx2};
+  return &avx2;
 }
+
+#else
+
+const UnpoolCpuKernels* unpool_avx2_kernels() { return nullptr; }
 
 #endif
 

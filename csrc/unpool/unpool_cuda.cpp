@@ -1,5 +1,6 @@
-// CUDA glue of the pooling family: the same checks and layouts as the CPU path (unpool_glue),
-// device guard, current stream, allocation, and a launch check after every kernel.
+// CUDA glue of the pooling family: the same checks and layouts as the CPU path (unpool_checks),
+// device guard, current stream, allocation, and a launch check after every kernel. The values
+// moved are passed in place with their strides (p.values), never copied.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,20 +9,17 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "unpool/unpool_glue.h"
+#include "common/cuda_launch.h"
+#include "unpool/unpool_checks.h"
 #include "unpool/unpool_kernel.h"
 
 namespace pyvision_ops {
 namespace {
 
-void check_launch(cudaError_t status, const char* op, const char* kernel) {
-  TORCH_CHECK(status == cudaSuccess, op, ": CUDA kernel ", kernel, " failed: ", cudaGetErrorString(status));
-}
-
 // Small device buffer the kernels report into (see unpool_kernel.h), reset on the stream.
 at::Tensor new_status(const at::Tensor& like, cudaStream_t stream, const char* op) {
   at::Tensor status = at::empty({2}, like.options().dtype(at::kLong));
-  check_launch(launch_reset_status(reinterpret_cast<long long*>(status.mutable_data_ptr<int64_t>()), stream), op,
+  check_cuda_launch(launch_reset_status(reinterpret_cast<long long*>(status.mutable_data_ptr<int64_t>()), stream), op,
                "reset_status");
   return status;
 }
@@ -40,17 +38,16 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cuda(const at::Tensor
   at::Tensor indices = empty_in_layout(out_sizes, x.options().dtype(compact ? at::kByte : at::kLong), p.channels_last);
   if (values.numel() == 0) return {values, indices};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  check_launch(launch_max_pool2d_forward(p, scalar_kind(x.scalar_type()), compact, x.const_data_ptr(),
+  check_cuda_launch(launch_max_pool2d_forward(p, scalar_kind(x.scalar_type()), compact, x.const_data_ptr(),
                                          values.mutable_data_ptr(), indices.mutable_data_ptr(), stream),
                "max_pool2d_with_indices", "max_pool2d_forward");
   return {values, indices};
 }
 
 // Unpool (accumulate=false) or pooling backward: a new target tensor of `target_sizes`.
-at::Tensor source_to_target_cuda(const char* op, const at::Tensor& source_in, const at::Tensor& indices_in,
-                                 const UnpoolParams& p, c10::IntArrayRef target_sizes, bool accumulate) {
-  const c10::cuda::CUDAGuard guard(source_in.device());
-  const at::Tensor source = dense_in_layout(source_in, p.channels_last);
+at::Tensor source_to_target_cuda(const char* op, const at::Tensor& source, const at::Tensor& indices_in,
+                                 UnpoolParams p, c10::IntArrayRef target_sizes, bool accumulate) {
+  const c10::cuda::CUDAGuard guard(source.device());
   const at::Tensor indices = dense_in_layout(indices_in, p.channels_last);
   at::Tensor target = empty_in_layout(target_sizes, source.options(), p.channels_last);
   if (target.numel() == 0) return target;
@@ -59,9 +56,10 @@ at::Tensor source_to_target_cuda(const char* op, const at::Tensor& source_in, co
   const ScalarKind scalar = scalar_kind(source.scalar_type());
   const IndexKind index = index_kind(indices, op);
   at::Tensor status = new_status(source, stream, op);
+  p.values = strided_view(source);
 
   if (!accumulate && windows_tile_target(p)) {
-    check_launch(launch_tile_unpool(p, scalar, index, source.const_data_ptr(), indices.const_data_ptr(),
+    check_cuda_launch(launch_tile_unpool(p, scalar, index, source.const_data_ptr(), indices.const_data_ptr(),
                                     target.mutable_data_ptr(), status_ptr(status), stream),
                  op, "tile_unpool");
     // One small device-to-host read: did some index leave its window? (Then redo by scatter.)
@@ -73,7 +71,7 @@ at::Tensor source_to_target_cuda(const char* op, const at::Tensor& source_in, co
     const bool wide = p.source_plane() >= (int64_t{1} << 31);
     at::Tensor winner = at::full({p.batch * p.channels * p.target_plane()}, -1,
                                  source.options().dtype(wide ? at::kLong : at::kInt));
-    check_launch(launch_claim_resolve(p, scalar, index, source.const_data_ptr(), indices.const_data_ptr(),
+    check_cuda_launch(launch_claim_resolve(p, scalar, index, source.const_data_ptr(), indices.const_data_ptr(),
                                       winner.mutable_data_ptr(), wide, target.mutable_data_ptr(), status_ptr(status),
                                       stream),
                  op, "claim_resolve");
@@ -81,10 +79,11 @@ at::Tensor source_to_target_cuda(const char* op, const at::Tensor& source_in, co
     // Pooling backward with overlapping windows: gradients add up (half types sum in float32).
     const bool widen = source.scalar_type() == at::kHalf || source.scalar_type() == at::kBFloat16;
     const at::Tensor scattered = widen ? source.to(at::kFloat) : source;
+    p.values = strided_view(scattered);
     at::Tensor destination =
         widen ? empty_in_layout(target_sizes, source.options().dtype(at::kFloat), p.channels_last) : target;
     destination.zero_();
-    check_launch(launch_scatter(p, scalar_kind(scattered.scalar_type()), index, true, scattered.const_data_ptr(),
+    check_cuda_launch(launch_scatter(p, scalar_kind(scattered.scalar_type()), index, true, scattered.const_data_ptr(),
                                 indices.const_data_ptr(), destination.mutable_data_ptr(), status_ptr(status), stream),
                  op, "scatter");
     if (widen) target.copy_(destination);
@@ -115,20 +114,20 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   return source_to_target_cuda("_max_pool2d_backward", grad_output, indices, p, sizes, windows_overlap(p));
 }
 
-at::Tensor max_unpool_backward_cuda(const at::Tensor& grad_output_in, const at::Tensor& indices_in,
+at::Tensor max_unpool_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices_in,
                                     c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
                                     c10::IntArrayRef dilation) {
   constexpr const char* op = "_max_unpool_backward";
-  const UnpoolParams p = make_unpool_backward_params(grad_output_in, indices_in, kernel_size, stride, padding, dilation);
-  const c10::cuda::CUDAGuard guard(grad_output_in.device());
-  const at::Tensor grad_output = dense_in_layout(grad_output_in, p.channels_last);
+  UnpoolParams p = make_unpool_backward_params(grad_output, indices_in, kernel_size, stride, padding, dilation);
+  const c10::cuda::CUDAGuard guard(grad_output.device());
   const at::Tensor indices = dense_in_layout(indices_in, p.channels_last);
+  p.values = strided_view(grad_output);
   at::Tensor grad_x = empty_in_layout(indices.sizes(), grad_output.options(), p.channels_last);
   if (grad_x.numel() == 0) return grad_x;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const IndexKind index = index_kind(indices, op);
   at::Tensor status = new_status(grad_output, stream, op);
-  check_launch(launch_gather(p, scalar_kind(grad_output.scalar_type()), index, grad_output.const_data_ptr(),
+  check_cuda_launch(launch_gather(p, scalar_kind(grad_output.scalar_type()), index, grad_output.const_data_ptr(),
                              indices.const_data_ptr(), grad_x.mutable_data_ptr(), status_ptr(status), stream),
                op, "gather");
   const at::Tensor host = status.cpu();

@@ -1,40 +1,19 @@
 // CUDA kernels of the pooling family. No torch headers: see unpool_kernel.h for the contract.
 // One thread per element of the tensor being written, in its memory order (planar or
-// channels-last), so that writes are coalesced; 64-bit index arithmetic throughout.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+// channels-last), so that writes are coalesced; 64-bit index arithmetic throughout. The values
+// moved are read in place through p.values (any strides, unpool.h).
 #include <algorithm>
 #include <climits>
 #include <type_traits>
 
 #include "common/cuda_check.h"
+#include "common/cuda_dispatch.cuh"
 #include "unpool/unpool_kernel.h"
 
 namespace pyvision_ops {
 namespace {
 
-constexpr int kThreads = 256;
-
-// Blocks for `total` threads with a grid-stride loop; capped so the grid stays launchable.
-inline unsigned int blocks_for(int64_t total) {
-  const int64_t blocks = (total + kThreads - 1) / kThreads;
-  return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > (1LL << 20) ? (1LL << 20) : blocks));
-}
-
-template <typename T> struct AccType { using type = float; };
-template <> struct AccType<double> { using type = double; };
-
-__device__ PVO_INLINE float to_acc(float v) { return v; }
-__device__ PVO_INLINE double to_acc(double v) { return v; }
-__device__ PVO_INLINE float to_acc(__half v) { return __half2float(v); }
-__device__ PVO_INLINE float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ PVO_INLINE T from_acc(typename AccType<T>::type v);
-template <> __device__ PVO_INLINE float from_acc<float>(float v) { return v; }
-template <> __device__ PVO_INLINE double from_acc<double>(double v) { return v; }
-template <> __device__ PVO_INLINE __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ PVO_INLINE __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+constexpr int kThreads = kThreadsPerBlock;
 
 template <typename T> __device__ PVO_INLINE T zero_value() { return from_acc<T>(0); }
 
@@ -54,7 +33,7 @@ __global__ void reset_status_kernel(long long* status) {
 template <typename scalar_t, typename index_t, bool Compact, typename offset_t>
 __global__ void max_pool2d_forward_kernel(const PoolParams p, const scalar_t* __restrict__ x,
                                           scalar_t* __restrict__ values, index_t* __restrict__ indices) {
-  using acc_t = typename AccType<scalar_t>::type;
+  using acc_t = acc_type<scalar_t>;
   const offset_t out_w = static_cast<offset_t>(p.out_w);
   const offset_t out_plane = static_cast<offset_t>(p.out_h * p.out_w);
   const int64_t in_plane = p.in_h * p.in_w;
@@ -107,7 +86,9 @@ __global__ void tile_unpool_kernel(const UnpoolParams p, const scalar_t* __restr
                                           : (n * channels + c) * source_plane + window;
       const int64_t value_index = static_cast<int64_t>(indices[at]);
       const offset_t local = (kd * kh_size + kh) * kw_size + kw;
-      if (value_index == (Compact ? static_cast<int64_t>(local) : static_cast<int64_t>(t))) out = source[at];
+      if (value_index == (Compact ? static_cast<int64_t>(local) : static_cast<int64_t>(t))) {
+        out = source[p.values.at(n, c, window, p.source_size)];
+      }
       if (local == 0) {
         // One thread per window checks that its index stays inside the window; otherwise the
         // glue redoes the whole tensor with zero-fill + scatter (which also names bad indices).
@@ -149,10 +130,11 @@ __global__ void scatter_kernel(const UnpoolParams p, const scalar_t* __restrict_
       continue;
     }
     const int64_t at = element_offset(n, c, t, p.channels, target_plane, p.channels_last);
+    const scalar_t value = source[p.values.at(n, c, s, p.source_size)];
     if constexpr (Accumulate) {
-      atomicAdd(target + at, static_cast<target_t>(source[linear]));
+      atomicAdd(target + at, static_cast<target_t>(value));
     } else {
-      target[at] = source[linear];
+      target[at] = value;
     }
   }
 }
@@ -183,7 +165,6 @@ __global__ void claim_kernel(const UnpoolParams p, const index_t* __restrict__ i
 template <typename scalar_t, typename offset_t, typename winner_t>
 __global__ void resolve_kernel(const UnpoolParams p, const scalar_t* __restrict__ source,
                                const winner_t* __restrict__ winner, scalar_t* __restrict__ target) {
-  const int64_t source_plane = p.source_plane();
   const int64_t target_plane = p.target_plane();
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * target_plane);
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
@@ -192,9 +173,7 @@ __global__ void resolve_kernel(const UnpoolParams p, const scalar_t* __restrict_
                         p.channels_last, n, c, t);
     const int64_t plane = static_cast<int64_t>(n) * p.channels + c;
     const winner_t w = winner[plane * target_plane + t];
-    target[linear] = w < 0 ? zero_value<scalar_t>()
-                           : source[element_offset(n, c, static_cast<int64_t>(w), p.channels, source_plane,
-                                                   p.channels_last)];
+    target[linear] = w < 0 ? zero_value<scalar_t>() : source[p.values.at(n, c, static_cast<int64_t>(w), p.source_size)];
   }
 }
 
@@ -203,7 +182,6 @@ __global__ void gather_kernel(const UnpoolParams p, const scalar_t* __restrict__
                               const index_t* __restrict__ indices, scalar_t* __restrict__ source,
                               long long* status) {
   const int64_t source_plane = p.source_plane();
-  const int64_t target_plane = p.target_plane();
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * source_plane);
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
     offset_t n_, c_, s_;
@@ -216,39 +194,8 @@ __global__ void gather_kernel(const UnpoolParams p, const scalar_t* __restrict__
       source[linear] = zero_value<scalar_t>();
       continue;
     }
-    source[linear] = target[element_offset(n, c, t, p.channels, target_plane, p.channels_last)];
+    source[linear] = target[p.values.at(n, c, t, p.target_size)];
   }
-}
-
-// Calls f(scalar_t{}) with the CUDA element type of `kind`.
-template <typename F>
-cudaError_t dispatch_scalar(ScalarKind kind, F&& f) {
-  switch (kind) {
-    case ScalarKind::Float32: return f(float{});
-    case ScalarKind::Float64: return f(double{});
-    case ScalarKind::Float16: return f(__half{});
-    case ScalarKind::BFloat16: return f(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
-
-// Calls f(index_t{}, std::bool_constant<compact>{}) for the index kind.
-template <typename F>
-cudaError_t dispatch_index(IndexKind kind, F&& f) {
-  switch (kind) {
-    case IndexKind::Int64: return f(int64_t{}, std::false_type{});
-    case IndexKind::Int32: return f(int32_t{}, std::false_type{});
-    case IndexKind::Uint8Compact: return f(uint8_t{}, std::true_type{});
-  }
-  return cudaErrorInvalidValue;
-}
-
-// Calls f(offset_t{}) with int32_t when every tensor of the launch is small enough for 32-bit
-// offsets (with room for the grid-stride increment), else int64_t.
-template <typename F>
-cudaError_t dispatch_offset(int64_t largest, F&& f) {
-  if (largest < (int64_t{1} << 30)) return f(int32_t{});
-  return f(int64_t{});
 }
 
 }  // namespace

@@ -1,9 +1,9 @@
-// The CPU solver (lap_jv.h, with every transpose variant of lap_simd.cpp) against the CUDA
-// kernel's algorithm (sap_team.h, run by a team of one) on random problems: uniform, integer
+// The CPU solver (lap_jv.h, with every transpose variant of assign_cpu_simd.cpp) against the CUDA
+// kernel's algorithm (assign_sap_team.h, run by a team of one) on random problems: uniform, integer
 // ties, +inf patterns, 1e30 costs, NaN/-inf. Statuses must agree and totals must match.
 // Built with AddressSanitizer/UBSan by tests/test_assign_cpp.py.
-#include "assign/lap_jv.h"
-#include "assign/sap_team.h"
+#include "assign/assign_jv.h"
+#include "assign/assign_sap_team.h"
 #include <cstdio>
 #include <cstdlib>
 #include <random>

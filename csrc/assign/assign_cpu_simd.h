@@ -1,10 +1,14 @@
-// The four inner loops of the CPU assignment solver (lap_jv.h), each a pass over one row of
-// costs and the column arrays: portable versions here, AVX2 versions in lap_simd.cpp chosen at
-// run time. Costs are float or double; duals and distances are double.
+// The assignment family's CPU kernel table: the inner loops of the CPU solver (assign_jv.h), each
+// a pass over one row of costs and the column arrays, and the entry checks and transposes that
+// prepare a problem. Portable versions here, AVX2 versions in assign_cpu_simd.cpp, selected by
+// lap_kernels<T>() (common/cpu_features.h). Costs are float or double; duals and distances are
+// double.
 #pragma once
 
 #include <cstdint>
 #include <limits>
+
+#include "common/cpu_features.h"
 
 namespace pyvision_ops {
 namespace lap {
@@ -30,6 +34,17 @@ struct LapKernels {
                       int32_t m, int32_t* out);
   // column minima so far: where c[j] < v[j]: v[j] = c[j], y[j] = row
   void (*column_min)(const T* c, int32_t m, double* v, int32_t* y, int32_t row);
+  // NaN or -inf anywhere in c[0..count)
+  bool (*any_invalid)(const T* c, int64_t count);
+  // dst (cols x rows) = src (rows x cols)^T, and whether src holds NaN or -inf
+  bool (*transpose_check)(const T* src, int32_t rows, int32_t cols, T* dst);
+  // transpose_check that also gives each row j of dst its smallest entry (mins[j].u1, .j1; .u2
+  // and .j2 are not meaningful); null where not written (float only)
+  bool (*transpose_check_min)(const T* src, int32_t rows, int32_t cols, T* dst, RowMin2* mins);
+  // the same in the source's row order, with the running minima in min_value / min_row (cols
+  // entries of scratch each); null where not written (double only)
+  bool (*transpose_check_min_rows)(const T* src, int32_t rows, int32_t cols, T* dst, RowMin2* mins, double* min_value,
+                                   int64_t* min_row);
 };
 
 template <typename T>
@@ -108,22 +123,6 @@ void column_min_portable(const T* c, int32_t m, double* v, int32_t* y, int32_t r
   }
 }
 
-// AVX2 versions (lap_simd.cpp); lap_avx2_available() says whether this CPU can run them.
-bool lap_avx2_available();
-RowMin2 row_min2_avx2(const double* c, const double* v, int32_t m);
-RowMin2 row_min2_avx2(const float* c, const double* v, int32_t m);
-void start_row_avx2(const double* c, const double* v, int32_t m, double* open, int32_t* pred, int32_t row);
-void start_row_avx2(const float* c, const double* v, int32_t m, double* open, int32_t* pred, int32_t row);
-double open_min_avx2(const double* open, int32_t m);
-int32_t close_at_avx2(double* open, int32_t m, double value, int32_t* out);
-int32_t scan_row_avx2(const double* c, const double* v, double h, double mind, double* open, int32_t* pred,
-                      int32_t row, int32_t m, int32_t* out);
-int32_t scan_row_avx2(const float* c, const double* v, double h, double mind, double* open, int32_t* pred,
-                      int32_t row, int32_t m, int32_t* out);
-
-void column_min_avx2(const double* c, int32_t m, double* v, int32_t* y, int32_t row);
-void column_min_avx2(const float* c, int32_t m, double* v, int32_t* y, int32_t row);
-
 // NaN or -inf anywhere in c[0..count): portable and AVX2
 template <typename T>
 bool any_invalid_portable(const T* c, int64_t count) {
@@ -158,29 +157,57 @@ bool transpose_check_min_avx2(const float* src, int32_t rows, int32_t cols, floa
 bool transpose_check_min_rows_avx2(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins,
                                    double* min_value, int64_t* min_row);
 
+// The AVX2 kernels (assign_cpu_simd.cpp, x86 builds only), also called directly by the sanitized
+// C++ checks in tests/cpp.
+RowMin2 row_min2_avx2(const double* c, const double* v, int32_t m);
+RowMin2 row_min2_avx2(const float* c, const double* v, int32_t m);
+void start_row_avx2(const double* c, const double* v, int32_t m, double* open, int32_t* pred, int32_t row);
+void start_row_avx2(const float* c, const double* v, int32_t m, double* open, int32_t* pred, int32_t row);
+double open_min_avx2(const double* open, int32_t m);
+int32_t close_at_avx2(double* open, int32_t m, double value, int32_t* out);
+int32_t scan_row_avx2(const double* c, const double* v, double h, double mind, double* open, int32_t* pred,
+                      int32_t row, int32_t m, int32_t* out);
+int32_t scan_row_avx2(const float* c, const double* v, double h, double mind, double* open, int32_t* pred,
+                      int32_t row, int32_t m, int32_t* out);
+void column_min_avx2(const double* c, int32_t m, double* v, int32_t* y, int32_t row);
+void column_min_avx2(const float* c, int32_t m, double* v, int32_t* y, int32_t row);
+
+// The AVX2 table for T (assign_cpu_simd.cpp), nullptr where the build has none.
 template <typename T>
-bool any_invalid(const T* c, int64_t count) {
-  return lap_avx2_available() ? any_invalid_avx2(c, count) : any_invalid_portable(c, count);
+const LapKernels<T>* lap_avx2_kernels();
+template <>
+const LapKernels<double>* lap_avx2_kernels<double>();
+template <>
+const LapKernels<float>* lap_avx2_kernels<float>();
+
+template <typename T>
+const LapKernels<T>& lap_portable_kernels() {
+  static constexpr LapKernels<T> portable{&row_min2_portable<T>,
+                                          &start_row_portable<T>,
+                                          &open_min_portable,
+                                          &close_at_portable,
+                                          &scan_row_portable<T>,
+                                          &column_min_portable<T>,
+                                          &any_invalid_portable<T>,
+                                          &transpose_check_portable<T>,
+                                          nullptr,
+                                          nullptr};
+  return portable;
 }
+
+// The table to use now (see common/cpu_features.h).
 template <typename T>
-bool transpose_check(const T* src, int32_t rows, int32_t cols, T* dst) {
-  return lap_avx2_available() ? transpose_check_avx2(src, rows, cols, dst)
-                              : transpose_check_portable(src, rows, cols, dst);
+const LapKernels<T>& lap_kernels() {
+  return select_cpu_kernels(lap_portable_kernels<T>(), lap_avx2_kernels<T>());
 }
 
 template <typename T>
-LapKernels<T> lap_kernels() {
-  if (lap_avx2_available()) {
-    return LapKernels<T>{static_cast<RowMin2 (*)(const T*, const double*, int32_t)>(&row_min2_avx2),
-                         static_cast<void (*)(const T*, const double*, int32_t, double*, int32_t*, int32_t)>(
-                             &start_row_avx2),
-                         &open_min_avx2, &close_at_avx2,
-                         static_cast<int32_t (*)(const T*, const double*, double, double, double*, int32_t*,
-                                                 int32_t, int32_t, int32_t*)>(&scan_row_avx2),
-                         static_cast<void (*)(const T*, int32_t, double*, int32_t*, int32_t)>(&column_min_avx2)};
-  }
-  return LapKernels<T>{&row_min2_portable<T>, &start_row_portable<T>, &open_min_portable, &close_at_portable,
-                       &scan_row_portable<T>, &column_min_portable<T>};
+bool any_invalid(const T* c, int64_t count) {
+  return lap_kernels<T>().any_invalid(c, count);
+}
+template <typename T>
+bool transpose_check(const T* src, int32_t rows, int32_t cols, T* dst) {
+  return lap_kernels<T>().transpose_check(src, rows, cols, dst);
 }
 
 }  // namespace lap

@@ -1,4 +1,4 @@
-#include "unpool/unpool_glue.h"
+#include "unpool/unpool_checks.h"
 
 #include <sstream>
 
@@ -23,6 +23,33 @@ bool suggests_channels_last(const at::Tensor& t) {
   if (t.dim() == 4) return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
   if (t.dim() == 5) return t.is_contiguous(at::MemoryFormat::ChannelsLast3d) && !t.is_contiguous();
   return false;
+}
+
+StridedView strided_view(const at::Tensor& t) {
+  StridedView view;
+  view.stride_n = t.stride(0);
+  view.stride_c = t.stride(1);
+  const int64_t dims = t.dim() - 2;
+  int64_t sizes[3] = {1, 1, 1};
+  for (int64_t d = 0; d < dims; ++d) {
+    sizes[3 - dims + d] = t.size(2 + d);
+    view.stride[3 - dims + d] = t.stride(2 + d);
+  }
+  // flat_step: the stride of the innermost spatial dim longer than 1; every longer dim outside
+  // it must then step by the elements inside it times flat_step.
+  int64_t inner = 1;
+  bool have_step = false;
+  for (int d = 2; d >= 0; --d) {
+    if (sizes[d] == 1) continue;
+    if (!have_step) {
+      view.flat_step = view.stride[d];
+      have_step = true;
+    } else if (view.stride[d] != inner * view.flat_step) {
+      view.flat = false;
+    }
+    inner *= sizes[d];
+  }
+  return view;
 }
 
 at::Tensor dense_in_layout(const at::Tensor& t, bool channels_last) {
@@ -162,7 +189,7 @@ UnpoolParams make_backward_params(const char* op, c10::IntArrayRef source_sizes,
     p.padding[offset + d] = padding[d];
     p.dilation[offset + d] = dilation[d];
   }
-  p.channels_last = suggests_channels_last(values);
+  p.channels_last = suggests_channels_last(indices) || suggests_channels_last(values);
   return p;
 }
 
@@ -190,10 +217,8 @@ UnpoolParams make_unpool_backward_params(const at::Tensor& grad_output, const at
   TORCH_CHECK_VALUE(indices.size(0) == grad_output.size(0) && indices.size(1) == grad_output.size(1), op,
                     ": grad_output ", shape_string(grad_output.sizes()), " and indices ", shape_string(indices.sizes()),
                     " must agree in batch and channels");
-  UnpoolParams p = make_backward_params(op, indices.sizes(), grad_output, indices, grad_output.sizes().slice(2),
-                                        kernel_size, stride, padding, dilation);
-  p.channels_last = suggests_channels_last(indices) || suggests_channels_last(grad_output);
-  return p;
+  return make_backward_params(op, indices.sizes(), grad_output, indices, grad_output.sizes().slice(2), kernel_size,
+                              stride, padding, dilation);
 }
 
 void raise_bad_index(const char* op, const at::Tensor& indices, const UnpoolParams& p, int64_t logical_position,

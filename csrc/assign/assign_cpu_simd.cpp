@@ -1,6 +1,10 @@
-// AVX2 versions of the assignment solver's inner loops (lap_kernels.h): 4 columns per step in
-// double precision (float costs widened on load). Compiled for the avx2 target per function and
-// used only when the CPU reports AVX2.
+// AVX2 versions of the assignment solver's inner loops (assign_cpu_simd.h): 4 columns per step in
+// double precision (float costs widened on load). Compiled for AVX2 per function and reached
+// through lap_kernels<T>() (and, in the sanitized C++ checks, directly). x86 builds only.
+#include "assign/assign_cpu_simd.h"
+
+#if PVO_X86
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -8,21 +12,17 @@
 #include <limits>
 #include <type_traits>
 
-#include "assign/lap_kernels.h"
-
 namespace pyvision_ops {
 namespace lap {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-#define PVO_AVX2 __attribute__((target("avx2")))
-
-PVO_AVX2 inline __m256d load4(const double* p) { return _mm256_loadu_pd(p); }
-PVO_AVX2 inline __m256d load4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+PVO_TARGET_AVX2 inline __m256d load4(const double* p) { return _mm256_loadu_pd(p); }
+PVO_TARGET_AVX2 inline __m256d load4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
 
 // the four 64-bit lane masks of a compare, as four 32-bit masks
-PVO_AVX2 inline __m128i lane_mask32(__m256d mask) {
+PVO_TARGET_AVX2 inline __m128i lane_mask32(__m256d mask) {
   const __m256i low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
   return _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(_mm256_castpd_si256(mask), low_dwords));
 }
@@ -48,7 +48,7 @@ struct Min2Lanes {
 
 // Values by min/max (no blends: blendv is the bottleneck of these loops), indices by three
 // blends. Ties keep the earlier column as the smallest and record the later as the second.
-PVO_AVX2 inline void min2_step(Min2Lanes& s, __m256d h, __m256d jd) {
+PVO_TARGET_AVX2 inline void min2_step(Min2Lanes& s, __m256d h, __m256d jd) {
   const __m256d lt1 = _mm256_cmp_pd(h, s.m1, _CMP_LT_OQ);
   const __m256d lt2 = _mm256_cmp_pd(h, s.m2, _CMP_LT_OQ);
   s.i2 = _mm256_blendv_pd(_mm256_blendv_pd(s.i2, jd, lt2), s.i1, lt1);
@@ -57,7 +57,7 @@ PVO_AVX2 inline void min2_step(Min2Lanes& s, __m256d h, __m256d jd) {
   s.m1 = _mm256_min_pd(s.m1, h);
 }
 
-PVO_AVX2 inline void min2_offer_lanes(RowMin2& result, const Min2Lanes& s) {
+PVO_TARGET_AVX2 inline void min2_offer_lanes(RowMin2& result, const Min2Lanes& s) {
   alignas(32) double a1[4], a2[4];
   alignas(32) int64_t b1[4], b2[4];
   _mm256_store_pd(a1, s.m1);
@@ -72,7 +72,7 @@ PVO_AVX2 inline void min2_offer_lanes(RowMin2& result, const Min2Lanes& s) {
 
 // Two independent lane sets (columns j..j+3 and j+4..j+7) halve the blend dependency chain.
 template <typename T>
-PVO_AVX2 RowMin2 row_min2_impl(const T* c, const double* v, int32_t m) {
+PVO_TARGET_AVX2 RowMin2 row_min2_impl(const T* c, const double* v, int32_t m) {
   RowMin2 result{kInf, kInf, -1, -1};
   int32_t j = 0;
   if (m >= 8) {
@@ -96,7 +96,7 @@ PVO_AVX2 RowMin2 row_min2_impl(const T* c, const double* v, int32_t m) {
 }
 
 template <typename T>
-PVO_AVX2 void start_row_impl(const T* c, const double* v, int32_t m, double* open, int32_t* pred, int32_t row) {
+PVO_TARGET_AVX2 void start_row_impl(const T* c, const double* v, int32_t m, double* open, int32_t* pred, int32_t row) {
   const __m128i rows = _mm_set1_epi32(row);
   int32_t j = 0;
   for (; j + 4 <= m; j += 4) {
@@ -107,7 +107,7 @@ PVO_AVX2 void start_row_impl(const T* c, const double* v, int32_t m, double* ope
 }
 
 template <typename T>
-PVO_AVX2 int32_t scan_row_impl(const T* c, const double* v, double h, double mind, double* open, int32_t* pred,
+PVO_TARGET_AVX2 int32_t scan_row_impl(const T* c, const double* v, double h, double mind, double* open, int32_t* pred,
                                int32_t row, int32_t m, int32_t* out) {
   const __m256d hv = _mm256_set1_pd(h), mv = _mm256_set1_pd(mind);
   const __m128i rows = _mm_set1_epi32(row);
@@ -151,7 +151,7 @@ PVO_AVX2 int32_t scan_row_impl(const T* c, const double* v, double h, double min
 }
 
 template <typename T>
-PVO_AVX2 void column_min_impl(const T* c, int32_t m, double* v, int32_t* y, int32_t row) {
+PVO_TARGET_AVX2 void column_min_impl(const T* c, int32_t m, double* v, int32_t* y, int32_t row) {
   const __m128i rows = _mm_set1_epi32(row);
   int32_t j = 0;
   for (; j + 4 <= m; j += 4) {
@@ -166,23 +166,23 @@ PVO_AVX2 void column_min_impl(const T* c, int32_t m, double* v, int32_t* y, int3
 }
 
 // lanes that are NaN or -inf (not greater than -inf, unordered included)
-PVO_AVX2 inline __m256d invalid_lanes(__m256d x) {
+PVO_TARGET_AVX2 inline __m256d invalid_lanes(__m256d x) {
   return _mm256_cmp_pd(x, _mm256_set1_pd(-kInf), _CMP_NGT_UQ);
 }
-PVO_AVX2 inline __m128 invalid_lanes(__m128 x) {
+PVO_TARGET_AVX2 inline __m128 invalid_lanes(__m128 x) {
   return _mm_cmp_ps(x, _mm_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_NGT_UQ);
 }
 
 }  // namespace
 
-PVO_AVX2 bool any_invalid_avx2(const double* c, int64_t count) {
+PVO_TARGET_AVX2 bool any_invalid_avx2(const double* c, int64_t count) {
   __m256d bad = _mm256_setzero_pd();
   int64_t e = 0;
   for (; e + 4 <= count; e += 4) bad = _mm256_or_pd(bad, invalid_lanes(_mm256_loadu_pd(c + e)));
   return _mm256_movemask_pd(bad) != 0 || any_invalid_portable(c + e, count - e);
 }
 
-PVO_AVX2 bool any_invalid_avx2(const float* c, int64_t count) {
+PVO_TARGET_AVX2 bool any_invalid_avx2(const float* c, int64_t count) {
   __m128 bad = _mm_setzero_ps();
   int64_t e = 0;
   for (; e + 4 <= count; e += 4) bad = _mm_or_ps(bad, invalid_lanes(_mm_loadu_ps(c + e)));
@@ -190,7 +190,7 @@ PVO_AVX2 bool any_invalid_avx2(const float* c, int64_t count) {
 }
 
 // Stores the transpose of the 4x4 block whose rows are r0..r3 into dst rows d, d + ld, ...
-PVO_AVX2 inline void store_transposed4(__m256d r0, __m256d r1, __m256d r2, __m256d r3, double* d, int64_t ld) {
+PVO_TARGET_AVX2 inline void store_transposed4(__m256d r0, __m256d r1, __m256d r2, __m256d r3, double* d, int64_t ld) {
   const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
   const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
   _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
@@ -199,7 +199,7 @@ PVO_AVX2 inline void store_transposed4(__m256d r0, __m256d r1, __m256d r2, __m25
   _mm256_storeu_pd(d + 3 * ld, _mm256_permute2f128_pd(t1, t3, 0x31));
 }
 
-PVO_AVX2 inline void store_transposed4(__m128 r0, __m128 r1, __m128 r2, __m128 r3, float* d, int64_t ld) {
+PVO_TARGET_AVX2 inline void store_transposed4(__m128 r0, __m128 r1, __m128 r2, __m128 r3, float* d, int64_t ld) {
   _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
   _mm_storeu_ps(d, r0);
   _mm_storeu_ps(d + ld, r1);
@@ -223,7 +223,7 @@ inline bool transpose_check_edge(const T* src, int32_t rows, int32_t cols, T* ds
 }
 
 // 4x4 blocks transposed in registers (8x8 tiles measured no different), ragged edges by element.
-PVO_AVX2 bool transpose_check_avx2(const double* src, int32_t rows, int32_t cols, double* dst) {
+PVO_TARGET_AVX2 bool transpose_check_avx2(const double* src, int32_t rows, int32_t cols, double* dst) {
   __m256d bad = _mm256_setzero_pd();
   const int64_t ls = cols, ld = rows;
   const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
@@ -242,7 +242,7 @@ PVO_AVX2 bool transpose_check_avx2(const double* src, int32_t rows, int32_t cols
   return edges || _mm256_movemask_pd(bad) != 0;
 }
 
-PVO_AVX2 bool transpose_check_avx2(const float* src, int32_t rows, int32_t cols, float* dst) {
+PVO_TARGET_AVX2 bool transpose_check_avx2(const float* src, int32_t rows, int32_t cols, float* dst) {
   __m128 bad = _mm_setzero_ps();
   const int64_t ls = cols, ld = rows;
   const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
@@ -263,12 +263,12 @@ PVO_AVX2 bool transpose_check_avx2(const float* src, int32_t rows, int32_t cols,
 
 namespace {
 
-PVO_AVX2 inline __m256d widen4(__m128 x) { return _mm256_cvtps_pd(x); }
+PVO_TARGET_AVX2 inline __m256d widen4(__m128 x) { return _mm256_cvtps_pd(x); }
 
 // float32: column blocks of 4 outer, rows inner: the 4 columns' running minimum and its row stay
 // in registers (lanes = columns, two chains for even and odd rows) while their 4x4 blocks are
 // checked and transposed. (float64 uses transpose_check_min_rows, which streams better.)
-PVO_AVX2 bool transpose_check_min_columns(const float* src, int32_t rows, int32_t cols, float* dst, RowMin2* mins) {
+PVO_TARGET_AVX2 bool transpose_check_min_columns(const float* src, int32_t rows, int32_t cols, float* dst, RowMin2* mins) {
   using T = float;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
@@ -335,7 +335,7 @@ PVO_AVX2 bool transpose_check_min_columns(const float* src, int32_t rows, int32_
 
 // Row-band order (reads whole rows, like transpose_check_avx2) with the columns' running minima
 // kept in memory (value, row), 4 columns per vector: one read of the matrix in its own order.
-PVO_AVX2 bool transpose_check_min_rows(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins,
+PVO_TARGET_AVX2 bool transpose_check_min_rows(const double* src, int32_t rows, int32_t cols, double* dst, RowMin2* mins,
                                        double* min_value, int64_t* min_row) {
   const int64_t ls = cols, ld = rows;
   const int32_t rows4 = rows & ~3, cols4 = cols & ~3;
@@ -420,11 +420,6 @@ void column_min_avx2(const float* c, int32_t m, double* v, int32_t* y, int32_t r
   column_min_impl(c, m, v, y, row);
 }
 
-bool lap_avx2_available() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
-}
-
 RowMin2 row_min2_avx2(const double* c, const double* v, int32_t m) { return row_min2_impl(c, v, m); }
 RowMin2 row_min2_avx2(const float* c, const double* v, int32_t m) { return row_min2_impl(c, v, m); }
 void start_row_avx2(const double* c, const double* v, int32_t m, double* open, int32_t* pred, int32_t row) {
@@ -434,7 +429,7 @@ void start_row_avx2(const float* c, const double* v, int32_t m, double* open, in
   start_row_impl(c, v, m, open, pred, row);
 }
 
-PVO_AVX2 double open_min_avx2(const double* open, int32_t m) {
+PVO_TARGET_AVX2 double open_min_avx2(const double* open, int32_t m) {
   const __m256d inf = _mm256_set1_pd(kInf), ninf = _mm256_set1_pd(-kInf);
   __m256d best = inf;
   int32_t j = 0;
@@ -452,7 +447,7 @@ PVO_AVX2 double open_min_avx2(const double* open, int32_t m) {
   return result;
 }
 
-PVO_AVX2 int32_t close_at_avx2(double* open, int32_t m, double value, int32_t* out) {
+PVO_TARGET_AVX2 int32_t close_at_avx2(double* open, int32_t m, double value, int32_t* out) {
   const __m256d target = _mm256_set1_pd(value);
   int32_t count = 0, j = 0;
   for (; j + 4 <= m; j += 4) {
@@ -482,5 +477,58 @@ int32_t scan_row_avx2(const float* c, const double* v, double h, double mind, do
   return scan_row_impl(c, v, h, mind, open, pred, row, m, out);
 }
 
+template <>
+const LapKernels<double>* lap_avx2_kernels<double>() {
+  static constexpr LapKernels<double> avx2{
+      static_cast<RowMin2 (*)(const double*, const double*, int32_t)>(&row_min2_avx2),
+      static_cast<void (*)(const double*, const double*, int32_t, double*, int32_t*, int32_t)>(&start_row_avx2),
+      &open_min_avx2,
+      &close_at_avx2,
+      static_cast<int32_t (*)(const double*, const double*, double, double, double*, int32_t*, int32_t, int32_t,
+                              int32_t*)>(&scan_row_avx2),
+      static_cast<void (*)(const double*, int32_t, double*, int32_t*, int32_t)>(&column_min_avx2),
+      static_cast<bool (*)(const double*, int64_t)>(&any_invalid_avx2),
+      static_cast<bool (*)(const double*, int32_t, int32_t, double*)>(&transpose_check_avx2),
+      nullptr,
+      &transpose_check_min_rows_avx2};
+  return &avx2;
+}
+
+template <>
+const LapKernels<float>* lap_avx2_kernels<float>() {
+  static constexpr LapKernels<float> avx2{
+      static_cast<RowMin2 (*)(const float*, const double*, int32_t)>(&row_min2_avx2),
+      static_cast<void (*)(const float*, const double*, int32_t, double*, int32_t*, int32_t)>(&start_row_avx2),
+      &open_min_avx2,
+      &close_at_avx2,
+      static_cast<int32_t (*)(const float*, const double*, double, double, double*, int32_t*, int32_t, int32_t,
+                              int32_t*)>(&scan_row_avx2),
+      static_cast<void (*)(const float*, int32_t, double*, int32_t*, int32_t)>(&column_min_avx2),
+      static_cast<bool (*)(const float*, int64_t)>(&any_invalid_avx2),
+      static_cast<bool (*)(const float*, int32_t, int32_t, float*)>(&transpose_check_avx2),
+      &transpose_check_min_avx2,
+      nullptr};
+  return &avx2;
+}
+
 }  // namespace lap
 }  // namespace pyvision_ops
+
+#else  // not x86: the portable loops only
+
+namespace pyvision_ops {
+namespace lap {
+
+template <>
+const LapKernels<double>* lap_avx2_kernels<double>() {
+  return nullptr;
+}
+template <>
+const LapKernels<float>* lap_avx2_kernels<float>() {
+  return nullptr;
+}
+
+}  // namespace lap
+}  // namespace pyvision_ops
+
+#endif

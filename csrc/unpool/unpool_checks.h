@@ -1,5 +1,6 @@
-// Torch-side helpers of the pooling family, shared by the CPU and CUDA glue so that both devices
-// run exactly the same checks and produce the same layouts and error messages.
+// Torch-side checks and layouts of the pooling family, shared by the CPU kernels' entry points
+// (unpool_cpu.cpp) and the CUDA glue (unpool_cuda.cpp), so that both devices run exactly the same
+// checks and produce the same layouts and error messages.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -16,7 +17,8 @@ UnpoolParams make_pool_backward_params(const at::Tensor& grad_output, const at::
                                        bool compact);
 
 // Checks of _max_unpool_backward and its geometry: the indices' shape is the pooled source,
-// grad_output the full-size target; channels-last when either tensor is.
+// grad_output the full-size target (read in place, any strides); the result is channels-last
+// when the indices or a dense grad_output are.
 UnpoolParams make_unpool_backward_params(const at::Tensor& grad_output, const at::Tensor& indices,
                                          c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
                                          c10::IntArrayRef padding, c10::IntArrayRef dilation);
@@ -41,6 +43,10 @@ UnpoolParams make_backward_params(const char* op, c10::IntArrayRef source_sizes,
 // The layout the kernels use for `t`: channels-last when t is channels-last and not also
 // contiguous (the same rule as pyvision_ops/ops/unpool.py::_suggests_channels_last).
 bool suggests_channels_last(const at::Tensor& t);
+
+// How the kernels read `t` (N, C, spatial...) in place: its strides, spatial dims aligned to the
+// last of (d, h, w) (unpool.h).
+StridedView strided_view(const at::Tensor& t);
 
 // `t` made dense in the requested layout (no copy when it already is).
 at::Tensor dense_in_layout(const at::Tensor& t, bool channels_last);

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "assign/assign.h"
-#include "assign/lap_kernels.h"
+#include "assign/assign_cpu_simd.h"
 
 namespace pyvision_ops {
 namespace lap {

@@ -1,5 +1,5 @@
 // Checks and batch layout shared by the CPU and CUDA kernels of linear_sum_assignment.
-#include "assign/assign_glue.h"
+#include "assign/assign_checks.h"
 
 #include <c10/util/Exception.h>
 

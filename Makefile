@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch>=2.4
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: test bench build deps cmake-check gpu-check clean
+.PHONY: test bench build deps cmake-check check-cuda-tests gpu-check clean
 
 $(PY):
 	# --system-site-packages: a torch already installed for this interpreter is used as it is.
@@ -37,6 +37,17 @@ test: build
 
 bench: build
 	$(PY) -m pyvision_ops.bench $(BENCH_ARGS)
+
+# The CUDA tests are collected here too (and skipped without a GPU): make sure they still import
+# and parametrise, so that they are not found broken on the GPU machine, and that the GPU check
+# script parses and finds the benchmark's families.
+check-cuda-tests: build
+	@# pytest exits 0 only when it collected at least one test without a collection error.
+	@$(PY) -m pytest tests --collect-only -q -p no:cacheprovider -m needs_cuda > .venv/cuda-collect.log || \
+		{ tail -30 .venv/cuda-collect.log; echo "collecting the CUDA tests failed"; exit 1; }
+	@tail -1 .venv/cuda-collect.log
+	bash -n scripts/gpu_check.sh
+	@test -n "$$($(PY) -m pyvision_ops.bench --families)" || { echo "bench --families lists nothing"; exit 1; }
 
 # Builds csrc/ as a C++ library against libtorch with CMake and runs a small C++ program that
 # calls pyvision_ops::max_unpool2d through the dispatcher (CPU).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -24,7 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
 from build_env import locate_cuda_home, nvidia_wheel_dirs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-VERSION = "0.1.0"
+
+
+def _read_version() -> str:
+    """The version, defined once in pyvision_ops/_version.py."""
+    match = re.search(r'^__version__ = "([^"]+)"', (ROOT / "pyvision_ops" / "_version.py").read_text(), re.M)
+    if match is None:
+        raise RuntimeError("pyvision_ops/_version.py must define __version__ = \"X.Y.Z\"")
+    return match.group(1)
+
+
+VERSION = _read_version()
 
 
 def _say(message: str) -> None:

@@ -512,25 +512,12 @@ cudaError_t launch_gram_matrix(const GramParams& p, ScalarKind scalar, const Gra
   const int64_t tiles = (p.channels + kTile - 1) / kTile;
   const dim3 grid(static_cast<unsigned int>(triangle_tile_count(tiles)), batch_grid(p.batch));
   const dim3 block(kThreadsPerSide, kThreadsPerSide);
-  switch (scalar) {
-    case ScalarKind::Float32:
-      gram_tile_kernel<float><<<grid, block, 0, stream>>>(p, static_cast<const float*>(features),
-                                                          static_cast<float*>(gram));
-      break;
-    case ScalarKind::Float64:
-      gram_tile_kernel<double><<<grid, block, 0, stream>>>(p, static_cast<const double*>(features),
-                                                           static_cast<double*>(gram));
-      break;
-    case ScalarKind::Float16:
-      gram_tile_kernel<__half><<<grid, block, 0, stream>>>(p, static_cast<const __half*>(features),
-                                                           static_cast<float*>(gram));
-      break;
-    case ScalarKind::BFloat16:
-      gram_tile_kernel<__nv_bfloat16><<<grid, block, 0, stream>>>(p, static_cast<const __nv_bfloat16*>(features),
-                                                                  static_cast<float*>(gram));
-      break;
-  }
-  PVO_RETURN_LAST_LAUNCH_ERROR();
+  return dispatch_scalar(scalar, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    gram_tile_kernel<scalar_t><<<grid, block, 0, stream>>>(p, static_cast<const scalar_t*>(features),
+                                                           static_cast<acc_type<scalar_t>*>(gram));
+    PVO_RETURN_LAST_LAUNCH_ERROR();
+  });
 }
 
 }  // namespace pyvision_ops

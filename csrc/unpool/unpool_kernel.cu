@@ -1,6 +1,7 @@
 // CUDA kernels of the pooling family. No torch headers: see unpool_kernel.h for the contract.
 // One thread per element of the tensor being written, in its memory order (planar or
-// channels-last), so that writes are coalesced; 64-bit index arithmetic throughout. The values
+// channels-last), so that writes are coalesced; offsets are 64-bit, or 32-bit where every tensor of
+// the launch has fewer than 2^30 elements (dispatch_offset). The values
 // moved are read in place through p.values (any strides, unpool.h).
 #include <algorithm>
 #include <climits>

@@ -1,4 +1,4 @@
-// The CPU solver (lap_jv.h, with every transpose variant of assign_cpu_simd.cpp) against the CUDA
+// The CPU solver (assign_jv.h, with every transpose variant of assign_cpu_simd.cpp) against the CUDA
 // kernel's algorithm (assign_sap_team.h, run by a team of one) on random problems: uniform, integer
 // ties, +inf patterns, 1e30 costs, NaN/-inf. Statuses must agree and totals must match.
 // Built with AddressSanitizer/UBSan by tests/test_assign_cpp.py.

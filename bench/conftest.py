@@ -1,13 +1,13 @@
-"""pytest-benchmark plumbing for the suites in ``bench/``: the same workloads as the CLI.
+"""pytest-benchmark plumbing for ``bench/test_bench.py``: the same workloads as the CLI.
 
-Run with ``pytest bench/`` (not part of ``make test``). A test marked
-``@pytest.mark.workload_family("<family>")`` that takes ``workload``, ``device`` and
-``implementation`` is parametrized here over that family's registered workloads, the devices
-each supports and both implementations. Each workload gives two benchmarks,
-``ours`` and ``reference``, in one pytest-benchmark group so the comparison table shows them
-side by side; ``ours`` first checks its result against the reference. CUDA cases are skipped
-without a GPU. pytest-benchmark's own options apply (``--benchmark-min-rounds``,
-``--benchmark-disable-gc``, ``--benchmark-json``, ``--benchmark-compare``, ...).
+Run with ``pytest bench/`` (not part of ``make test``). A test that takes ``workload``,
+``device`` and ``implementation`` is parametrized here over every registered workload (all
+families, in table order), the devices each supports and both implementations. Each workload
+gives two benchmarks, ``ours`` and ``reference``, in one pytest-benchmark group so the
+comparison table shows them side by side; ``ours`` first checks its result against the
+reference. CUDA cases are skipped without a GPU. pytest-benchmark's own options apply
+(``--benchmark-min-rounds``, ``--benchmark-disable-gc``, ``--benchmark-json``,
+``--benchmark-compare``, ...).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pyvision_ops.bench.timing import synchronizer
-from pyvision_ops.bench.workloads import WORKLOADS, CheckFailed, Workload
+from pyvision_ops.bench.workloads import CheckFailed, Workload, all_workloads
 
 __all__ = ["IMPLEMENTATIONS", "workload_cases"]
 
@@ -28,10 +28,10 @@ _DEVICES = ("cpu", "cuda")
 _needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def workload_cases(family: str) -> List[Any]:
-    """``pytest.param(workload, device)`` for every workload of ``family`` and device it supports."""
+def workload_cases() -> List[Any]:
+    """``pytest.param(workload, device)`` for every registered workload and device it supports."""
     cases = []
-    for workload in WORKLOADS.get(family, []):
+    for workload in all_workloads():
         for device in _DEVICES:
             if device not in workload.devices:
                 continue
@@ -40,21 +40,10 @@ def workload_cases(family: str) -> List[Any]:
     return cases
 
 
-def pytest_configure(config: Any) -> None:
-    config.addinivalue_line(
-        "markers",
-        "workload_family(name): parametrize workload, device, implementation over the family's workloads",
-    )
-
-
 def pytest_generate_tests(metafunc: Any) -> None:
-    marker = metafunc.definition.get_closest_marker("workload_family")
-    if marker is None:
+    if "workload" not in metafunc.fixturenames:
         return
-    family = marker.args[0]
-    if family not in WORKLOADS:
-        raise pytest.UsageError(f"no workloads registered for family {family!r} (known: {sorted(WORKLOADS)})")
-    metafunc.parametrize("workload, device", workload_cases(family))
+    metafunc.parametrize("workload, device", workload_cases())
     metafunc.parametrize("implementation", IMPLEMENTATIONS)
 
 

@@ -2,7 +2,7 @@
 
 Exit status: 0 when every selected workload matched its reference, 1 when any failed its check
 or raised, 2 for a usage error (unknown ``--ops``, CUDA asked for but unavailable, extension
-missing or built without CUDA).
+missing or built without CUDA). ``--list`` and ``--families`` need neither the extension nor a GPU.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 import torch
 
-from pyvision_ops.bench.workloads import Workload, all_workloads, select_workloads
+from pyvision_ops.bench.workloads import Workload, families, select_workloads
 
 __all__ = ["build_parser", "main"]
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="NAME",
         help="only workloads whose family equals NAME or whose name contains NAME (case-insensitive), "
-        "e.g. --ops unpool, --ops compact, --ops 'max_unpool2d'",
+        "e.g. --ops unpool, --ops models, --ops compact, --ops '.backward()'",
     )
     parser.add_argument("--quick", action="store_true", help="fewer warm-up calls and repeats (same shapes)")
     parser.add_argument("--json", metavar="FILE", help="write every number (machine info and all rows) to FILE")
@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU: also time ours with 1 thread and show how much the other threads help",
     )
     parser.add_argument("--list", action="store_true", help="list the selected workloads and exit")
+    parser.add_argument(
+        "--families",
+        action="store_true",
+        help="print the registered workload families, one per line in table order, and exit",
+    )
     return parser
 
 
@@ -103,12 +108,12 @@ def _extension_problem(device: torch.device) -> Optional[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the benchmark; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
+    if args.families:
+        # Before any device check: scripts ask for the families on machines without the GPU too.
+        for name in families():
+            print(name)
+        return EXIT_OK
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return _usage_error(
-            f"--device cuda was asked for but CUDA is not available (torch {torch.__version__}, "
-            f"built with CUDA {torch.version.cuda or 'none'}, {torch.cuda.device_count()} visible GPUs)"
-        )
     if args.threads is not None:
         if args.threads < 1:
             return _usage_error(f"--threads must be at least 1, got {args.threads}")
@@ -116,13 +121,18 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     workloads = select_workloads(args.ops, device=device.type)
     if not workloads:
-        known = ", ".join(sorted({w.family for w in all_workloads()}))
+        known = ", ".join(families())
         selection = " ".join(args.ops or [])
         return _usage_error(f"no workload matches --ops {selection} on {device.type} (families: {known})")
     if args.list:
         for workload in workloads:
             print(f"{workload.name}  --  {workload.description}")
         return EXIT_OK
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return _usage_error(
+            f"--device cuda was asked for but CUDA is not available (torch {torch.__version__}, "
+            f"built with CUDA {torch.version.cuda or 'none'}, {torch.cuda.device_count()} visible GPUs)"
+        )
 
     problem = _extension_problem(device)
     if problem is not None:

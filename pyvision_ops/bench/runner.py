@@ -1,6 +1,6 @@
 """Runs workloads: correctness check first, then ours and the reference timed side by side.
 
-Method (the development machine is shared and noisy, see docs and peer baselines):
+Method (the development machine is shared and noisy; see docs/performance.md):
 
 * Both implementations are timed in the same process, on the same inputs, one right after
   the other: repeat ``r`` times ours then the reference, repeat ``r + 1`` the reference then

@@ -1,7 +1,9 @@
-"""Benchmark workloads of the Gram family (style transfer): VGG-layer-sized feature maps.
+"""Benchmark workloads of the ``gram`` family (style transfer): VGG-layer-sized feature maps.
 
 References: ``torch.bmm(F, F^T) / (C*H*W)`` and the style loss composed from it, the way
-style-transfer code usually writes them. Registered into :data:`workloads.WORKLOADS`.
+style-transfer code usually writes them. The backward is timed twice: with
+``torch.autograd.grad`` and a fixed upstream gradient (mode ``"fwd+bwd"``), and as users write
+it, ``gram.sum().backward()`` / ``loss.backward()`` into ``.grad`` (mode ``"fwd+.backward()"``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,16 @@ from typing import Any, Sequence, Tuple
 
 import torch
 
-from pyvision_ops.bench.workloads import Inputs, Workload, assert_close, register
+from pyvision_ops.bench.workloads.core import (
+    MODE_AUTOGRAD_GRAD,
+    MODE_BACKWARD,
+    MODE_FORWARD,
+    Inputs,
+    Workload,
+    assert_close,
+    library,
+    register,
+)
 
 __all__: list = []
 
@@ -20,12 +31,6 @@ _CPU_SHAPES: Tuple[Tuple[str, Tuple[int, int, int, int]], ...] = (
     ("relu4_1-like", (8, 512, 32, 32)),
 )
 _CUDA_BF16_SHAPE = (16, 256, 128, 128)
-
-
-def _library() -> Any:
-    import pyvision_ops
-
-    return pyvision_ops
 
 
 def _features(
@@ -76,9 +81,9 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
             op="gram_matrix",
             variant=label,
             description=description,
-            mode="fwd",
+            mode=MODE_FORWARD,
             setup=lambda device: _features(shape, device, dtype, with_grad=False),
-            ours=lambda inputs: _library().gram_matrix(inputs["features"]),
+            ours=lambda inputs: library().gram_matrix(inputs["features"]),
             reference=lambda inputs: _bmm_gram(inputs["features"]),
             check=_gram_check(tolerance),
             ours_label="gram_matrix(F)",
@@ -91,7 +96,7 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
         return
 
     def ours_grad(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor]:
-        gram = _library().gram_matrix(inputs["features"])
+        gram = library().gram_matrix(inputs["features"])
         (grad,) = torch.autograd.grad(gram, inputs["features"], inputs["grad_gram"])
         return gram, grad
 
@@ -106,7 +111,7 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
             op="gram_matrix",
             variant=label,
             description=description,
-            mode="fwd+bwd",
+            mode=MODE_AUTOGRAD_GRAD,
             setup=lambda device: _features(shape, device, dtype, with_grad=True),
             ours=ours_grad,
             reference=reference_grad,
@@ -117,6 +122,38 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
             devices=devices,
         )
     )
+    def ours_sum_backward(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor]:
+        features = inputs["features"]
+        features.grad = None
+        gram = library().gram_matrix(features)
+        gram.sum().backward()
+        return gram, features.grad
+
+    def reference_sum_backward(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor]:
+        features = inputs["features"]
+        features.grad = None
+        gram = _bmm_gram(features)
+        gram.sum().backward()
+        return gram, features.grad
+
+    # The upstream gradient of sum() is an expanded scalar (stride 0), not a dense (N, C, C).
+    register(
+        Workload(
+            family="gram",
+            op="gram_matrix",
+            variant=label,
+            description=description,
+            mode=MODE_BACKWARD,
+            setup=lambda device: _features(shape, device, dtype, with_grad=True),
+            ours=ours_sum_backward,
+            reference=reference_sum_backward,
+            check=_gram_check(tolerance),
+            ours_label="gram_matrix(F).sum().backward()",
+            reference_label="(bmm(F, F^T) / (C*H*W)).sum().backward()",
+            notes="upstream gradient: sum()'s expanded scalar; F.grad set to None each call",
+            devices=devices,
+        )
+    )
     # The same in channels_last memory (read in place by ours; bmm reads the strided view).
     register(
         Workload(
@@ -124,7 +161,7 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
             op="gram_matrix",
             variant=f"{label} channels_last",
             description=f"{description} channels_last",
-            mode="fwd+bwd",
+            mode=MODE_AUTOGRAD_GRAD,
             setup=lambda device: _features(shape, device, dtype, with_grad=True, channels_last=True),
             ours=ours_grad,
             reference=reference_grad,
@@ -135,9 +172,26 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
             devices=devices,
         )
     )
+    register(
+        Workload(
+            family="gram",
+            op="gram_matrix",
+            variant=f"{label} channels_last",
+            description=f"{description} channels_last",
+            mode=MODE_BACKWARD,
+            setup=lambda device: _features(shape, device, dtype, with_grad=True, channels_last=True),
+            ours=ours_sum_backward,
+            reference=reference_sum_backward,
+            check=_gram_check(tolerance),
+            ours_label="gram_matrix(F).sum().backward()",
+            reference_label="(bmm(F, F^T) / (C*H*W)).sum().backward()",
+            notes="channels_last; upstream gradient: sum()'s expanded scalar",
+            devices=devices,
+        )
+    )
 
     def ours_style(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor]:
-        loss = _library().style_loss(inputs["features"], inputs["target_gram"])
+        loss = library().style_loss(inputs["features"], inputs["target_gram"])
         (grad,) = torch.autograd.grad(loss, inputs["features"])
         return loss, grad
 
@@ -152,7 +206,7 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
             op="style_loss",
             variant=label,
             description=description,
-            mode="fwd+bwd",
+            mode=MODE_AUTOGRAD_GRAD,
             setup=lambda device: _features(shape, device, dtype, with_grad=True),
             ours=ours_style,
             reference=reference_style,
@@ -160,6 +214,38 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
             ours_label="style_loss(F, G_target) + grad",
             reference_label="(bmm(F, F^T)/(CHW) - G_target).pow(2).sum() + grad",
             notes="fused: the Gram of the forward is reused, backward is one product (dG + dG^T) F",
+            devices=devices,
+        )
+    )
+
+    def ours_style_backward(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor]:
+        features = inputs["features"]
+        features.grad = None
+        loss = library().style_loss(features, inputs["target_gram"])
+        loss.backward()
+        return loss, features.grad
+
+    def reference_style_backward(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor]:
+        features = inputs["features"]
+        features.grad = None
+        loss = (_bmm_gram(features) - inputs["target_gram"]).pow(2).sum()
+        loss.backward()
+        return loss, features.grad
+
+    register(
+        Workload(
+            family="gram",
+            op="style_loss",
+            variant=label,
+            description=description,
+            mode=MODE_BACKWARD,
+            setup=lambda device: _features(shape, device, dtype, with_grad=True),
+            ours=ours_style_backward,
+            reference=reference_style_backward,
+            check=_gram_check(tolerance),
+            ours_label="style_loss(F, G_target).backward()",
+            reference_label="(bmm(F, F^T)/(CHW) - G_target).pow(2).sum().backward()",
+            notes="fused; F.grad set to None each call",
             devices=devices,
         )
     )

@@ -1,4 +1,4 @@
-"""Benchmark workloads of the assignment family (DETR matching): ``linear_sum_assignment``.
+"""Benchmark workloads of the ``assign`` family (DETR matching): ``linear_sum_assignment``.
 
 Two batches of small problems (DETR's matcher: queries x targets per image) and two single large
 problems, float64 costs. Each problem set gives one row against SciPy and, where the ``lapx``
@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from pyvision_ops.bench.workloads import CheckFailed, Inputs, Workload, register
+from pyvision_ops.bench.workloads.core import MODE_FORWARD, CheckFailed, Inputs, Workload, library, register
 
 __all__ = ["SPEED_GOALS"]
 
@@ -57,12 +57,6 @@ _DESCRIPTIONS = {
     "1000x1000 uniform": "one 1000x1000, uniform [0,1) float64",
     "1000x1000 int 0-99": "one 1000x1000, integers [0,100) as float64 (~10 zeros per row, optimum 0)",
 }
-
-
-def _library() -> Any:
-    import pyvision_ops
-
-    return pyvision_ops
 
 
 def _lapx_version() -> Optional[str]:
@@ -201,7 +195,7 @@ def _register_problem_set(label: str, shape: Tuple[int, int, int], kind: str, si
         return _costs(shape, kind, single, device)
 
     def ours(inputs: Inputs) -> Any:
-        return _library().linear_sum_assignment(inputs["cost"])
+        return library().linear_sum_assignment(inputs["cost"])
 
     register(
         Workload(
@@ -209,7 +203,7 @@ def _register_problem_set(label: str, shape: Tuple[int, int, int], kind: str, si
             op="linear_sum_assignment",
             variant=label,
             description=description,
-            mode="fwd",
+            mode=MODE_FORWARD,
             setup=setup,
             ours=ours,
             reference=_scipy_loop,
@@ -234,7 +228,7 @@ def _register_problem_set(label: str, shape: Tuple[int, int, int], kind: str, si
             op="linear_sum_assignment",
             variant=f"{label} vs lapx",
             description=description,
-            mode="fwd",
+            mode=MODE_FORWARD,
             setup=setup,
             ours=ours,
             reference=reference,
@@ -248,7 +242,7 @@ def _register_problem_set(label: str, shape: Tuple[int, int, int], kind: str, si
 
 
 def _our_cpu_batch(inputs: Inputs) -> List[Tuple[np.ndarray, np.ndarray]]:
-    rows, cols = _library().linear_sum_assignment(inputs["cost_cpu"])
+    rows, cols = library().linear_sum_assignment(inputs["cost_cpu"])
     return list(zip(rows.numpy(), cols.numpy()))
 
 
@@ -266,9 +260,9 @@ def _register_gpu_vs_cpu() -> None:
             op="linear_sum_assignment",
             variant="12x(1000x1000) vs our CPU",
             description="12 problems of 1000x1000, uniform [0,1) float64; reference = this library on the CPU",
-            mode="fwd",
+            mode=MODE_FORWARD,
             setup=setup,
-            ours=lambda inputs: _library().linear_sum_assignment(inputs["cost"]),
+            ours=lambda inputs: library().linear_sum_assignment(inputs["cost"]),
             reference=_our_cpu_batch,
             check=_check,
             ours_label="linear_sum_assignment(cost (B, N, M)) on CUDA",

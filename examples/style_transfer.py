@@ -35,7 +35,8 @@ from pyvision_ops.models.style_transfer import CONTENT_LAYERS, STYLE_LAYERS
 
 def to_image_tensor(array: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (1, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    # np.array copies: the sample images are read-only, which torch.from_numpy warns about.
+    return torch.from_numpy(np.array(array, dtype=np.uint8, copy=True)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
 def resize_shorter_side(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -18,8 +18,10 @@ def main() -> None:
     print(f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'}), "
           f"threads {torch.get_num_threads()}")
     if not has_ops():
-        print("compiled extension: NOT LOADED")
-        build_info()  # raises the real load error
+        from pyvision_ops._extension import BUILD_HINT, _load_error
+
+        print(f"compiled extension: not built or not loadable ({_load_error!r})")
+        print(f"to build it: {BUILD_HINT}")
         return
     info = build_info()
     print(f"compiled extension: built against torch {info['torch_build']}, OpenMP {info['openmp']}, "

@@ -107,6 +107,21 @@ at::Tensor style_loss_backward(const at::Tensor& grad_loss, const at::Tensor& gr
                                int64_t reduction) {
   constexpr const char* op = "_style_loss_backward";
   const GramInput in = prepare_gram_input(op, features, normalize);
+  const int64_t N = in.params.batch, C = in.params.channels;
+  // Checked here, not only in Python: a wrong shape would otherwise broadcast into a plausible
+  // gradient.
+  TORCH_CHECK_VALUE(grad_loss.dim() == 0, op, ": grad_loss must be 0-D (the gradient of the scalar loss), got shape ",
+                    shape_string(grad_loss.sizes()));
+  TORCH_CHECK_VALUE(gram.dim() == 3 && gram.size(0) == N && gram.size(1) == C && gram.size(2) == C, op,
+                    ": gram must have shape (", N, ", ", C, ", ", C, ") (the Gram of the forward), got ",
+                    shape_string(gram.sizes()));
+  const bool no_grad_gram = grad_gram.dim() == 1 && grad_gram.numel() == 0;
+  TORCH_CHECK_VALUE(no_grad_gram || (grad_gram.dim() == 3 && grad_gram.size(0) == N && grad_gram.size(1) == C &&
+                                     grad_gram.size(2) == C),
+                    op, ": grad_gram must have shape (", N, ", ", C, ", ", C, "), or (0,) when the Gram output has no ",
+                    "gradient, got ", shape_string(grad_gram.sizes()));
+  check_same_device(features, grad_loss, op, "features", "grad_loss");
+  check_same_device(features, gram, op, "features", "gram");
   if (features.numel() == 0) return at::zeros_like(features);
   const at::ScalarType compute = gram_compute_dtype(features.scalar_type());
   const at::Tensor target = expand_target(op, target_gram, in.params, compute, features);
@@ -114,7 +129,7 @@ at::Tensor style_loss_backward(const at::Tensor& grad_loss, const at::Tensor& gr
   // d loss / d G = 2 * scale * (G - G_t); through G = F F^T * s: dF = (dG + dG^T) F * s.
   const at::Tensor difference = gram.to(compute) - target;
   at::Tensor d_gram = difference.mul(grad_loss.to(compute).mul(2.0 * scale));
-  if (grad_gram.numel() > 0) d_gram = d_gram + grad_gram.to(compute);
+  if (!no_grad_gram) d_gram = d_gram + grad_gram.to(compute);
   const at::Tensor symmetric = (d_gram + d_gram.transpose(1, 2)).mul_(in.params.scale);
   return symmetric_times_features(symmetric, features, in);
 }

@@ -1,10 +1,12 @@
 """Op family 2: gram_matrix, style_loss (fused forward and backward) and perceptual_loss.
 
-Every result is compared with an independent float64 reference (tests/references.py: einsum on
-float64 CPU copies; gradients by PyTorch's autograd through that reference). Low-precision dtypes
+Every result is compared with an independent float64 reference (tests/references/gram.py: einsum
+on float64 CPU copies; gradients by PyTorch's autograd through that reference). Low-precision dtypes
 accumulate in float32, so they are held to a tolerance set by the rounding of the result, relative
 to the largest element of the reference (off-diagonal Gram entries cancel; their error is bounded
-by the diagonal's scale, not their own).
+by the diagonal's scale, not their own). Each registered op also passes the shared contract
+(tests/contract.py), and every CPU test runs on the vectorised and the portable kernels
+(tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from conftest import (
     needs_cuda,
     poison_allocator,
 )
-from references import reference_gram_matrix, reference_style_loss
+from contract import BadInput, EmptyCase, OpContract, Sample
+from references.gram import (
+    reference_gram_backward,
+    reference_gram_matrix,
+    reference_perceptual_loss,
+    reference_style_loss,
+    reference_style_loss_backward,
+)
 
 ops = torch.ops.pyvision_ops
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -222,17 +231,6 @@ def test_gram_matrix_half_does_not_overflow(dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
-@pytest.mark.parametrize("shape", [(0, 5, 3, 4), (0, 5, 7), (0, 1, 1, 1)], ids=shape_id)
-def test_gram_matrix_empty_batch(shape, normalize, device):
-    x = features_of(shape, torch.float32, device).requires_grad_(True)
-    gram = pyvision_ops.gram_matrix(x, normalize)
-    assert tuple(gram.shape) == (0, shape[1], shape[1]) and gram.dtype == x.dtype and gram.device == x.device
-    gram.sum().backward()
-    assert x.grad is not None and tuple(x.grad.shape) == shape
-
-
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(2, 3, 0, 4), (2, 3, 0)], ids=shape_id)
 def test_gram_matrix_empty_spatial_is_an_empty_sum(shape, device):
     """No positions: every inner product is an empty sum, 0 (every element must be written)."""
@@ -253,13 +251,6 @@ def test_gram_matrix_no_channels(device):
 # --------------------------------------------------------------------------------------------
 # gram_matrix: backward
 # --------------------------------------------------------------------------------------------
-
-
-def reference_gram_backward(x: torch.Tensor, grad_gram: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """dL/dF by PyTorch's autograd through the float64 reference."""
-    x64 = x.detach().to(device="cpu", dtype=torch.float64).requires_grad_(True)
-    reference_gram_matrix(x64, normalize).backward(grad_gram.detach().to(device="cpu", dtype=torch.float64))
-    return x64.grad
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -285,23 +276,12 @@ def test_gram_matrix_backward_matches_reference(shape, normalize, dtype, device)
     torch.testing.assert_close(expected, closed_form, rtol=1e-12, atol=1e-12)
 
 
-@pytest.fixture
-def portable_gram_cpu():
-    """The CPU Gram ops on their portable loops (and the bmm backward), as on CPUs without
-    AVX2, which this test machine cannot otherwise reach."""
-    from pyvision_ops import _C
-
-    previous = _C._set_cpu_simd(False)
-    try:
-        yield
-    finally:
-        _C._set_cpu_simd(previous)
-
-
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (3, 65, 7, 9), (2, 130, 17, 19), (1, 32, 20, 30)], ids=shape_id)
-def test_gram_ops_on_the_portable_cpu_path(shape, layout, dtype, portable_gram_cpu):
+def test_gram_style_loss_forward_and_backward_in_both_layouts(shape, layout, dtype):
+    """Gram, its backward and the style loss of one input, planar and channels_last: the shapes
+    of the former portable-path test (conftest now runs every CPU test on both paths)."""
     x = with_layout(features_of(shape, dtype, "cpu"), layout)
     check_gram(x, True, TOL[dtype])
     x = x.detach().requires_grad_(True)
@@ -343,29 +323,17 @@ def test_gram_matrix_backward_cpu_thread_splits(shape, layout, threads):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
-def test_gram_matrix_backward_with_strided_inputs_and_grads(layout, device):
-    """Autograd hands backward odd grads: `.sum()` gives a stride-0 expanded tensor, a transpose
-    after the op a transposed one, slicing a zero-padded one. All must be read through strides."""
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced", "expanded"])
+def test_gram_matrix_backward_of_strided_features(layout, normalize, device):
+    """Features in any layout get the reference gradient (upstream gradients of every layout are
+    the contract's TestGramMatrixContract.test_upstream_gradient_layouts)."""
     shape = (2, 6, 5, 7)
     x = with_layout(features_of(shape, torch.float32, device), layout).requires_grad_(True)
-
-    pyvision_ops.gram_matrix(x).sum().backward()
-    assert_close_scaled(x.grad, reference_gram_backward(x, torch.ones(2, 6, 6), True), 2e-5)
-
-    x.grad = None
-    gram = pyvision_ops.gram_matrix(x)
-    weight = torch.randn(2, 6, 6, device=device)
-    (gram.transpose(1, 2) * weight).sum().backward()
-    assert_close_scaled(x.grad, reference_gram_backward(x, weight.transpose(1, 2), True), 2e-5)
-
-    x.grad = None
-    gram = pyvision_ops.gram_matrix(x, normalize=False)
-    weight = torch.randn(2, 3, 6, device=device)
-    (gram[:, ::2] * weight).sum().backward()
-    full = torch.zeros(2, 6, 6)
-    full[:, ::2] = weight.cpu()
-    assert_close_scaled(x.grad, reference_gram_backward(x, full, False), 2e-5)
+    grad = torch.randn(2, 6, 6, device=device)
+    pyvision_ops.gram_matrix(x, normalize).backward(grad)
+    assert x.grad.shape == x.shape
+    assert_close_scaled(x.grad, reference_gram_backward(x, grad, normalize), GRAD_TOL[torch.float32])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -398,12 +366,6 @@ def test_gram_matrix_gradcheck(shape, normalize, device):
 
 def target_shape(kind: str, n: int, c: int):
     return {"batched": (n, c, c), "shared": (c, c), "shared_batch1": (1, c, c)}[kind]
-
-
-def reference_style_loss_backward(x, target, normalize, reduction, grad_loss=1.0) -> torch.Tensor:
-    x64 = x.detach().to(device="cpu", dtype=torch.float64).requires_grad_(True)
-    (reference_style_loss(x64, target, normalize, reduction) * grad_loss).backward()
-    return x64.grad
 
 
 STYLE_SHAPES = [(2, 3, 7, 9), (3, 65, 5, 3), (2, 1, 4, 4), (2, 17, 1), (2, 33, 20), (2, 32, 5, 7)]
@@ -507,30 +469,9 @@ def test_style_loss_forward_op_both_outputs(normalize, reduction, device):
     assert torch.autograd.gradcheck(lambda t: ops._style_loss_forward(t, target, normalize, code), (x,), fast_mode=True)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("target_kind", ["batched", "shared", "shared_batch1"])
-@pytest.mark.parametrize("shape", [(0, 5, 3, 4), (0, 5, 7)], ids=shape_id)
-def test_style_loss_empty_batch(shape, target_kind, device):
-    """An empty batch is an empty sum: loss 0, and an empty gradient."""
-    x = torch.randn(shape, device=device, requires_grad=True)
-    target = torch.randn(target_shape(target_kind, 0, 5), device=device)
-    loss = pyvision_ops.style_loss(x, target, reduction="sum")
-    assert loss.shape == () and float(loss.detach()) == 0.0
-    loss.backward()
-    assert x.grad is not None and tuple(x.grad.shape) == shape
-
-
 # --------------------------------------------------------------------------------------------
 # perceptual_loss
 # --------------------------------------------------------------------------------------------
-
-
-def reference_perceptual_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """mean over the batch of 1/(C H W) ||a_n - b_n||^2, in float64 (differentiable in a)."""
-    a64 = a.to(device="cpu", dtype=torch.float64)
-    b64 = b.detach().to(device="cpu", dtype=torch.float64)
-    per_item = [(a64[i] - b64[i]).pow(2).sum() / a64[i].numel() for i in range(a64.shape[0])]
-    return torch.stack(per_item).mean()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -605,82 +546,170 @@ def test_style_loss_rejects_bad_reduction(reduction, device):
         pyvision_ops.style_loss(x, target, reduction=reduction)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_style_loss_op_rejects_bad_reduction_code(device):
-    """The registered op validates its int reduction too (it is reachable without the wrapper)."""
-    x = torch.randn(2, 3, 4, 5, device=device)
-    target = torch.randn(2, 3, 3, device=device)
-    expect_error(lambda: ops._style_loss_forward(x, target, True, 7), [x, target], "reduction")
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("bad_shape", [(2, 4, 4), (3, 3, 3), (2, 3)], ids=shape_id)
-def test_gram_backward_op_rejects_grad_of_wrong_shape(bad_shape, device):
-    x = torch.randn(2, 3, 4, 5, device=device)
-    grad = torch.randn(bad_shape, device=device)
-    expect_error(lambda: ops._gram_matrix_backward(grad, x, True), [x, grad], "grad")
-
-
 # --------------------------------------------------------------------------------------------
-# torch.library.opcheck (schema, fake kernel, autograd registration, AOT dispatch)
+# the shared op contract (tests/contract.py): opcheck, torch.compile, empty batch, bad input,
+# upstream gradients of every layout -- for each registered op of the family
 # --------------------------------------------------------------------------------------------
 
+# (shape, layout) of the contract's samples: planar, channels_last and 3-D features, and sliced
+# ones (every other channel of a NaN-filled buffer) for the strided read.
+CONTRACT_CASES = [((2, 5, 4, 3), "contiguous"), ((2, 5, 4, 3), "channels_last"), ((3, 6, 7), "contiguous"), ((2, 4, 3, 5), "sliced")]
 
-OPCHECK_CASES = [((2, 5, 4, 3), "contiguous"), ((2, 5, 4, 3), "channels_last"), ((3, 6, 7), "contiguous")]
 
-
-def opcheck_features(shape, layout, dtype, device, requires_grad):
-    x = with_layout(torch.randn(shape, dtype=dtype, device=device), layout)
+def contract_features(shape, layout, dtype, device, requires_grad):
+    x = with_layout(features_of(shape, dtype, device), layout)
     return x.requires_grad_(requires_grad)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("shape,layout", OPCHECK_CASES, ids=str)
-def test_opcheck_gram_matrix(shape, layout, dtype, device):
-    for normalize in (True, False):
-        x = opcheck_features(shape, layout, dtype, device, True)
-        torch.library.opcheck(ops.gram_matrix.default, (x, normalize))
+class _GramContract(OpContract):
+    """Float64 results bit-near (1e-12), float32 within a few roundings of the result's scale:
+    a strided upstream gradient may take another (equally exact) accumulation order."""
+
+    def tolerance(self, dtype, device):
+        return 1e-12 if dtype == torch.float64 else 1e-5
+
+    def cases(self):
+        """(shape, layout, dtype, flag) of every sample, float32 and float64; ``flag`` alternates
+        (normalize, or sum/mean) so that each value meets each dtype without a full product."""
+        return [
+            (shape, layout, dtype, (i + j) % 2 == 0)
+            for i, (shape, layout) in enumerate(CONTRACT_CASES)
+            for j, dtype in enumerate((torch.float32, torch.float64))
+        ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("shape,layout", OPCHECK_CASES, ids=str)
-def test_opcheck_gram_matrix_backward(shape, layout, dtype, device):
-    # No double backward is registered: the inputs do not require grad.
-    x = opcheck_features(shape, layout, dtype, device, False)
-    grad = torch.randn(shape[0], shape[1], shape[1], dtype=dtype, device=device)
-    for normalize in (True, False):
-        torch.library.opcheck(ops._gram_matrix_backward.default, (grad, x, normalize))
+class TestGramMatrixContract(_GramContract):
+    op_name = "gram_matrix"
+
+    def samples(self, device):
+        return [
+            Sample((contract_features(shape, layout, dtype, device, True), normalize), f"{shape_id(shape)}-{layout}-{dtype}-{normalize}")
+            for shape, layout, dtype, normalize in self.cases()
+        ]
+
+    def empty_cases(self, device):
+        return [
+            EmptyCase(Sample((torch.randn(shape, device=device, requires_grad=True), normalize)), [(0, shape[1], shape[1])])
+            for shape in [(0, 5, 3, 4), (0, 5, 7), (0, 1, 1, 1)]
+            for normalize in (True, False)
+        ]
+
+    def bad_inputs(self, device):
+        return [
+            BadInput("2-D features", (torch.randn(3, 4, device=device), True), r"features must be 3-D .* or 4-D"),
+            BadInput("5-D features", (torch.randn(2, 3, 4, 5, 6, device=device), True), r"features must be 3-D .* or 4-D"),
+            BadInput("integer features", (torch.randint(0, 2, (2, 3, 4, 5), device=device), True), r"features must be float"),
+        ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("shape,layout", OPCHECK_CASES, ids=str)
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_opcheck_style_loss_forward(reduction, shape, layout, dtype, device):
-    n, c = shape[0], shape[1]
-    target_dims = (n, c, c) if reduction == "sum" else (c, c)  # a batched and a shared target
-    x = opcheck_features(shape, layout, dtype, device, True)
-    target = torch.randn(target_dims, dtype=dtype, device=device)
-    torch.library.opcheck(ops._style_loss_forward.default, (x, target, True, REDUCTION_CODES[reduction]))
+class TestStyleLossForwardContract(_GramContract):
+    op_name = "_style_loss_forward"
+
+    def samples(self, device):
+        samples = []
+        for shape, layout, dtype, flag in self.cases():
+            reduction = "sum" if flag else "mean"
+            n, c = shape[0], shape[1]
+            target_dims = (n, c, c) if reduction == "sum" else (c, c)  # a batched and a shared target
+            x = contract_features(shape, layout, dtype, device, True)
+            target = target_gram_of((1, *shape[1:]), dtype, device, True)[0].expand(target_dims).contiguous()
+            samples.append(Sample((x, target, True, REDUCTION_CODES[reduction]), f"{shape_id(shape)}-{layout}-{dtype}-{reduction}"))
+        return samples
+
+    def empty_cases(self, device):
+        """An empty batch is an empty sum: loss 0 (whatever the target's form) and an empty Gram."""
+        cases = []
+        for shape in [(0, 5, 3, 4), (0, 5, 7)]:
+            for target_shape in [(0, 5, 5), (5, 5), (1, 5, 5)]:
+                x = torch.randn(shape, device=device, requires_grad=True)
+                target = torch.randn(target_shape, device=device)
+                cases.append(EmptyCase(Sample((x, target, True, REDUCTION_CODES["sum"]), f"target {target_shape}"), [(), (0, 5, 5)]))
+        return cases
+
+    def bad_inputs(self, device):
+        x = torch.randn(2, 3, 4, 5, device=device)
+        target = torch.randn(2, 3, 3, device=device)
+        code = REDUCTION_CODES["sum"]
+        cases = [
+            BadInput(f"target_gram of shape {bad}", (x, torch.randn(bad, device=device), True, code), r"target_gram must have shape")
+            for bad in [(2, 4, 4), (3, 3, 3), (1, 2, 3, 3), (3, 4), (3,)]
+        ]
+        return cases + [
+            BadInput("reduction code 7", (x, target, True, 7), r"reduction must be 0 \(sum\) or 1 \(mean\), got 7"),
+            BadInput("2-D features", (x[0, 0], target, True, code), r"features must be 3-D"),
+            BadInput("integer features", (x.long(), target, True, code), r"features must be float"),
+        ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("shape,layout", OPCHECK_CASES, ids=str)
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_opcheck_style_loss_backward(reduction, shape, layout, dtype, device):
-    n, c = shape[0], shape[1]
-    code = REDUCTION_CODES[reduction]
-    x = opcheck_features(shape, layout, dtype, device, False)
-    target = torch.randn(n, c, c, dtype=dtype, device=device)
-    _, gram = ops._style_loss_forward(x, target, False, code)
-    grad_loss = torch.randn((), dtype=dtype, device=device)
-    for grad_gram in (torch.zeros(0, dtype=dtype, device=device), torch.randn(n, c, c, dtype=dtype, device=device)):
-        torch.library.opcheck(
-            ops._style_loss_backward.default, (grad_loss, grad_gram, x, gram, target, False, code)
-        )
+class TestGramMatrixBackwardContract(_GramContract):
+    op_name = "_gram_matrix_backward"
+    differentiable = False  # no double backward is registered
+    upstream_argument = 0  # grad_gram
+
+    def samples(self, device):
+        samples = []
+        for shape, layout, dtype, normalize in self.cases():
+            x = contract_features(shape, layout, dtype, device, False)
+            grad = torch.randn(shape[0], shape[1], shape[1], dtype=dtype, device=device)
+            samples.append(Sample((grad, x, normalize), f"{shape_id(shape)}-{layout}-{dtype}-{normalize}"))
+        return samples
+
+    def empty_cases(self, device):
+        return [EmptyCase(Sample((torch.randn(0, 5, 5, device=device), torch.randn(0, 5, 3, 4, device=device), True)), [(0, 5, 3, 4)])]
+
+    def bad_inputs(self, device):
+        x = torch.randn(2, 3, 4, 5, device=device)
+        return [
+            BadInput(f"grad_gram of shape {bad}", (torch.randn(bad, device=device), x, True), r"grad_gram must have shape \(2, 3, 3\)")
+            for bad in [(2, 4, 4), (3, 3, 3), (2, 3)]
+        ] + [BadInput("integer features", (torch.randn(2, 3, 3, device=device), x.long(), True), r"features must be float")]
+
+
+class TestStyleLossBackwardContract(_GramContract):
+    op_name = "_style_loss_backward"
+    differentiable = False  # no double backward is registered
+    upstream_argument = 1  # grad_gram (grad_loss is 0-d: one layout only)
+
+    def samples(self, device):
+        samples = []
+        for shape, layout, dtype, flag in self.cases():
+            reduction = "sum" if flag else "mean"
+            n, c = shape[0], shape[1]
+            code = REDUCTION_CODES[reduction]
+            x = contract_features(shape, layout, dtype, device, False)
+            target = torch.randn(n, c, c, dtype=dtype, device=device)
+            _, gram = ops._style_loss_forward(x, target, False, code)
+            grad_loss = torch.randn((), dtype=dtype, device=device)
+            # both outputs used, and (every other sample) only the loss: an empty grad_gram
+            grad_grams = [torch.randn(n, c, c, dtype=dtype, device=device)]
+            if dtype == torch.float64:
+                grad_grams.append(torch.zeros(0, dtype=dtype, device=device))
+            for grad_gram in grad_grams:
+                kind = "loss" if grad_gram.numel() == 0 else "loss+gram"
+                samples.append(Sample((grad_loss, grad_gram, x, gram, target, False, code), f"{shape_id(shape)}-{layout}-{dtype}-{reduction}-{kind}"))
+        return samples
+
+    def empty_cases(self, device):
+        x = torch.randn(0, 5, 3, 4, device=device)
+        gram = torch.zeros(0, 5, 5, device=device)
+        args = (torch.ones((), device=device), torch.zeros(0, device=device), x, gram, torch.randn(5, 5, device=device), True, 0)
+        return [EmptyCase(Sample(args), [(0, 5, 3, 4)])]
+
+    def bad_inputs(self, device):
+        """Every argument is checked in the op (reachable without the Python layer): a grad_gram,
+        gram or grad_loss of the wrong shape must not broadcast into a plausible result."""
+        x = torch.randn(2, 3, 4, 5, device=device)
+        target = torch.randn(2, 3, 3, device=device)
+        _, gram = ops._style_loss_forward(x, target, True, 0)
+        grad_loss = torch.ones((), device=device)
+        empty = torch.zeros(0, device=device)
+        return [
+            BadInput("grad_gram of shape (2, 4, 4)", (grad_loss, torch.randn(2, 4, 4, device=device), x, gram, target, True, 0), r"grad_gram"),
+            BadInput("grad_gram of shape (3,)", (grad_loss, torch.randn(3, device=device), x, gram, target, True, 0), r"grad_gram"),
+            BadInput("gram of shape (2, 2, 3)", (grad_loss, empty, x, gram[:, :2], target, True, 0), r"\bgram\b"),
+            BadInput("grad_loss of shape (3,)", (torch.ones(3, device=device), empty, x, gram, target, True, 0), r"grad_loss"),
+            BadInput("reduction code 7", (grad_loss, empty, x, gram, target, True, 7), r"reduction"),
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -695,11 +724,12 @@ def style_and_gram(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) 
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_compile_fullgraph_aot_eager(dynamic, device):
+def test_compile_gram_and_style_loss_with_dynamic_shapes(device):
+    """Gram and style loss together in one graph, over two shapes with dynamic=True (each op
+    alone, static, is the contract's compile check)."""
     torch._dynamo.reset()
-    compiled = torch.compile(style_and_gram, backend="aot_eager", fullgraph=True, dynamic=dynamic)
-    for shape in [(2, 6, 5, 7), (3, 4, 9, 8)] if dynamic else [(2, 6, 5, 7)]:
+    compiled = torch.compile(style_and_gram, backend="aot_eager", fullgraph=True, dynamic=True)
+    for shape in [(2, 6, 5, 7), (3, 4, 9, 8)]:
         n, c = shape[0], shape[1]
         x = features_of(shape, torch.float32, device).requires_grad_(True)
         x_eager = x.detach().clone().requires_grad_(True)

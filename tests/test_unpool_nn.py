@@ -1,4 +1,10 @@
-"""SegNet and the DeconvNet projection: shapes, gradients, index formats, training, references."""
+"""Op family 1 in use: the pyvision_ops.nn pooling modules and the models built on them.
+
+The modules are checked against their torch.nn namesakes (the reference); SegNet (encoder pooling
+with indices, decoder unpooling) for shapes, gradients, index formats and training; the DeconvNet
+projection against one written with torch.nn.functional alone (tests/references/unpool.py) and
+against autograd's adjoint.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +15,186 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import DEVICES
-from pyvision_ops.models import SegNet, deconvnet_project
-from pyvision_ops.data import synthetic_rectangles
 import pyvision_ops.nn as pvnn
+from conftest import DEVICES
+from pyvision_ops.data import synthetic_rectangles
+from pyvision_ops.models import SegNet, deconvnet_project
+from references.unpool import reference_deconvnet_projection
+
+# --------------------------------------------------------------------------------------------
+# MaxPool2d, MaxUnpool1d/2d/3d: drop-in for torch.nn
+# --------------------------------------------------------------------------------------------
+
+# (kernel_size, stride, padding, dilation, ceil_mode)
+POOL_CONFIGS = [
+    (2, None, 0, 1, False),
+    (3, 2, 1, 1, False),
+    (3, 1, 1, 1, False),  # overlapping windows: an input can be the maximum of several
+    (3, 2, 1, 2, True),
+    ((2, 3), (1, 2), (1, 0), 1, True),
+]
+
+
+@pytest.mark.parametrize("config", POOL_CONFIGS)
+@pytest.mark.parametrize("return_indices", [True, False])
+def test_max_pool2d_matches_torch(config, return_indices):
+    kernel_size, stride, padding, dilation, ceil_mode = config
+    args = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    ours = pvnn.MaxPool2d(**args, return_indices=return_indices)
+    reference = torch.nn.MaxPool2d(**args, return_indices=return_indices)
+    x = torch.randn(2, 3, 11, 14).requires_grad_()
+    x_reference = x.detach().clone().requires_grad_()
+
+    output, expected = ours(x), reference(x_reference)
+    if return_indices:
+        (values, indices), (expected_values, expected_indices) = output, expected
+        assert indices.dtype == torch.int64
+        torch.testing.assert_close(indices, expected_indices, rtol=0, atol=0)
+    else:
+        assert isinstance(output, torch.Tensor)
+        values, expected_values = output, expected
+    torch.testing.assert_close(values, expected_values, rtol=0, atol=0)
+
+    grad = torch.randn(*values.shape)
+    values.backward(grad)
+    expected_values.backward(grad)
+    torch.testing.assert_close(x.grad, x_reference.grad)
+
+
+def test_max_pool2d_unbatched_input():
+    x = torch.randn(3, 9, 10)
+    values, indices = pvnn.MaxPool2d(2, return_indices=True)(x)
+    expected_values, expected_indices = torch.nn.MaxPool2d(2, return_indices=True)(x)
+    assert values.shape == (3, 4, 5)
+    torch.testing.assert_close(values, expected_values, rtol=0, atol=0)
+    torch.testing.assert_close(indices, expected_indices, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("config", [c for c in POOL_CONFIGS if c[3] == 1])
+def test_compact_indices_unpool_like_flat_indices(config):
+    kernel_size, stride, padding, _dilation, ceil_mode = config
+    pool = pvnn.MaxPool2d(kernel_size, stride, padding, return_indices=True, ceil_mode=ceil_mode, compact=True)
+    x = torch.randn(2, 3, 11, 14)
+    values, compact_indices = pool(x)
+    assert compact_indices.dtype == torch.uint8
+    expected_values, flat_indices = F.max_pool2d(
+        x, kernel_size, stride, padding, ceil_mode=ceil_mode, return_indices=True
+    )
+    torch.testing.assert_close(values, expected_values, rtol=0, atol=0)
+
+    unpool = pvnn.MaxUnpool2d(kernel_size, stride, padding)
+    reference = torch.nn.MaxUnpool2d(kernel_size, stride, padding)
+    restored = unpool(values, compact_indices, output_size=x.shape)
+    expected = reference(expected_values, flat_indices, output_size=x.shape)
+    assert restored.shape == x.shape
+    torch.testing.assert_close(restored, expected, rtol=0, atol=0)
+
+
+def _pooled_with_flat_indices(dims: int, x: torch.Tensor, kernel_size, stride, padding):
+    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
+    return pool(x, kernel_size, stride, padding, return_indices=True)
+
+
+UNPOOL_CASES = [
+    # dims, input shape, kernel_size, stride, padding
+    (1, (2, 3, 17), 2, None, 0),
+    (1, (2, 3, 16), 3, 2, 1),
+    (2, (2, 3, 11, 14), 2, None, 0),
+    (2, (2, 3, 11, 14), 3, 2, 1),
+    (3, (1, 2, 7, 9, 6), 2, None, 0),
+    (3, (1, 2, 7, 9, 6), 3, 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", UNPOOL_CASES)
+@pytest.mark.parametrize("output_size_form", ["none", "spatial", "full"])
+def test_max_unpool_matches_torch(case, output_size_form):
+    dims, shape, kernel_size, stride, padding = case
+    ours = {1: pvnn.MaxUnpool1d, 2: pvnn.MaxUnpool2d, 3: pvnn.MaxUnpool3d}[dims](kernel_size, stride, padding)
+    reference = {1: torch.nn.MaxUnpool1d, 2: torch.nn.MaxUnpool2d, 3: torch.nn.MaxUnpool3d}[dims](
+        kernel_size, stride, padding
+    )
+    x = torch.randn(*shape)
+    if output_size_form == "none":
+        # The default output size, (pooled - 1) * stride - 2 * padding + kernel_size, can be
+        # smaller than the input; crop the input to it so every index lands inside.
+        pooled = _pooled_with_flat_indices(dims, x, kernel_size, stride, padding)[0].shape[2:]
+        k, s, p = ours.kernel_size, ours.stride, ours.padding
+        default_size = [(pooled[d] - 1) * s[d] - 2 * p[d] + k[d] for d in range(dims)]
+        x = x[(..., *(slice(0, size) for size in default_size))]
+    values, indices = _pooled_with_flat_indices(dims, x, kernel_size, stride, padding)
+    # "none" gives the default size; the others restore the (possibly odd) pre-pooling size.
+    output_size = {"none": None, "spatial": shape[2:], "full": shape}[output_size_form]
+
+    values = values.detach().requires_grad_()
+    values_reference = values.detach().clone().requires_grad_()
+    restored = ours(values, indices, output_size=output_size)
+    expected = reference(values_reference, indices, output_size=output_size)
+    assert restored.shape == expected.shape == x.shape
+    torch.testing.assert_close(restored, expected, rtol=0, atol=0)
+
+    grad = torch.randn(*restored.shape)
+    restored.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(values.grad, values_reference.grad, rtol=0, atol=0)
+
+
+def test_max_unpool2d_int32_indices_and_unbatched():
+    x = torch.randn(3, 11, 14)
+    values, indices = F.max_pool2d(x, 2, return_indices=True)
+    restored = pvnn.MaxUnpool2d(2)(values, indices.to(torch.int32), output_size=x.shape[-2:])
+    expected = torch.nn.MaxUnpool2d(2)(values, indices, output_size=x.shape[-2:])
+    assert restored.shape == (3, 11, 14)
+    torch.testing.assert_close(restored, expected, rtol=0, atol=0)
+
+
+def test_pool_unpool_round_trip_float64():
+    x = torch.randn(2, 4, 9, 13, dtype=torch.float64)
+    pool, unpool = pvnn.MaxPool2d(2, return_indices=True, compact=True), pvnn.MaxUnpool2d(2)
+    restored = unpool(*pool(x), output_size=x.shape[-2:])
+    assert restored.dtype == torch.float64
+    # Every window's maximum is back in place, everything else is zero.
+    kept = restored != 0
+    torch.testing.assert_close(restored[kept], x[kept], rtol=0, atol=0)
+    assert int(kept.sum()) == 2 * 4 * 4 * 6
+
+
+@pytest.mark.parametrize(
+    "ours, reference",
+    [
+        (pvnn.MaxPool2d(2), torch.nn.MaxPool2d(2)),
+        (pvnn.MaxPool2d(3, 2, 1, 2, True, True), torch.nn.MaxPool2d(3, 2, 1, 2, True, True)),
+        (pvnn.MaxPool2d((2, 3), stride=(1, 2)), torch.nn.MaxPool2d((2, 3), stride=(1, 2))),
+        (pvnn.MaxUnpool1d(3, 2, 1), torch.nn.MaxUnpool1d(3, 2, 1)),
+        (pvnn.MaxUnpool2d(2), torch.nn.MaxUnpool2d(2)),
+        (pvnn.MaxUnpool2d((2, 3), (1, 2), (1, 0)), torch.nn.MaxUnpool2d((2, 3), (1, 2), (1, 0))),
+        (pvnn.MaxUnpool3d(2, padding=1), torch.nn.MaxUnpool3d(2, padding=1)),
+    ],
+)
+def test_drop_in_repr_attributes_and_state(ours, reference):
+    assert repr(ours) == repr(reference)
+    assert isinstance(ours, type(reference))
+    for name in ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"):
+        assert getattr(ours, name, None) == getattr(reference, name, None)
+    assert ours.state_dict() == {} == reference.state_dict()
+    assert list(ours.parameters()) == []
+
+
+def test_compact_shows_in_repr():
+    assert repr(pvnn.MaxPool2d(2, compact=True)) == (
+        "MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False, compact=True)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# SegNet
+# --------------------------------------------------------------------------------------------
 
 TINY_STAGES = ((8, 8), (16, 16), (16,))
 
 
 def _conv_channels(module: nn.Module) -> List[Tuple[int, int]]:
     return [(m.in_channels, m.out_channels) for m in module.modules() if isinstance(m, nn.Conv2d)]
-
-
-# --------------------------------------------------------------------------------------------
-# SegNet
-# --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -170,25 +341,6 @@ class _VGGStyle(nn.Module):
         )
 
 
-def _reference_projection(
-    conv: nn.Conv2d, x: torch.Tensor, channel: torch.Tensor, top_only: bool = False
-) -> torch.Tensor:
-    """Conv -> ReLU -> 2x2 max pooling and back, from torch.nn.functional alone."""
-    activations = F.relu(F.conv2d(x, conv.weight, conv.bias, padding=conv.padding))
-    pooled, indices = F.max_pool2d(activations, 2, return_indices=True)
-    selected = torch.zeros_like(pooled)
-    for sample in range(x.shape[0]):
-        feature_map = pooled[sample, channel[sample]]
-        if top_only:
-            kept = torch.zeros_like(feature_map)
-            top = feature_map.argmax()
-            kept.view(-1)[top] = feature_map.view(-1)[top]
-            feature_map = kept
-        selected[sample, channel[sample]] = feature_map
-    unpooled = F.max_unpool2d(selected, indices, 2, output_size=activations.shape[-2:])
-    return F.conv_transpose2d(F.relu(unpooled), conv.weight, padding=conv.padding)
-
-
 @pytest.mark.parametrize("top_only", [False, True])
 @pytest.mark.parametrize("channel", [None, 3])
 def test_deconvnet_matches_manual_projection(channel, top_only):
@@ -203,7 +355,7 @@ def test_deconvnet_matches_manual_projection(channel, top_only):
             chosen = pooled.flatten(2).amax(dim=2).argmax(dim=1)
         else:
             chosen = torch.full((2,), channel)
-        expected = _reference_projection(conv, x, chosen, top_only)
+        expected = reference_deconvnet_projection(conv, x, chosen, top_only)
     assert projection.shape == x.shape
     assert projection.abs().sum() > 0
     torch.testing.assert_close(projection, expected)

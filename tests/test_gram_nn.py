@@ -1,4 +1,5 @@
-"""Style-transfer modules and models: GramMatrix, StyleLoss, PerceptualLoss, VGGFeatures, style_transfer."""
+"""Op family 2 in use: the style-transfer modules (GramMatrix, StyleLoss, PerceptualLoss) and the
+models built on them (VGGFeatures, style_transfer). Gram references: tests/references/gram.py."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pyvision_ops.models import VGGFeatures, imagenet_normalize, style_transfer
 from pyvision_ops.models.style_transfer import total_variation
 from pyvision_ops.models.vgg import vgg_layer_names
 from pyvision_ops.nn import GramMatrix, PerceptualLoss, StyleLoss
+from references.gram import reference_gram_matrix
 
 # torchvision's features indices of the Conv2d layers (counted from its cfgs "D" and "E" by
 # hand, independently of VGG_CONFIGS) and the (out, in) channels of each.
@@ -26,12 +28,6 @@ TORCHVISION_CONV_WIDTHS = {
 }
 TINY_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1")
 TINY_CONTENT_LAYERS = ("relu2_2",)
-
-
-def _gram_formula(features: Tensor, normalize: bool) -> Tensor:
-    flat = features.reshape(features.shape[0], features.shape[1], -1).double()
-    gram = torch.einsum("ncl,ndl->ncd", flat, flat)
-    return gram / flat[0].numel() if normalize else gram
 
 
 class _TwoLayerExtractor(nn.Module):
@@ -58,7 +54,7 @@ def test_gram_matrix_module_matches_formula(shape, normalize):
     features = torch.randn(*shape, dtype=torch.float64)
     gram = GramMatrix(normalize)(features)
     assert gram.shape == (shape[0], shape[1], shape[1])
-    torch.testing.assert_close(gram, _gram_formula(features, normalize))
+    torch.testing.assert_close(gram, reference_gram_matrix(features, normalize))
     assert list(GramMatrix().state_dict()) == []
 
 
@@ -69,9 +65,9 @@ def test_style_loss_module_matches_formula(normalize, reduction):
     features = torch.randn(3, 6, 7, 8, dtype=torch.float64)  # batch shares the target; other size
     criterion = StyleLoss(target_features, normalize=normalize, reduction=reduction)
 
-    target_gram = _gram_formula(target_features, normalize)
+    target_gram = reference_gram_matrix(target_features, normalize)
     torch.testing.assert_close(criterion.target_gram, target_gram)
-    squared = (_gram_formula(features, normalize) - target_gram).pow(2)
+    squared = (reference_gram_matrix(features, normalize) - target_gram).pow(2)
     expected = squared.sum() if reduction == "sum" else squared.mean()
     torch.testing.assert_close(criterion(features), expected)
 
@@ -90,7 +86,7 @@ def test_style_loss_gradient_flows_to_input_only():
     features = torch.randn(2, 4, 5, 7, dtype=torch.float64, requires_grad=True)
     criterion(features).backward()
     reference = features.detach().clone().requires_grad_(True)
-    (_gram_formula(reference, True) - _gram_formula(target_features.detach(), True)).pow(2).sum().backward()
+    (reference_gram_matrix(reference, True) - reference_gram_matrix(target_features.detach(), True)).pow(2).sum().backward()
     assert features.grad is not None and features.grad.abs().max() > 0
     torch.testing.assert_close(features.grad, reference.grad)
     assert target_features.grad is None

@@ -1,4 +1,4 @@
-"""Independent float64 references for the tests: one reference per op.
+"""Independent float64 references of op family 1 (max pooling with indices, max unpooling).
 
 Every reference works on float64 copies on the CPU and returns CPU tensors, so a test can
 compare any device and dtype of ours against it. They use PyTorch's own functional ops
@@ -8,10 +8,7 @@ compact (uint8, window-local) index format, which PyTorch does not have.
 
 from __future__ import annotations
 
-import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
-
-import numpy as np
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +17,11 @@ __all__ = [
     "as_list",
     "compact_to_flat",
     "flat_to_compact",
-    "reference_gram_matrix",
+    "reference_deconvnet_projection",
     "reference_max_pool2d",
     "reference_max_pool2d_backward",
     "reference_max_unpool",
     "reference_max_unpool_backward",
-    "reference_style_loss",
     "unpool_output_range",
 ]
 
@@ -230,129 +226,23 @@ def reference_max_unpool_backward(
     return plane.gather(2, idx.flatten(2)).view(idx.shape)
 
 
-def reference_gram_matrix(features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    """G[n] = F[n] F[n]^T in float64 on the CPU, F = ``features`` (N, C, H, W) or (N, C, L) viewed
-    as (N, C, H*W); divided by C*H*W when ``normalize``.
-
-    Differentiable: the float64 copy stays on the autograd graph, so a float64 CPU leaf passed in
-    receives the exact gradient (dG + dG^T) F / norm through PyTorch's autograd.
-    """
-    assert features.dim() in (3, 4), f"features must be 3-D or 4-D, got {features.dim()}-D"
-    f = features.to(device="cpu", dtype=torch.float64)
-    n, c = f.shape[0], f.shape[1]
-    f = f.reshape(n, c, f.shape[2:].numel())  # also for an empty batch
-    gram = torch.einsum("ncl,ndl->ncd", f, f)
-    if normalize:
-        gram = gram / (c * f.shape[2])
-    return gram
-
-
-def reference_style_loss(
-    features: torch.Tensor, target_gram: torch.Tensor, normalize: bool = True, reduction: str = "sum"
+def reference_deconvnet_projection(
+    conv: torch.nn.Conv2d, x: torch.Tensor, channel: torch.Tensor, top_only: bool = False
 ) -> torch.Tensor:
-    """||G(features) - target_gram||^2 in float64 on the CPU, a 0-d tensor.
-
-    ``target_gram`` is (N, C, C), or (C, C) / (1, C, C) shared by the batch, and is a constant (no
-    gradient). "sum" adds the squared differences over all N*C*C elements, "mean" averages them.
-    Differentiable in ``features`` as ``reference_gram_matrix`` is.
-    """
-    gram = reference_gram_matrix(features, normalize)
-    n, c = gram.shape[0], gram.shape[1]
-    target = target_gram.detach().to(device="cpu", dtype=torch.float64)
-    if target.dim() == 2:
-        target = target.unsqueeze(0)
-    assert target.dim() == 3 and target.shape[0] in (1, n) and tuple(target.shape[1:]) == (c, c), (
-        f"target_gram of shape {tuple(target_gram.shape)} does not match a Gram of shape {tuple(gram.shape)}"
-    )
-    squared = (gram - target.expand(n, c, c)).pow(2)
-    if reduction == "sum":
-        return squared.sum()
-    assert reduction == "mean", reduction
-    return squared.mean()
-
-
-# --------------------------------------------------------------------------------------------
-# 5. Hungarian assignment (SciPy as the oracle) and DETR's box ops, cost and losses
-# --------------------------------------------------------------------------------------------
-
-
-def as_numpy64(cost: torch.Tensor) -> np.ndarray:
-    return cost.detach().cpu().to(torch.float64).numpy()
-
-
-def exact_sum(values: Sequence[float]) -> float:
-    """The correctly rounded sum (no accumulation error)."""
-    return math.fsum(values)
-
-
-def scipy_total(cost: torch.Tensor, maximize: bool = False) -> float:
-    """The optimum of linear_sum_assignment by SciPy, summed exactly in float64."""
-    from scipy.optimize import linear_sum_assignment as scipy_linear_sum_assignment
-
-    matrix = as_numpy64(cost)
-    rows, cols = scipy_linear_sum_assignment(matrix, maximize=maximize)
-    return exact_sum(matrix[rows, cols].tolist())
-
-
-def reference_iou_giou(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float]:
-    """IoU and GIoU of two xyxy boxes, from the definitions."""
-    ax0, ay0, ax1, ay1 = (float(v) for v in a)
-    bx0, by0, bx1, by1 = (float(v) for v in b)
-    inter_w = max(0.0, min(ax1, bx1) - max(ax0, bx0))
-    inter_h = max(0.0, min(ay1, by1) - max(ay0, by0))
-    inter = inter_w * inter_h
-    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
-    hull = (max(ax1, bx1) - min(ax0, bx0)) * (max(ay1, by1) - min(ay0, by0))
-    iou = inter / union
-    return iou, iou - (hull - union) / hull
-
-
-def reference_matrices(boxes1: torch.Tensor, boxes2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    iou = torch.empty(len(boxes1), len(boxes2), dtype=torch.float64)
-    giou = torch.empty_like(iou)
-    for i, a in enumerate(boxes1.tolist()):
-        for j, b in enumerate(boxes2.tolist()):
-            iou[i, j], giou[i, j] = reference_iou_giou(a, b)
-    return iou, giou
-
-
-def to_xyxy(box: Sequence[float]) -> List[float]:
-    cx, cy, w, h = (float(v) for v in box)
-    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-
-
-def reference_cost(logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, target_boxes: torch.Tensor,
-                   w_class: float = 1.0, w_bbox: float = 5.0, w_giou: float = 2.0) -> torch.Tensor:
-    """DETR's matching cost of one image (Q, T), entry by entry."""
-    logits, boxes, target_boxes = logits.double().cpu(), boxes.double().cpu(), target_boxes.double().cpu()
-    cost = torch.empty(len(logits), len(labels), dtype=torch.float64)
-    for q in range(len(logits)):
-        exp = [math.exp(v) for v in logits[q].tolist()]
-        for t, label in enumerate(labels.tolist()):
-            probability = exp[label] / sum(exp)
-            l1 = sum(abs(p - g) for p, g in zip(boxes[q].tolist(), target_boxes[t].tolist()))
-            _, giou = reference_iou_giou(to_xyxy(boxes[q]), to_xyxy(target_boxes[t]))
-            cost[q, t] = -w_class * probability + w_bbox * l1 - w_giou * giou
-    return cost
-
-
-def reference_set_losses(logits, boxes, targets, indices, num_classes, eos_coef) -> Dict[str, float]:
-    """DETR's three losses, spelled out query by query."""
-    batch, queries, _ = logits.shape
-    num_boxes = max(sum(len(t["labels"]) for t in targets), 1)
-    ce_sum = weight_sum = l1 = giou_loss = 0.0
-    for b in range(batch):
-        assigned = {q: t for q, t in zip(*indices[b])}
-        for q in range(queries):
-            log_probabilities = F.log_softmax(logits[b, q].double(), dim=0)
-            if q in assigned:
-                target = assigned[q]
-                cls, weight = int(targets[b]["labels"][target]), 1.0
-                l1 += float((boxes[b, q].double() - targets[b]["boxes"][target].double()).abs().sum())
-                _, giou = reference_iou_giou(to_xyxy(boxes[b, q]), to_xyxy(targets[b]["boxes"][target]))
-                giou_loss += 1.0 - giou
-            else:
-                cls, weight = num_classes, eos_coef
-            ce_sum += -weight * float(log_probabilities[cls])
-            weight_sum += weight
-    return {"loss_ce": ce_sum / weight_sum, "loss_bbox": l1 / num_boxes, "loss_giou": giou_loss / num_boxes}
+    """DeconvNet's projection through Conv -> ReLU -> 2x2 max pooling and back, from
+    torch.nn.functional alone: keep channel ``channel[n]`` of sample n's pooled map (only its
+    strongest activation when ``top_only``), unpool with the pooling switches, ReLU, and apply the
+    transposed filters."""
+    activations = F.relu(F.conv2d(x, conv.weight, conv.bias, padding=conv.padding))
+    pooled, indices = F.max_pool2d(activations, 2, return_indices=True)
+    selected = torch.zeros_like(pooled)
+    for sample in range(x.shape[0]):
+        feature_map = pooled[sample, channel[sample]]
+        if top_only:
+            kept = torch.zeros_like(feature_map)
+            top = feature_map.argmax()
+            kept.view(-1)[top] = feature_map.view(-1)[top]
+            feature_map = kept
+        selected[sample, channel[sample]] = feature_map
+    unpooled = F.max_unpool2d(selected, indices, 2, output_size=activations.shape[-2:])
+    return F.conv_transpose2d(F.relu(unpooled), conv.weight, padding=conv.padding)

@@ -1,9 +1,10 @@
-"""DETR: box_ops, HungarianMatcher, SetCriterion, the DETR model, and their torch.compile paths.
+"""Op family 5 in use: DETR's box_ops, HungarianMatcher and SetCriterion (pyvision_ops.nn.assign),
+the DETR model, and their torch.compile paths.
 
-References are written independently of the library: box formulas as loops over Python floats,
-the matching cost entry by entry, SciPy's ``linear_sum_assignment`` as the matching oracle (total
-cost compared, never the indices: ties may pick another optimal matching), the losses spelled
-out query by query.
+References (tests/references/assign.py) are written independently of the library: box formulas
+as loops over Python floats, the matching cost entry by entry, SciPy's ``linear_sum_assignment``
+as the matching oracle (total cost compared, never the indices: ties may pick another optimal
+matching), the losses spelled out query by query.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from references import reference_cost, reference_matrices, reference_set_losses
+from references.assign import reference_cost, reference_matrices, reference_set_losses
 from conftest import DEVICES, raises, sync
 import pyvision_ops
 from pyvision_ops import box_ops
@@ -31,7 +32,7 @@ WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 
 
 # --------------------------------------------------------------------------------------------
-# references (float64, Python loops)
+# inputs and checks
 # --------------------------------------------------------------------------------------------
 
 

@@ -571,8 +571,59 @@ int64_t gather_flat_planar(const UnpoolParams& p, const scalar_t* __restrict__ t
   return first.load();
 }
 
+// The gradient of out.sum() for SegNet's float32 case (planar, 2-D 2x2 windows tiling the target,
+// int64 flat or uint8 compact indices): the upstream gradient is constant over each plane
+// (spatial strides 0), so each source row is a fill of that value where the index lies inside
+// its window (the kernel table's fill row). A row with an index outside its window (legal for flat indices) is
+// redone by the general rule, which also reports bad ones.
+template <typename index_t>
+int64_t gather_2x2_constant_planar(const UnpoolParams& p, const float* __restrict__ target,
+                                   const index_t* __restrict__ indices, float* __restrict__ source) {
+  constexpr bool Compact = std::is_same_v<index_t, uint8_t>;
+  const int64_t SH = p.source_size[1], SW = p.source_size[2], TW = p.target_size[2];
+  const int64_t source_plane = p.source_plane();
+  const StridedView& view = p.values;
+  const UnpoolCpuKernels& kernels = unpool_cpu_kernels();
+  std::atomic<int64_t> first(kNoBadIndex);
+  at::parallel_for(0, p.batch * p.channels, kPlaneGrain, [&](int64_t begin, int64_t end) {
+    int64_t local_first = kNoBadIndex;
+    for (int64_t o = begin; o < end; ++o) {
+      const int64_t n = o / p.channels, c = o % p.channels;
+      uint32_t value_bits;
+      std::memcpy(&value_bits, target + view.at(n, c, 0, 0, 0), sizeof(value_bits));
+      for (int64_t ph = 0; ph < SH; ++ph) {
+        const index_t* row_indices = indices + o * source_plane + ph * SW;
+        const int64_t* flat = nullptr;
+        const uint8_t* compact = nullptr;
+        if constexpr (Compact) compact = row_indices;
+        else flat = row_indices;
+        uint32_t* out = reinterpret_cast<uint32_t*>(source + o * source_plane + ph * SW);
+        if (kernels.max_unpool2x2_fill_row(value_bits, flat, compact, out, SW, 2 * ph * TW, TW) == SW) continue;
+        for (int64_t pw = 0; pw < SW; ++pw) {
+          const int64_t s = ph * SW + pw;
+          const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(row_indices[pw]));
+          if (t < 0) {
+            local_first = std::min(local_first, o * source_plane + s);
+            out[pw] = 0;
+            continue;
+          }
+          out[pw] = value_bits;
+        }
+      }
+    }
+    keep_first_bad(first, local_first);
+  });
+  return first.load();
+}
+
 template <typename scalar_t, typename index_t, bool Compact>
 int64_t gather_from_target(const UnpoolParams& p, const scalar_t* target, const index_t* indices, scalar_t* source) {
+  if constexpr (std::is_same_v<scalar_t, float> && (std::is_same_v<index_t, uint8_t> || std::is_same_v<index_t, int64_t>)) {
+    if (!p.channels_last && p.kernel[0] == 1 && p.kernel[1] == 2 && p.kernel[2] == 2 && windows_tile_target(p) &&
+        p.values.stride[1] == 0 && p.values.stride[2] == 0) {
+      return gather_2x2_constant_planar<index_t>(p, target, indices, source);
+    }
+  }
   if constexpr (Compact) {
     if (!p.channels_last && p.kernel[0] == 1 && p.kernel[1] == 2 && p.kernel[2] == 2 && windows_tile_target(p)) {
       return gather_compact_2x2_planar<scalar_t>(p, target, indices, source);

@@ -33,9 +33,8 @@ PVO_TARGET_AVX2 inline __m256 takes_over(__m256 v, __m256 best) {
   return _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
 }
 
-PVO_TARGET_AVX2 void max_pool2x2_row_avx2(const float* r0, const float* r1, float* values,
-                                                               int64_t* flat, uint8_t* compact, int64_t count,
-                                                               int64_t base, int64_t row_width) {
+PVO_TARGET_AVX2 void max_pool2x2_row_avx2(const float* r0, const float* r1, float* values, int64_t* flat,
+                                          uint8_t* compact, int64_t count, int64_t base, int64_t row_width) {
   int64_t ow = 0;
   const __m256i one = _mm256_set1_epi32(1), two = _mm256_set1_epi32(2), three = _mm256_set1_epi32(3);
   for (; ow + 8 <= count; ow += 8) {
@@ -81,36 +80,66 @@ PVO_TARGET_AVX2 void max_pool2x2_row_avx2(const float* r0, const float* r1, floa
   for (; ow < count; ++ow) max_pool2x2_window(r0, r1, values, flat, compact, ow, base, row_width);
 }
 
-PVO_TARGET_AVX2 int64_t max_unpool2x2_row_avx2(const float* source, const int64_t* flat,
-                                                                    const uint8_t* compact, float* t0, float* t1,
-                                                                    int64_t count, int64_t row_start,
-                                                                    int64_t row_width) {
+// Masks of windows pw .. pw + 7 whose index selects (kh, kw) = (0,0), (0,1), (1,0), (1,1).
+struct WindowMasks {
+  __m256 m0, m1, m2, m3;
+};
+
+PVO_TARGET_AVX2 inline WindowMasks window_masks(const int64_t* flat, const uint8_t* compact, int64_t pw,
+                                                int64_t row_start, int64_t row_width) {
+  WindowMasks m;
+  if (compact) {
+    const __m256i code = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(compact + pw)));
+    m.m0 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_setzero_si256()));
+    m.m1 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_set1_epi32(1)));
+    m.m2 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_set1_epi32(2)));
+    m.m3 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_set1_epi32(3)));
+  } else {
+    // Offset of each index from its window's top-left target position.
+    const __m256i start = _mm256_set1_epi64x(row_start + 2 * pw);
+    const __m256i d_lo = _mm256_sub_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(flat + pw)),
+                                          _mm256_add_epi64(start, _mm256_setr_epi64x(0, 2, 4, 6)));
+    const __m256i d_hi = _mm256_sub_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(flat + pw + 4)),
+                                          _mm256_add_epi64(start, _mm256_setr_epi64x(8, 10, 12, 14)));
+    m.m0 = lanes_equal(d_lo, d_hi, 0);
+    m.m1 = lanes_equal(d_lo, d_hi, 1);
+    m.m2 = lanes_equal(d_lo, d_hi, row_width);
+    m.m3 = lanes_equal(d_lo, d_hi, row_width + 1);
+  }
+  return m;
+}
+
+PVO_TARGET_AVX2 inline int64_t matched_windows(const WindowMasks& m) {
+  const int hit = _mm256_movemask_ps(_mm256_or_ps(_mm256_or_ps(m.m0, m.m1), _mm256_or_ps(m.m2, m.m3)));
+  return __builtin_popcount(static_cast<unsigned>(hit));
+}
+
+PVO_TARGET_AVX2 int64_t max_unpool2x2_fill_row_avx2(uint32_t value_bits, const int64_t* flat, const uint8_t* compact,
+                                                     uint32_t* out, int64_t count, int64_t row_start,
+                                                     int64_t row_width) {
+  const __m256 value = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(value_bits)));
+  int64_t matches = 0;
+  int64_t pw = 0;
+  for (; pw + 8 <= count; pw += 8) {
+    const WindowMasks m = window_masks(flat, compact, pw, row_start, row_width);
+    const __m256 inside = _mm256_or_ps(_mm256_or_ps(m.m0, m.m1), _mm256_or_ps(m.m2, m.m3));
+    matches += __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(inside)));
+    _mm256_storeu_ps(reinterpret_cast<float*>(out + pw), _mm256_and_ps(value, inside));
+  }
+  return matches + max_unpool2x2_fill_row_portable(value_bits, flat ? flat + pw : nullptr, compact ? compact + pw : nullptr,
+                                                   out + pw, count - pw, row_start + 2 * pw, row_width);
+}
+
+PVO_TARGET_AVX2 int64_t max_unpool2x2_row_avx2(const float* source, const int64_t* flat, const uint8_t* compact,
+                                               float* t0, float* t1, int64_t count, int64_t row_start,
+                                               int64_t row_width) {
   int64_t matches = 0;
   int64_t pw = 0;
   for (; pw + 8 <= count; pw += 8) {
     const __m256 v = _mm256_loadu_ps(source + pw);
-    __m256 m0, m1, m2, m3;  // window position (kh, kw) = (0,0), (0,1), (1,0), (1,1) selected
-    if (compact) {
-      const __m256i code =
-          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(compact + pw)));
-      m0 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_setzero_si256()));
-      m1 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_set1_epi32(1)));
-      m2 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_set1_epi32(2)));
-      m3 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_set1_epi32(3)));
-    } else {
-      // Offset of each index from its window's top-left target position.
-      const __m256i start = _mm256_set1_epi64x(row_start + 2 * pw);
-      const __m256i d_lo = _mm256_sub_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(flat + pw)),
-                                            _mm256_add_epi64(start, _mm256_setr_epi64x(0, 2, 4, 6)));
-      const __m256i d_hi = _mm256_sub_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(flat + pw + 4)),
-                                            _mm256_add_epi64(start, _mm256_setr_epi64x(8, 10, 12, 14)));
-      m0 = lanes_equal(d_lo, d_hi, 0);
-      m1 = lanes_equal(d_lo, d_hi, 1);
-      m2 = lanes_equal(d_lo, d_hi, row_width);
-      m3 = lanes_equal(d_lo, d_hi, row_width + 1);
-    }
-    const int hit = _mm256_movemask_ps(_mm256_or_ps(_mm256_or_ps(m0, m1), _mm256_or_ps(m2, m3)));
-    matches += __builtin_popcount(static_cast<unsigned>(hit));
+    const WindowMasks m = window_masks(flat, compact, pw, row_start, row_width);
+    matches += matched_windows(m);
+    const __m256 m0 = m.m0, m1 = m.m1, m2 = m.m2, m3 = m.m3;
     // Interleave (value or 0) for kw = 0 and kw = 1 into each target row.
     const __m256 a0 = _mm256_and_ps(v, m0), b0 = _mm256_and_ps(v, m1);
     const __m256 a1 = _mm256_and_ps(v, m2), b1 = _mm256_and_ps(v, m3);
@@ -128,7 +157,8 @@ PVO_TARGET_AVX2 int64_t max_unpool2x2_row_avx2(const float* source, const int64_
 }  // namespace
 
 const UnpoolCpuKernels* unpool_avx2_kernels() {
-  static constexpr UnpoolCpuKernels avx2{&max_pool2x2_row_avx2, &max_unpool2x2_row_avx2};
+  static constexpr UnpoolCpuKernels avx2{&max_pool2x2_row_avx2, &max_unpool2x2_row_avx2,
+                                         &max_unpool2x2_fill_row_avx2};
   return &avx2;
 }
 

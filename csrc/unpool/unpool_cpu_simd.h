@@ -22,7 +22,32 @@ struct UnpoolCpuKernels {
   // position inside the window; the caller redoes the plane by scatter when that is not `count`.
   int64_t (*max_unpool2x2_row)(const float* source, const int64_t* flat, const uint8_t* compact, float* t0, float* t1,
                                int64_t count, int64_t row_start, int64_t row_width);
+  // The unpooling backward of one source row when the upstream gradient is constant over the
+  // plane (the gradient of out.sum()): out[pw] = value where window pw's index lies inside the
+  // window, 0 elsewhere (bit patterns, so NaN and -0 pass unchanged). Returns the number of
+  // windows whose index was inside; the caller redoes the row otherwise.
+  int64_t (*max_unpool2x2_fill_row)(uint32_t value_bits, const int64_t* flat, const uint8_t* compact, uint32_t* out,
+                                    int64_t count, int64_t row_start, int64_t row_width);
 };
+
+// The 2x2 code (0..3: (kh, kw) = (0,0), (0,1), (1,0), (1,1)) of window pw's index, -1 when it
+// is not inside the window.
+inline int max_unpool2x2_code(const int64_t* flat, const uint8_t* compact, int64_t pw, int64_t row_start,
+                              int64_t row_width) {
+  if (compact) return compact[pw] < 4 ? compact[pw] : -1;
+  const int64_t d = flat[pw] - (row_start + 2 * pw);
+  return d == 0 ? 0 : d == 1 ? 1 : d == row_width ? 2 : d == row_width + 1 ? 3 : -1;
+}
+
+// Whether window pw's index lies inside the window, without branches (the codes are random: a
+// branch per window mispredicts; this form vectorises).
+inline uint32_t max_unpool2x2_inside(const int64_t* flat, const uint8_t* compact, int64_t pw, int64_t row_start,
+                                     int64_t row_width) {
+  if (compact) return compact[pw] < 4;
+  // Offsets 0, 1 (top row) or W, W + 1 (bottom row) from the window's first element.
+  const uint64_t d = static_cast<uint64_t>(flat[pw]) - static_cast<uint64_t>(row_start + 2 * pw);
+  return static_cast<uint32_t>(d < 2) | static_cast<uint32_t>(d - static_cast<uint64_t>(row_width) < 2);
+}
 
 // Window `ow` of max_pool2x2_row, portable.
 inline void max_pool2x2_window(const float* r0, const float* r1, float* values, int64_t* flat, uint8_t* compact,
@@ -44,13 +69,7 @@ inline void max_pool2x2_window(const float* r0, const float* r1, float* values, 
 // Window `pw` of max_unpool2x2_row, portable; returns 1 when its index lies inside the window.
 inline int64_t max_unpool2x2_window(const float* source, const int64_t* flat, const uint8_t* compact, float* t0,
                                     float* t1, int64_t pw, int64_t row_start, int64_t row_width) {
-  int code;
-  if (compact) {
-    code = compact[pw] < 4 ? compact[pw] : -1;
-  } else {
-    const int64_t d = flat[pw] - (row_start + 2 * pw);
-    code = d == 0 ? 0 : d == 1 ? 1 : d == row_width ? 2 : d == row_width + 1 ? 3 : -1;
-  }
+  const int code = max_unpool2x2_code(flat, compact, pw, row_start, row_width);
   const float v = source[pw];
   t0[2 * pw] = code == 0 ? v : 0.0f;
   t0[2 * pw + 1] = code == 1 ? v : 0.0f;
@@ -73,11 +92,23 @@ inline int64_t max_unpool2x2_row_portable(const float* source, const int64_t* fl
   return matches;
 }
 
+inline int64_t max_unpool2x2_fill_row_portable(uint32_t value_bits, const int64_t* flat, const uint8_t* compact,
+                                               uint32_t* out, int64_t count, int64_t row_start, int64_t row_width) {
+  int64_t matches = 0;
+  for (int64_t pw = 0; pw < count; ++pw) {
+    const uint32_t inside = max_unpool2x2_inside(flat, compact, pw, row_start, row_width);
+    out[pw] = value_bits & (0u - inside);
+    matches += inside;
+  }
+  return matches;
+}
+
 // The AVX2 table (unpool_cpu_simd.cpp), nullptr where the build has none.
 const UnpoolCpuKernels* unpool_avx2_kernels();
 
 inline const UnpoolCpuKernels& unpool_portable_kernels() {
-  static constexpr UnpoolCpuKernels portable{&max_pool2x2_row_portable, &max_unpool2x2_row_portable};
+  static constexpr UnpoolCpuKernels portable{&max_pool2x2_row_portable, &max_unpool2x2_row_portable,
+                                              &max_unpool2x2_fill_row_portable};
   return portable;
 }
 

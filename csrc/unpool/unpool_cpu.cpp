@@ -542,13 +542,13 @@ int64_t gather_compact_2x2_planar(const UnpoolParams& p, const scalar_t* __restr
 
 // Flat indices, planar layout, target spatial strides that nest (p.values.flat): the index is
 // the target element's position times a constant step, so each plane is one tight loop.
-template <typename scalar_t, typename index_t>
+template <typename scalar_t, typename index_t, bool UnitStep>
 int64_t gather_flat_planar(const UnpoolParams& p, const scalar_t* __restrict__ target,
                            const index_t* __restrict__ indices, scalar_t* __restrict__ source) {
   const int64_t source_plane = p.source_plane();
   const uint64_t target_plane = static_cast<uint64_t>(p.target_plane());
   const StridedView& view = p.values;
-  const int64_t step = view.flat_step;
+  const int64_t step = UnitStep ? 1 : view.flat_step;
   std::atomic<int64_t> first(kNoBadIndex);
   at::parallel_for(0, p.batch * p.channels, kPlaneGrain, [&](int64_t begin, int64_t end) {
     int64_t local_first = kNoBadIndex;
@@ -629,7 +629,10 @@ int64_t gather_from_target(const UnpoolParams& p, const scalar_t* target, const 
       return gather_compact_2x2_planar<scalar_t>(p, target, indices, source);
     }
   } else {
-    if (!p.channels_last && p.values.flat) return gather_flat_planar<scalar_t, index_t>(p, target, indices, source);
+    if (!p.channels_last && p.values.planes_contiguous()) {
+      return gather_flat_planar<scalar_t, index_t, true>(p, target, indices, source);
+    }
+    if (!p.channels_last && p.values.flat) return gather_flat_planar<scalar_t, index_t, false>(p, target, indices, source);
   }
   return p.channels_last ? gather_from_target_layout<scalar_t, index_t, Compact, true>(p, target, indices, source)
                          : gather_from_target_layout<scalar_t, index_t, Compact, false>(p, target, indices, source);

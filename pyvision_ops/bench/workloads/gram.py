@@ -118,7 +118,7 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
             check=_gram_check(tolerance),
             ours_label="gram_matrix(F) + grad",
             reference_label="bmm(F, F^T) / (C*H*W) + grad",
-            notes="backward: one product (dG + dG^T) F (CPU: our AVX2 kernel into a huge-page output) where autograd runs two bmm",
+            notes="backward: one product (dG + dG^T) F (CPU: the packed AVX2 kernel) where autograd runs two bmm",
             devices=devices,
         )
     )

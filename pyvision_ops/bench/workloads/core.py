@@ -35,6 +35,7 @@ __all__ = [
     "declare_families",
     "families",
     "register",
+    "sum_backward",
     "all_workloads",
     "select_workloads",
     "library",
@@ -259,6 +260,17 @@ def library() -> Any:
     import pyvision_ops
 
     return pyvision_ops
+
+
+def sum_backward(leaf: torch.Tensor, forward: Callable[[], Any]) -> Tuple[Any, torch.Tensor]:
+    """Backward the way users write it (mode ``fwd+.backward()``): ``leaf.grad = None`` (as
+    ``zero_grad(set_to_none=True)``), ``out = forward()``, then ``out.sum().backward()`` on the first
+    output (a scalar loss is its own sum). Returns ``(out, leaf.grad)``."""
+    leaf.grad = None
+    out = forward()
+    first = out[0] if isinstance(out, tuple) else out
+    (first if first.dim() == 0 else first.sum()).backward()
+    return out, leaf.grad
 
 
 def random_normal(

@@ -21,6 +21,7 @@ from pyvision_ops.bench.workloads.core import (
     assert_close,
     library,
     register,
+    sum_backward,
 )
 
 __all__: list = []
@@ -123,18 +124,10 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
         )
     )
     def ours_sum_backward(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor]:
-        features = inputs["features"]
-        features.grad = None
-        gram = library().gram_matrix(features)
-        gram.sum().backward()
-        return gram, features.grad
+        return sum_backward(inputs["features"], lambda: library().gram_matrix(inputs["features"]))
 
     def reference_sum_backward(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor]:
-        features = inputs["features"]
-        features.grad = None
-        gram = _bmm_gram(features)
-        gram.sum().backward()
-        return gram, features.grad
+        return sum_backward(inputs["features"], lambda: _bmm_gram(inputs["features"]))
 
     # The upstream gradient of sum() is an expanded scalar (stride 0), not a dense (N, C, C).
     register(
@@ -220,17 +213,11 @@ def _register(label: str, shape: Sequence[int], dtype: torch.dtype, devices: Tup
 
     def ours_style_backward(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor]:
         features = inputs["features"]
-        features.grad = None
-        loss = library().style_loss(features, inputs["target_gram"])
-        loss.backward()
-        return loss, features.grad
+        return sum_backward(features, lambda: library().style_loss(features, inputs["target_gram"]))
 
     def reference_style_backward(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor]:
         features = inputs["features"]
-        features.grad = None
-        loss = (_bmm_gram(features) - inputs["target_gram"]).pow(2).sum()
-        loss.backward()
-        return loss, features.grad
+        return sum_backward(features, lambda: (_bmm_gram(features) - inputs["target_gram"]).pow(2).sum())
 
     register(
         Workload(

@@ -35,6 +35,7 @@ from pyvision_ops.bench.workloads.core import (
     library,
     random_normal,
     register,
+    sum_backward,
 )
 
 __all__: list = []
@@ -249,17 +250,15 @@ def _sum_read_bytes(elements: int) -> int:
 def _register_pool_sum_backward(compact: bool) -> None:
     def ours(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = inputs["x"]
-        x.grad = None
-        values, indices = library().max_pool2d_with_indices(x, _UNPOOL_KERNEL, _UNPOOL_STRIDE, compact=compact)
-        values.sum().backward()
-        return values, indices, x.grad
+        (values, indices), grad = sum_backward(
+            x, lambda: library().max_pool2d_with_indices(x, _UNPOOL_KERNEL, _UNPOOL_STRIDE, compact=compact))
+        return values, indices, grad
 
     def reference(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = inputs["x"]
-        x.grad = None
-        values, indices = F.max_pool2d(x, _UNPOOL_KERNEL, _UNPOOL_STRIDE, return_indices=True)
-        values.sum().backward()
-        return values, indices, x.grad
+        (values, indices), grad = sum_backward(
+            x, lambda: F.max_pool2d(x, _UNPOOL_KERNEL, _UNPOOL_STRIDE, return_indices=True))
+        return values, indices, grad
 
     def check(ours_result: Any, reference_result: Any, inputs: Inputs) -> float:
         error = assert_exactly_equal("values", ours_result[0].detach(), reference_result[0].detach())
@@ -297,17 +296,12 @@ def _register_unpool_sum_backward(compact: bool) -> None:
 
     def ours(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor]:
         pooled = inputs["pooled"]
-        pooled.grad = None
-        out = library().max_unpool2d(pooled, inputs[index_key], _UNPOOL_KERNEL, _UNPOOL_STRIDE)
-        out.sum().backward()
-        return out, pooled.grad
+        return sum_backward(
+            pooled, lambda: library().max_unpool2d(pooled, inputs[index_key], _UNPOOL_KERNEL, _UNPOOL_STRIDE))
 
     def reference(inputs: Inputs) -> Tuple[torch.Tensor, torch.Tensor]:
         pooled = inputs["pooled"]
-        pooled.grad = None
-        out = F.max_unpool2d(pooled, inputs["flat_indices"], _UNPOOL_KERNEL, _UNPOOL_STRIDE)
-        out.sum().backward()
-        return out, pooled.grad
+        return sum_backward(pooled, lambda: F.max_unpool2d(pooled, inputs["flat_indices"], _UNPOOL_KERNEL, _UNPOOL_STRIDE))
 
     def check(ours_result: Any, reference_result: Any, inputs: Inputs) -> float:
         error = assert_exactly_equal("output", ours_result[0].detach(), reference_result[0].detach())

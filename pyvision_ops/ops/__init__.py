@@ -1,6 +1,17 @@
 """Functional API: one module per op family."""
 
 from pyvision_ops.ops.assign import linear_sum_assignment
+from pyvision_ops.ops.distance import (
+    TopK,
+    batch_hard_triplet_loss,
+    class_distance_matrix,
+    contrastive_loss,
+    gather_embeddings,
+    mine_triplets,
+    pairwise_distance,
+    pairwise_topk,
+    triplet_margin_loss,
+)
 from pyvision_ops.ops.gram import gram_matrix, perceptual_loss, style_loss
 from pyvision_ops.ops.unpool import (
     max_pool2d_with_indices,
@@ -11,6 +22,15 @@ from pyvision_ops.ops.unpool import (
 
 __all__ = [
     "linear_sum_assignment",
+    "pairwise_distance",
+    "pairwise_topk",
+    "TopK",
+    "mine_triplets",
+    "batch_hard_triplet_loss",
+    "triplet_margin_loss",
+    "contrastive_loss",
+    "class_distance_matrix",
+    "gather_embeddings",
     "gram_matrix",
     "style_loss",
     "perceptual_loss",

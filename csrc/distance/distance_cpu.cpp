@@ -1,0 +1,517 @@
+// CPU kernels of the distance family: pairwise distances, the fused k-nearest search and triplet
+// mining, all on the tile engine of distance_tiles.h (parallel over groups of 64 rows of x, or
+// of anchors). Each op differs only in its sink: pairwise_distance writes the tiles into the
+// output, pairwise_topk keeps a per-row candidate buffer, the miners reduce (batch-hard) or keep
+// one row block of distances (the other strategies) per task.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/checks.h"
+#include "distance/distance.h"
+#include "distance/distance_checks.h"
+#include "distance/distance_tiles.h"
+
+namespace pyvision_ops {
+namespace {
+
+// Prepared rows plus their packed panels (B, panels * 16 * D).
+struct PackedRows {
+  PreparedRows rows;
+  at::Tensor packed;
+  int64_t n = 0, dim = 0;
+};
+
+template <typename T>
+void pack_rows_parallel(const DistanceTileOps<T>& ops, PackedRows& side) {
+  const int64_t batch = side.rows.centered.size(0);
+  const int64_t panels = distance_panels(side.n);
+  side.packed = at::empty({batch, std::max<int64_t>(panels, 1) * kDistancePanel * std::max<int64_t>(side.dim, 1)},
+                          side.rows.centered.options());
+  const T* src = side.rows.centered.data_ptr<T>();
+  T* dst = side.packed.data_ptr<T>();
+  const int64_t stride = side.packed.size(1);
+  at::parallel_for(0, batch * panels, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / panels, p = t % panels;
+      const int64_t r0 = p * kDistancePanel;
+      ops.pack(src + (b * side.n + r0) * side.dim, std::min(kDistancePanel, side.n - r0), side.dim,
+               dst + b * stride + p * kDistancePanel * side.dim);
+    }
+  });
+}
+
+template <typename T>
+DistanceSide<T> side_of(const PackedRows& s, int64_t b) {
+  return DistanceSide<T>{s.rows.orig.data_ptr<T>() + b * s.n * s.dim, s.rows.norms.data_ptr<T>() + b * s.n,
+                         s.packed.data_ptr<T>() + b * s.packed.size(1), s.n};
+}
+
+// Prepares and packs x and y (y undefined: x against itself, then y_side aliases x_side).
+template <typename T>
+void prepare_sides(DistanceMetric metric, const at::Tensor& x, const at::Tensor& y, int64_t batch, PackedRows& xs,
+                   PackedRows& ys) {
+  const DistanceTileOps<T> ops;
+  prepare_distance_rows(metric, x, y, batch, xs.rows, ys.rows);
+  xs.n = x.size(-2);
+  xs.dim = x.size(-1);
+  pack_rows_parallel(ops, xs);
+  if (y.defined()) {
+    ys.n = y.size(-2);
+    ys.dim = y.size(-1);
+    pack_rows_parallel(ops, ys);
+  } else {
+    ys = xs;
+  }
+}
+
+// --- pairwise_distance -----------------------------------------------------------------------
+
+template <typename T>
+struct MatrixSink {
+  T* out;  // this batch item's (N, M)
+  int64_t ld;
+  T* target(int64_t i, int64_t j0) { return out + i * ld + j0; }
+  void consume(int64_t, int64_t, const T*, int64_t) {}
+};
+
+// Tiles write whole 256-column segments; the last segment of a row may overhang M, so rows of
+// the output buffer are padded to a multiple of 256 when M is not (then sliced).
+int64_t padded_cols(int64_t m) { return (m + kDistanceTileCols - 1) / kDistanceTileCols * kDistanceTileCols; }
+
+template <typename T>
+void pairwise_distance_kernel(DistanceMetric metric, const PackedRows& xs, const PackedRows& ys, int64_t batch,
+                              T* out, int64_t ld) {
+  const DistanceTileOps<T> ops;
+  const int64_t groups = (xs.n + kDistanceGroupRows - 1) / kDistanceGroupRows;
+  at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> tile(kDistancePanel * kDistanceTileCols);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / groups, g = t % groups;
+      const int64_t r0 = g * kDistanceGroupRows;
+      MatrixSink<T> sink{out + b * xs.n * ld, ld};
+      distance_row_group(ops, metric, side_of<T>(xs, b), side_of<T>(ys, b), xs.dim, r0,
+                         std::min(kDistanceGroupRows, xs.n - r0), tile.data(), sink);
+    }
+  });
+}
+
+at::Tensor pairwise_distance_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& y_opt,
+                                 c10::string_view metric_name) {
+  constexpr const char* op = "pairwise_distance";
+  const at::Tensor y = y_opt.has_value() ? *y_opt : at::Tensor();
+  const DistanceMetric metric = parse_distance_metric(op, metric_name);
+  const int64_t batch = check_pairwise_inputs(op, x, y);
+  const int64_t n = x.size(-2), m = y.defined() ? y.size(-2) : n, dim = x.size(-1);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 2);
+  shape.push_back(n);
+  shape.push_back(m);
+  if (batch * n * m == 0) return at::empty(shape, x.options());
+  const at::ScalarType compute = distance_compute_dtype(x.scalar_type());
+  const int64_t ld = padded_cols(m);
+  at::Tensor out = at::empty({batch, n, ld}, x.options().dtype(compute));
+  PackedRows xs, ys;
+  AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
+    prepare_sides<scalar_t>(metric, x, y, batch, xs, ys);
+    pairwise_distance_kernel<scalar_t>(metric, xs, ys, batch, out.data_ptr<scalar_t>(), ld);
+  });
+  (void)dim;
+  at::Tensor result = ld == m ? out : out.narrow(2, 0, m);
+  result = result.reshape(shape);
+  if (result.scalar_type() != x.scalar_type() || ld != m) result = result.to(x.scalar_type()).contiguous();
+  return result;
+}
+
+// --- pairwise_topk ---------------------------------------------------------------------------
+
+// The k best (smallest key, then smallest index) of one row, kept in a buffer of up to `cap`
+// candidates that is cut back to k (nth_element) when full; `worst` is then the k-th key, and
+// anything not strictly better is refused without touching the buffer.
+template <typename T>
+struct RowSelection {
+  std::vector<std::pair<T, int64_t>> items;
+  T worst = std::numeric_limits<T>::infinity();
+  int64_t k = 0, cap = 0;
+
+  void reset(int64_t k_, int64_t cap_) {
+    k = k_;
+    cap = cap_;
+    items.clear();
+    worst = std::numeric_limits<T>::infinity();
+  }
+  static bool better(const std::pair<T, int64_t>& a, const std::pair<T, int64_t>& b) {
+    return a.first < b.first || (a.first == b.first && a.second < b.second);
+  }
+  void cut() {
+    std::nth_element(items.begin(), items.begin() + (k - 1), items.end(), better);
+    items.resize(k);
+    worst = items[k - 1].first;
+    for (const auto& it : items) worst = std::max(worst, it.first);
+  }
+  void push(T key, int64_t j) {
+    if (static_cast<int64_t>(items.size()) < k || key < worst) {
+      items.emplace_back(key, j);
+      if (static_cast<int64_t>(items.size()) >= cap) cut();
+    }
+  }
+  void finish() {
+    std::sort(items.begin(), items.end(), better);
+    items.resize(std::min<int64_t>(k, items.size()));
+  }
+};
+
+// One pair's metric value straight from the rows (exact form; plain product for "dot").
+template <typename T>
+T pair_value(const DistanceTileOps<T>& ops, DistanceMetric metric, const DistanceSide<T>& x, const DistanceSide<T>& y,
+             int64_t dim, int64_t i, int64_t j) {
+  const T* xi = x.orig + i * dim;
+  const T* yj = y.orig + j * dim;
+  if (metric == DistanceMetric::Dot) {
+    T s = 0;
+    for (int64_t k = 0; k < dim; ++k) s += xi[k] * yj[k];
+    return s;
+  }
+  return finish_distance(metric, ops.exact_sq(xi, yj, dim));
+}
+
+template <typename T>
+struct TopkSink {
+  std::vector<T> segment = std::vector<T>(kDistanceTileCols);
+  RowSelection<T>* rows;  // kDistanceGroupRows selections, row r0 + i at rows[i]
+  int64_t r0;
+  bool largest;
+  T* target(int64_t, int64_t) { return segment.data(); }
+  void consume(int64_t i, int64_t j0, const T* values, int64_t cols) {
+    RowSelection<T>& sel = rows[i - r0];
+    for (int64_t j = 0; j < cols; ++j) {
+      T key = largest ? -values[j] : values[j];
+      if (key != key) key = std::numeric_limits<T>::infinity();  // NaN last, as torch.topk
+      sel.push(key, j0 + j);
+    }
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const at::Tensor& y, int64_t k,
+                                                     c10::string_view metric_name, bool largest) {
+  constexpr const char* op = "pairwise_topk";
+  const DistanceMetric metric = parse_distance_metric(op, metric_name);
+  const int64_t batch = check_pairwise_inputs(op, x, y);
+  const int64_t n = x.size(-2), m = y.size(-2);
+  TORCH_CHECK_VALUE(k >= 1 && k <= m, op, ": k must be in [1, M] with M = ", m, " (rows of y), got k = ", k);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 2);
+  shape.push_back(n);
+  shape.push_back(k);
+  const at::ScalarType compute = distance_compute_dtype(x.scalar_type());
+  at::Tensor values = at::empty({batch, n, k}, x.options().dtype(compute));
+  at::Tensor indices = at::empty({batch, n, k}, x.options().dtype(at::kLong));
+  if (batch * n > 0) {
+    PackedRows xs, ys;
+    AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
+      prepare_sides<scalar_t>(metric, x, y, batch, xs, ys);
+      const DistanceTileOps<scalar_t> ops;
+      const int64_t groups = (n + kDistanceGroupRows - 1) / kDistanceGroupRows;
+      scalar_t* vals = values.data_ptr<scalar_t>();
+      int64_t* idx = indices.data_ptr<int64_t>();
+      at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> tile(kDistancePanel * kDistanceTileCols);
+        std::vector<RowSelection<scalar_t>> sel(kDistanceGroupRows);
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t b = t / groups, g = t % groups;
+          const int64_t r0 = g * kDistanceGroupRows, rows = std::min(kDistanceGroupRows, n - r0);
+          for (auto& s : sel) s.reset(k, std::max<int64_t>(2 * k, k + 256));
+          TopkSink<scalar_t> sink{std::vector<scalar_t>(kDistanceTileCols), sel.data(), r0, largest};
+          distance_row_group(ops, metric, side_of<scalar_t>(xs, b), side_of<scalar_t>(ys, b), xs.dim, r0, rows,
+                             tile.data(), sink);
+          for (int64_t r = 0; r < rows; ++r) {
+            RowSelection<scalar_t>& s = sel[r];
+            s.finish();
+            const int64_t i = r0 + r, base = (b * n + i) * k;
+            for (int64_t q = 0; q < k; ++q) {
+              const int64_t j = s.items[q].second;
+              const scalar_t key = s.items[q].first;
+              idx[base + q] = j;
+              // An infinite key may stand for a NaN value: take the pair's value again.
+              vals[base + q] = std::isinf(key) ? pair_value(ops, metric, side_of<scalar_t>(xs, b), side_of<scalar_t>(ys, b),
+                                                            xs.dim, i, j)
+                                               : (largest ? -key : key);
+            }
+          }
+        }
+      });
+    });
+  }
+  values = values.reshape(shape);
+  indices = indices.reshape(shape);
+  if (values.scalar_type() != x.scalar_type()) values = values.to(x.scalar_type());
+  return {values, indices};
+}
+
+// --- triplet mining ----------------------------------------------------------------------------
+
+// Triplets of one task's anchors, concatenated in task order at the end.
+using TripletList = std::vector<std::array<int64_t, 3>>;
+
+template <typename T>
+struct BatchHardSink {
+  std::vector<T> segment = std::vector<T>(kDistanceTileCols);
+  const int64_t* labels;  // all N labels
+  int64_t anchor_offset;  // x row i is embedding anchor_offset + i
+  DistanceMetric metric;
+  int64_t r0;
+  std::array<T, kDistanceGroupRows> best_pos, best_neg;
+  std::array<int64_t, kDistanceGroupRows> pos, neg;
+
+  void reset(int64_t r0_) {
+    r0 = r0_;
+    best_pos.fill(-std::numeric_limits<T>::infinity());
+    best_neg.fill(std::numeric_limits<T>::infinity());
+    pos.fill(-1);
+    neg.fill(-1);
+  }
+  T* target(int64_t, int64_t) { return segment.data(); }
+  void consume(int64_t i, int64_t j0, const T* values, int64_t cols) {
+    const int64_t r = i - r0, a = anchor_offset + i;
+    const int64_t la = labels[a];
+    T bp = best_pos[r], bn = best_neg[r];
+    int64_t ip = pos[r], in = neg[r];
+    for (int64_t j = 0; j < cols; ++j) {
+      const int64_t e = j0 + j;
+      const T key = mining_key(metric, values[j]);
+      if (labels[e] == la) {
+        if (e != a && key > bp) {
+          bp = key;
+          ip = e;
+        }
+      } else if (key < bn) {
+        bn = key;
+        in = e;
+      }
+    }
+    best_pos[r] = bp;
+    best_neg[r] = bn;
+    pos[r] = ip;
+    neg[r] = in;
+  }
+};
+
+// Keeps the task's rows of distances (rows x N) for the strategies that need whole rows.
+template <typename T>
+struct RowBlockSink {
+  T* block;
+  int64_t ld, r0;
+  T* target(int64_t i, int64_t j0) { return block + (i - r0) * ld + j0; }
+  void consume(int64_t, int64_t, const T*, int64_t) {}
+};
+
+// FaceNet / TF-Addons semi-hard for one anchor: per positive p (increasing index), the nearest
+// negative strictly farther than p, else the farthest negative. The positives' keys are sorted;
+// each negative falls into the bucket b = #positives with key < its key, and a suffix minimum
+// over the buckets answers every positive at once.
+template <typename T>
+void semi_hard_anchor(const T* keys, const int64_t* labels, int64_t n, int64_t a, TripletList& out,
+                      std::vector<std::pair<T, int64_t>>& positives, std::vector<std::pair<T, int64_t>>& bucket) {
+  const int64_t la = labels[a];
+  positives.clear();
+  for (int64_t j = 0; j < n; ++j) {
+    if (labels[j] == la && j != a) positives.emplace_back(keys[j], j);
+  }
+  if (positives.empty()) return;
+  std::vector<std::pair<T, int64_t>> sorted = positives;
+  std::sort(sorted.begin(), sorted.end());
+  const int64_t np = static_cast<int64_t>(sorted.size());
+  const T inf = std::numeric_limits<T>::infinity();
+  bucket.assign(np + 1, {inf, -1});
+  T far = -inf;
+  int64_t far_idx = -1;
+  for (int64_t j = 0; j < n; ++j) {
+    if (labels[j] == la) continue;
+    const T v = keys[j];
+    if (v > far) {
+      far = v;
+      far_idx = j;
+    }
+    const int64_t b = std::lower_bound(sorted.begin(), sorted.end(), v,
+                                       [](const std::pair<T, int64_t>& p, T value) { return p.first < value; }) -
+                      sorted.begin();
+    if (v < bucket[b].first) bucket[b] = {v, j};
+  }
+  if (far_idx < 0) return;  // no negative
+  // suffix[s] = the best negative over buckets s..np; positive at sorted position s needs s + 1.
+  for (int64_t b = np - 1; b >= 0; --b) {
+    if (bucket[b + 1].second >= 0 &&
+        (bucket[b].second < 0 || bucket[b + 1].first < bucket[b].first ||
+         (bucket[b + 1].first == bucket[b].first && bucket[b + 1].second < bucket[b].second))) {
+      bucket[b] = bucket[b + 1];
+    }
+  }
+  // Positives with equal keys: each needs #positives-with-key <= its key, i.e. the first
+  // sorted position past its run of equal keys.
+  for (const auto& p : positives) {
+    const int64_t s = std::upper_bound(sorted.begin(), sorted.end(), p.first,
+                                       [](T value, const std::pair<T, int64_t>& q) { return value < q.first; }) -
+                      sorted.begin();
+    const int64_t nidx = bucket[s].second >= 0 ? bucket[s].second : far_idx;
+    out.push_back({a, p.second, nidx});
+  }
+}
+
+template <typename T>
+void window_anchor(const T* keys, const int64_t* labels, int64_t n, int64_t a, T margin, bool hard, TripletList& out,
+                   std::vector<int64_t>& negatives, std::vector<T>& violation_out, bool keep_violation) {
+  const int64_t la = labels[a];
+  negatives.clear();
+  for (int64_t j = 0; j < n; ++j) {
+    if (labels[j] != la) negatives.push_back(j);
+  }
+  if (negatives.empty()) return;
+  for (int64_t p = 0; p < n; ++p) {
+    if (labels[p] != la || p == a) continue;
+    const T dp = keys[p];
+    if (hard) {
+      for (int64_t e : negatives) {
+        const T v = dp - keys[e] + margin;
+        if (v > T(0)) {
+          out.push_back({a, p, e});
+          if (keep_violation) violation_out.push_back(v);
+        }
+      }
+    } else {
+      const T upper = dp + margin;
+      for (int64_t e : negatives) {
+        const T dn = keys[e];
+        if (dp < dn && dn <= upper) out.push_back({a, p, e});
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_triplets_cpu(const at::Tensor& embeddings,
+                                                                 const at::Tensor& labels_in,
+                                                                 c10::string_view strategy_name, double margin,
+                                                                 c10::string_view metric_name, int64_t max_triplets,
+                                                                 int64_t anchor_begin, int64_t anchor_end) {
+  constexpr const char* op = "mine_triplets";
+  const TripletStrategy strategy = parse_triplet_strategy(op, strategy_name);
+  const DistanceMetric metric = parse_distance_metric(op, metric_name);
+  const at::Tensor labels = check_mining_inputs(op, embeddings, labels_in);
+  TORCH_CHECK_VALUE(std::isfinite(margin), op, ": margin must be finite, got ", margin);
+  const int64_t n = embeddings.size(0);
+  if (anchor_end < 0) anchor_end = n;
+  TORCH_CHECK_VALUE(0 <= anchor_begin && anchor_begin <= anchor_end && anchor_end <= n, op,
+                    ": anchor range must lie in [0, N = ", n, "], got [", anchor_begin, ", ", anchor_end, ")");
+  TORCH_CHECK_VALUE(!at::isnan(embeddings).any().item<bool>(), op, ": embeddings must not contain NaN");
+  const int64_t anchors = anchor_end - anchor_begin;
+  TripletList all;
+  std::vector<double> all_violation;
+  const bool keep_violation = strategy == TripletStrategy::Hard && max_triplets >= 0;
+  if (anchors > 0) {
+    const at::Tensor x = embeddings.narrow(0, anchor_begin, anchors);
+    const at::ScalarType compute = distance_compute_dtype(embeddings.scalar_type());
+    const int64_t* lab = labels.data_ptr<int64_t>();
+    const int64_t groups = (anchors + kDistanceGroupRows - 1) / kDistanceGroupRows;
+    std::vector<TripletList> per_task(groups);
+    std::vector<std::vector<double>> per_task_violation(groups);
+    AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
+      using T = scalar_t;
+      PackedRows xs, ys;
+      prepare_sides<T>(metric, x, embeddings, 1, xs, ys);
+      const DistanceTileOps<T> ops;
+      const DistanceSide<T> xside = side_of<T>(xs, 0), yside = side_of<T>(ys, 0);
+      const int64_t ld = padded_cols(n);
+      at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+        std::vector<T> tile(kDistancePanel * kDistanceTileCols);
+        if (strategy == TripletStrategy::BatchHard) {
+          BatchHardSink<T> sink;
+          sink.labels = lab;
+          sink.anchor_offset = anchor_begin;
+          sink.metric = metric;
+          for (int64_t g = begin; g < end; ++g) {
+            const int64_t r0 = g * kDistanceGroupRows, rows = std::min(kDistanceGroupRows, anchors - r0);
+            sink.reset(r0);
+            distance_row_group(ops, metric, xside, yside, xs.dim, r0, rows, tile.data(), sink);
+            for (int64_t r = 0; r < rows; ++r) {
+              if (sink.pos[r] >= 0 && sink.neg[r] >= 0) per_task[g].push_back({anchor_begin + r0 + r, sink.pos[r], sink.neg[r]});
+            }
+          }
+          return;
+        }
+        std::vector<T> block(kDistanceGroupRows * ld);
+        std::vector<std::pair<T, int64_t>> positives, bucket;
+        std::vector<int64_t> negatives;
+        std::vector<T> violation;
+        for (int64_t g = begin; g < end; ++g) {
+          const int64_t r0 = g * kDistanceGroupRows, rows = std::min(kDistanceGroupRows, anchors - r0);
+          RowBlockSink<T> sink{block.data(), ld, r0};
+          distance_row_group(ops, metric, xside, yside, xs.dim, r0, rows, tile.data(), sink);
+          for (int64_t r = 0; r < rows; ++r) {
+            T* keys = block.data() + r * ld;
+            if (metric == DistanceMetric::Dot) {
+              for (int64_t j = 0; j < n; ++j) keys[j] = -keys[j];
+            }
+            const int64_t a = anchor_begin + r0 + r;
+            if (strategy == TripletStrategy::SemiHard) {
+              semi_hard_anchor(keys, lab, n, a, per_task[g], positives, bucket);
+            } else {
+              violation.clear();
+              window_anchor(keys, lab, n, a, static_cast<T>(margin), strategy == TripletStrategy::Hard, per_task[g],
+                            negatives, violation, keep_violation);
+              for (T v : violation) per_task_violation[g].push_back(static_cast<double>(v));
+            }
+          }
+        }
+      });
+    });
+    size_t total = 0;
+    for (const auto& t : per_task) total += t.size();
+    all.reserve(total);
+    if (keep_violation) all_violation.reserve(total);
+    for (int64_t g = 0; g < groups; ++g) {
+      all.insert(all.end(), per_task[g].begin(), per_task[g].end());
+      if (keep_violation) all_violation.insert(all_violation.end(), per_task_violation[g].begin(), per_task_violation[g].end());
+    }
+  }
+  if (keep_violation && static_cast<int64_t>(all.size()) > max_triplets) {
+    // The hardest max_triplets (largest violation; ties: lexicographically smallest), then back
+    // in lexicographic order (the list is already lexicographic, so order by position).
+    std::vector<int64_t> order(all.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+    auto harder = [&](int64_t u, int64_t v) {
+      return all_violation[u] > all_violation[v] || (all_violation[u] == all_violation[v] && u < v);
+    };
+    if (max_triplets > 0) std::nth_element(order.begin(), order.begin() + (max_triplets - 1), order.end(), harder);
+    order.resize(max_triplets);
+    std::sort(order.begin(), order.end());
+    TripletList kept;
+    kept.reserve(order.size());
+    for (int64_t i : order) kept.push_back(all[i]);
+    all.swap(kept);
+  }
+  const int64_t count = static_cast<int64_t>(all.size());
+  at::Tensor anchor = at::empty({count}, labels.options()), positive = at::empty({count}, labels.options()),
+             negative = at::empty({count}, labels.options());
+  int64_t* pa = anchor.data_ptr<int64_t>();
+  int64_t* pp = positive.data_ptr<int64_t>();
+  int64_t* pn = negative.data_ptr<int64_t>();
+  for (int64_t t = 0; t < count; ++t) {
+    pa[t] = all[t][0];
+    pp[t] = all[t][1];
+    pn[t] = all[t][2];
+  }
+  return {anchor, positive, negative};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyvision_ops, CPU, m) {
+  m.impl("pairwise_distance", &pairwise_distance_cpu);
+  m.impl("pairwise_topk", &pairwise_topk_cpu);
+  m.impl("_mine_triplets", &mine_triplets_cpu);
+}
+
+}  // namespace pyvision_ops

@@ -1,0 +1,114 @@
+// The distance family's CPU tile kernels, selected through one table: the portable versions here
+// (templates, also used for float64; they define the semantics), the AVX2 float32 versions in
+// distance_cpu_simd.cpp. Torch-free.
+//
+// Layout: rows (of x or y, already shifted by the centre, see distance.h) are packed into
+// "panels" of kDistancePanel rows, k-major: panel p holds rows 16 p .. 16 p + 15 as
+// packed[p][k][r] (zero past the last row), so one position k of a panel is one 64-byte line.
+// A tile is the product of one row panel of x and a run of panels of y: an outer-product
+// micro-kernel (6 or 4 rows of the x panel broadcast, the y panel's 16 columns in two registers)
+// keeps 12 accumulators in registers over the whole of k.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/cpu_features.h"
+#include "distance/distance.h"
+
+namespace pyvision_ops {
+
+constexpr int64_t kDistancePanel = 16;      // rows per panel
+constexpr int64_t kDistanceBlockPanels = 16;  // y panels per tile (256 columns)
+constexpr int64_t kDistanceChunk = 384;      // positions k per micro-kernel pass
+
+struct DistanceCpuKernels {
+  // Packs `rows` contiguous rows of length dim into ceil(rows / 16) panels (16 * dim each).
+  void (*pack_rows)(const float* src, int64_t rows, int64_t dim, float* packed);
+  // tile[r * ld + j] = sum_k a[k][r] * b[j / 16][k][j % 16] for r < rows_a (<= 16) and
+  // j < 16 * panels_b: `a` one panel, `b` panels_b consecutive panels.
+  void (*dot_tile)(const float* a, int64_t rows_a, const float* b, int64_t panels_b, int64_t dim, float* tile,
+                   int64_t ld);
+  // One tile row to metric values: out[j] = finish_distance(metric, d2) with
+  // d2 = norm_x + norm_y[j] - 2 dot[j], or -1 where needs_exact_distance(d2, ...) (the caller
+  // recomputes those); "dot" copies. Returns how many entries were set to -1.
+  int64_t (*finish_row)(DistanceMetric metric, const float* dot, int64_t cols, float norm_x, const float* norm_y,
+                        float* out);
+  // exact_sq_distance of two rows.
+  float (*exact_sq)(const float* x, const float* y, int64_t dim);
+};
+
+// --- portable entries (templates: the float64 path uses them too) -------------------------
+
+template <typename T>
+void distance_pack_rows_portable(const T* src, int64_t rows, int64_t dim, T* packed) {
+  const int64_t panels = (rows + kDistancePanel - 1) / kDistancePanel;
+  for (int64_t p = 0; p < panels; ++p) {
+    T* dst = packed + p * dim * kDistancePanel;
+    for (int64_t r = 0; r < kDistancePanel; ++r) {
+      const int64_t row = p * kDistancePanel + r;
+      if (row < rows) {
+        const T* s = src + row * dim;
+        for (int64_t k = 0; k < dim; ++k) dst[k * kDistancePanel + r] = s[k];
+      } else {
+        for (int64_t k = 0; k < dim; ++k) dst[k * kDistancePanel + r] = T(0);
+      }
+    }
+  }
+}
+
+template <typename T>
+void distance_dot_tile_portable(const T* a, int64_t rows_a, const T* b, int64_t panels_b, int64_t dim, T* tile,
+                                int64_t ld) {
+  for (int64_t pb = 0; pb < panels_b; ++pb) {
+    const T* bp = b + pb * dim * kDistancePanel;
+    for (int64_t r = 0; r < rows_a; ++r) {
+      T acc[kDistancePanel] = {};
+      for (int64_t k = 0; k < dim; ++k) {
+        const T x = a[k * kDistancePanel + r];
+        for (int64_t j = 0; j < kDistancePanel; ++j) acc[j] += x * bp[k * kDistancePanel + j];
+      }
+      for (int64_t j = 0; j < kDistancePanel; ++j) tile[r * ld + pb * kDistancePanel + j] = acc[j];
+    }
+  }
+}
+
+template <typename T>
+int64_t distance_finish_row_portable(DistanceMetric metric, const T* dot, int64_t cols, T norm_x, const T* norm_y,
+                                     T* out) {
+  if (metric == DistanceMetric::Dot) {
+    for (int64_t j = 0; j < cols; ++j) out[j] = dot[j];
+    return 0;
+  }
+  int64_t flagged = 0;
+  for (int64_t j = 0; j < cols; ++j) {
+    const T d2 = norm_x + norm_y[j] - T(2) * dot[j];
+    if (needs_exact_distance(d2, norm_x, norm_y[j])) {
+      out[j] = T(-1);
+      ++flagged;
+    } else {
+      out[j] = finish_distance(metric, d2);
+    }
+  }
+  return flagged;
+}
+
+template <typename T>
+T distance_exact_sq_portable(const T* x, const T* y, int64_t dim) {
+  return exact_sq_distance<T, T>(x, y, dim);
+}
+
+inline const DistanceCpuKernels& distance_portable_kernels() {
+  static const DistanceCpuKernels table{distance_pack_rows_portable<float>, distance_dot_tile_portable<float>,
+                                        distance_finish_row_portable<float>, distance_exact_sq_portable<float>};
+  return table;
+}
+
+// The AVX2 table (x86 builds), nullptr elsewhere.
+const DistanceCpuKernels* distance_avx2_kernels();
+
+inline const DistanceCpuKernels& distance_cpu_kernels() {
+  return select_cpu_kernels(distance_portable_kernels(), distance_avx2_kernels());
+}
+
+}  // namespace pyvision_ops

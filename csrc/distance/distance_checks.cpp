@@ -59,10 +59,43 @@ int64_t check_pairwise_inputs(const char* op, const at::Tensor& x, const at::Ten
   return batch;
 }
 
+void check_pairwise_backward_inputs(const char* op, const at::Tensor& grad, const at::Tensor& out, const at::Tensor& x,
+                                    const at::Tensor& y) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  shape.push_back(y.defined() ? y.size(-2) : x.size(-2));
+  TORCH_CHECK_VALUE(grad.sizes() == c10::IntArrayRef(shape), op, ": grad must have the output's shape ",
+                    shape_string(shape), ", got ", shape_string(grad.sizes()));
+  TORCH_CHECK_VALUE(out.sizes() == c10::IntArrayRef(shape), op, ": out must have the output's shape ",
+                    shape_string(shape), ", got ", shape_string(out.sizes()));
+  check_same_device(x, grad, op, "x", "grad");
+  check_same_device(x, out, op, "x", "out");
+}
+
 namespace {
 
 at::Tensor as_rows(const at::Tensor& t, int64_t batch, at::ScalarType compute) {
   return t.reshape({batch, t.size(-2), t.size(-1)}).to(compute).contiguous();
+}
+
+// Float64 reductions over (B, n, D) rows, a bounded slice of rows at a time (no float64 copy
+// of the whole input).
+constexpr int64_t kF64Slice = 8192;
+
+at::Tensor row_sum_f64(const at::Tensor& rows) {
+  at::Tensor sum = at::zeros({rows.size(0), 1, rows.size(2)}, rows.options().dtype(at::kDouble));
+  for (int64_t r = 0; r < rows.size(1); r += kF64Slice) {
+    sum += rows.narrow(1, r, std::min(kF64Slice, rows.size(1) - r)).to(at::kDouble).sum(1, true);
+  }
+  return sum;
+}
+
+at::Tensor squared_norms_f64(const at::Tensor& rows) {
+  at::Tensor norms = at::empty({rows.size(0), rows.size(1)}, rows.options().dtype(at::kDouble));
+  for (int64_t r = 0; r < rows.size(1); r += kF64Slice) {
+    const int64_t len = std::min(kF64Slice, rows.size(1) - r);
+    norms.narrow(1, r, len).copy_(rows.narrow(1, r, len).to(at::kDouble).square().sum(-1));
+  }
+  return norms;
 }
 
 at::Tensor unit_rows(const at::Tensor& rows) {
@@ -74,7 +107,7 @@ at::Tensor unit_rows(const at::Tensor& rows) {
 }  // namespace
 
 void prepare_distance_rows(DistanceMetric metric, const at::Tensor& x, const at::Tensor& y, int64_t batch,
-                           PreparedRows& x_rows, PreparedRows& y_rows) {
+                           PreparedRows& x_rows, PreparedRows& y_rows, bool centre_from_y) {
   const at::ScalarType compute = distance_compute_dtype(x.scalar_type());
   x_rows.orig = as_rows(x, batch, compute);
   if (y.defined()) y_rows.orig = as_rows(y, batch, compute);
@@ -92,19 +125,52 @@ void prepare_distance_rows(DistanceMetric metric, const at::Tensor& x, const at:
     return;
   }
   // The centre: the float64 mean of every row of x and y of the batch item.
-  at::Tensor sum = x_rows.orig.to(at::kDouble).sum(1, true);
-  int64_t count = x_rows.orig.size(1);
+  const bool y_only = centre_from_y && y.defined();
+  at::Tensor sum = at::zeros({batch, 1, x_rows.orig.size(2)}, x_rows.orig.options().dtype(at::kDouble));
+  int64_t count = 0;
+  if (!y_only) {
+    sum += row_sum_f64(x_rows.orig);
+    count += x_rows.orig.size(1);
+  }
   if (y.defined()) {
-    sum = sum + y_rows.orig.to(at::kDouble).sum(1, true);
+    sum += row_sum_f64(y_rows.orig);
     count += y_rows.orig.size(1);
   }
   const at::Tensor centre = (count > 0 ? sum / static_cast<double>(count) : sum).to(compute);
   auto finish = [&](PreparedRows& rows) {
     rows.centered = (rows.orig - centre).contiguous();
-    rows.norms = rows.centered.to(at::kDouble).square().sum(-1).to(compute).contiguous();
+    rows.norms = squared_norms_f64(rows.centered).to(compute).contiguous();
   };
   finish(x_rows);
   if (y.defined()) finish(y_rows);
+}
+
+void correct_cosine_short_rows(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, int64_t batch) {
+  const at::Tensor xd = x.reshape({batch, x.size(-2), x.size(-1)}).to(at::kDouble);
+  const at::Tensor yd = y.defined() ? y.reshape({batch, y.size(-2), y.size(-1)}).to(at::kDouble) : xd;
+  const at::Tensor nx = xd.square().sum(-1).sqrt(), ny = yd.square().sum(-1).sqrt();
+  const at::Tensor short_x = nx < kCosineNormEps, short_y = ny < kCosineNormEps;
+  if (!(short_x.any().item<bool>() || short_y.any().item<bool>())) return;
+  const at::Tensor xh = xd / nx.clamp_min(kCosineNormEps).unsqueeze(-1);
+  const at::Tensor yh = yd / ny.clamp_min(kCosineNormEps).unsqueeze(-1);
+  // The rows and columns of short rows are computed as 1 - xh.yh directly (exactly 1 for a zero
+  // row, as torch.nn.functional.cosine_similarity gives 0).
+  for (int64_t b = 0; b < batch; ++b) {
+    at::Tensor item = out[b];
+    const at::Tensor ix = short_x[b].nonzero().squeeze(1);
+    if (ix.numel() > 0) {
+      item.index_copy_(0, ix, (1 - xh[b].index_select(0, ix).mm(yh[b].t())).to(out.scalar_type()));
+    }
+    const at::Tensor iy = short_y[b].nonzero().squeeze(1);
+    if (iy.numel() > 0) {
+      item.index_copy_(1, iy, (1 - xh[b].mm(yh[b].index_select(0, iy).t())).to(out.scalar_type()));
+    }
+  }
+}
+
+void check_finite_embeddings(const char* op, const at::Tensor& embeddings) {
+  TORCH_CHECK_VALUE(at::isfinite(embeddings).all().item<bool>(), op,
+                    ": embeddings must be finite (no NaN or infinity)");
 }
 
 at::Tensor check_mining_inputs(const char* op, const at::Tensor& embeddings, const at::Tensor& labels) {

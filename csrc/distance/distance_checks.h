@@ -24,6 +24,10 @@ at::ScalarType distance_compute_dtype(at::ScalarType dtype);
 // and device, equal leading dims and D. Returns the batch size (the product of leading dims).
 int64_t check_pairwise_inputs(const char* op, const at::Tensor& x, const at::Tensor& y);
 
+// The backward's grad and saved out must have pairwise_distance's output shape (..., N, M).
+void check_pairwise_backward_inputs(const char* op, const at::Tensor& grad, const at::Tensor& out, const at::Tensor& x,
+                                    const at::Tensor& y);
+
 // Rows ready for the kernels, in the compute dtype, contiguous (B, n, D):
 //   orig:     the original rows (the unit rows for cosine), for the exact form of a pair;
 //   centered: orig - c, c the mean of all rows of x and y of the batch item (none for "dot");
@@ -32,11 +36,30 @@ struct PreparedRows {
   at::Tensor orig, centered, norms;
 };
 // Prepares x and, when y is defined, y (with the shared centre); y_rows is left empty otherwise.
+// centre_from_y: the centre is the mean of y's rows only (the miners, whose anchors x are a
+// slice of y: the centre is then the one pairwise_distance(y) uses).
 void prepare_distance_rows(DistanceMetric metric, const at::Tensor& x, const at::Tensor& y, int64_t batch,
-                           PreparedRows& x_rows, PreparedRows& y_rows);
+                           PreparedRows& x_rows, PreparedRows& y_rows, bool centre_from_y = false);
+
+// "cosine" treats a row as its unit row x / max(|x|, 1e-8); the kernels take 1 - cos as half
+// the squared distance of unit rows, which holds when both rows have norm 1. The rows and
+// columns of out ((B, N, M), compute dtype) that belong to rows shorter than 1e-8 (zero rows)
+// are recomputed here as 1 - xh.yh, in place; nothing to do (one check) when there is none.
+void correct_cosine_short_rows(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, int64_t batch);
+
+// Embeddings to mine must be finite: raises naming `embeddings` otherwise.
+void check_finite_embeddings(const char* op, const at::Tensor& embeddings);
 
 // Labels (N,) of an integer dtype on the embeddings' device, for embeddings (N, D); returns the
 // labels as contiguous int64.
 at::Tensor check_mining_inputs(const char* op, const at::Tensor& embeddings, const at::Tensor& labels);
+
+// The ATen form of _pairwise_distance_backward (distance_composite.cpp): every metric, every
+// device; the CPU kernel uses it for "cosine".
+std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_composite(const at::Tensor& grad, const at::Tensor& x,
+                                                                        const c10::optional<at::Tensor>& y,
+                                                                        const at::Tensor& out,
+                                                                        c10::string_view metric,
+                                                                        std::array<bool, 2> output_mask);
 
 }  // namespace pyvision_ops

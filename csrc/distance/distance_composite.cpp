@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <array>
 #include <limits>
 
 #include "common/checks.h"
@@ -50,7 +51,11 @@ PairGrads pair_grads(DistanceMetric metric, const at::Tensor& u, const at::Tenso
       const at::Tensor dv = at::where(clamped_v, -uh / nv, -(uh - cos * vh) / nv);
       return {du, dv};
     }
-    case DistanceMetric::Dot: return {v.expand_as(u), u.expand_as(v)};
+    case DistanceMetric::Dot: {
+      // d(u, v) = u.v over broadcast rows: each side's gradient is the other row.
+      const auto both = at::broadcast_tensors({u, v});
+      return {both[1], both[0]};
+    }
   }
   return {};
 }
@@ -95,7 +100,9 @@ void pairwise_grads(DistanceMetric metric, const at::Tensor& G, const at::Tensor
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward(const at::Tensor& grad, const at::Tensor& x,
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_composite(const at::Tensor& grad, const at::Tensor& x,
                                                               const c10::optional<at::Tensor>& y_opt,
                                                               const at::Tensor& out, c10::string_view metric_name,
                                                               std::array<bool, 2> mask) {
@@ -103,6 +110,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward(const at::Tensor& 
   const at::Tensor y = y_opt.has_value() ? *y_opt : at::Tensor();
   const DistanceMetric metric = parse_distance_metric(op, metric_name);
   const int64_t batch = check_pairwise_inputs(op, x, y);
+  check_pairwise_backward_inputs(op, grad, out, x, y);
   const int64_t n = x.size(-2), dim = x.size(-1), m = y.defined() ? y.size(-2) : n;
   const at::ScalarType compute = distance_compute_dtype(x.scalar_type());
   const at::Tensor X = x.reshape({batch, n, dim}).to(compute);
@@ -123,6 +131,8 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward(const at::Tensor& 
   return {mask[0] ? gx.to(x.scalar_type()).reshape(x.sizes()) : empty_grad(x),
           mask[1] ? gy.to(y.scalar_type()).reshape(y.sizes()) : empty_grad(y)};
 }
+
+namespace {
 
 // --- pairwise_topk backward --------------------------------------------------------------------
 
@@ -193,6 +203,11 @@ void check_triplet_rows(const char* op, const at::Tensor& a, const at::Tensor& p
   check_same_device(a, n, op, "anchor", "negative");
 }
 
+void check_reduction(const char* op, int64_t reduction) {
+  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, op, ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
+                    reduction);
+}
+
 at::Tensor reduce_loss(const at::Tensor& per_item, int64_t reduction) {
   if (reduction == 0) return per_item;
   const at::Tensor total = per_item.sum();
@@ -232,6 +247,7 @@ at::Tensor triplet_loss(const at::Tensor& a, const at::Tensor& p, const at::Tens
   constexpr const char* op = "triplet_margin_loss";
   const DistanceMetric metric = parse_distance_metric(op, metric_name);
   check_triplet_rows(op, a, p, n);
+  check_reduction(op, reduction);
   const at::ScalarType compute = distance_compute_dtype(a.scalar_type());
   const TripletTerms t = triplet_terms(metric, a.to(compute), p.to(compute), n.to(compute), margin, eps, swap, soft);
   return reduce_loss(t.per_item, reduction).to(a.scalar_type());
@@ -245,6 +261,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_loss_backward(const at::T
   constexpr const char* op = "triplet_margin_loss_backward";
   const DistanceMetric metric = parse_distance_metric(op, metric_name);
   check_triplet_rows(op, a_in, p_in, n_in);
+  check_reduction(op, reduction);
   const at::ScalarType compute = distance_compute_dtype(a_in.scalar_type());
   const at::Tensor a = a_in.to(compute), p = p_in.to(compute), n = n_in.to(compute);
   const TripletTerms t = triplet_terms(metric, a, p, n, margin, eps, swap, soft);
@@ -269,6 +286,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_loss_backward(const at::T
   return {ga.to(a_in.scalar_type()), gp.to(p_in.scalar_type()), gn.to(n_in.scalar_type())};
 }
 
+void check_indexed_triplets(const char* op, const at::Tensor& embeddings, const at::Tensor& a, const at::Tensor& p,
+                            const at::Tensor& n) {
+  check_dim(embeddings, 2, op, "embeddings", "(N, D)");
+  check_floating(embeddings, op, "embeddings");
+  const int64_t rows = embeddings.size(0);
+  const std::array<std::pair<const at::Tensor*, const char*>, 3> args{{{&a, "anchor"}, {&p, "positive"}, {&n, "negative"}}};
+  for (const auto& [t, name] : args) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->size(0) == a.size(0), op, ": ", name,
+                      " must be 1-D int64 of the anchors' length (", a.size(0), "), got ", t->scalar_type(),
+                      " of shape ", shape_string(t->sizes()));
+    check_same_device(embeddings, *t, op, "embeddings", name);
+    if (t->numel() > 0) {
+      const bool ok = t->min().item<int64_t>() >= 0 && t->max().item<int64_t>() < rows;
+      TORCH_CHECK_VALUE(ok, op, ": ", name, " indices must lie in [0, ", rows, ")");
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor triplet_loss_indexed_composite(const at::Tensor& embeddings, const at::Tensor& a, const at::Tensor& p,
+                                          const at::Tensor& n, double margin, c10::string_view metric_name,
+                                          bool soft) {
+  constexpr const char* op = "batch_hard_triplet_loss";
+  const DistanceMetric metric = parse_distance_metric(op, metric_name);
+  check_indexed_triplets(op, embeddings, a, p, n);
+  const at::ScalarType compute = distance_compute_dtype(embeddings.scalar_type());
+  const at::Tensor e = embeddings.to(compute);
+  const TripletTerms t = triplet_terms(metric, e.index_select(0, a), e.index_select(0, p), e.index_select(0, n),
+                                       margin, 0.0, false, soft);
+  return reduce_loss(t.per_item, 1).to(embeddings.scalar_type());
+}
+
+at::Tensor triplet_loss_indexed_backward_composite(const at::Tensor& grad, const at::Tensor& embeddings,
+                                                   const at::Tensor& a, const at::Tensor& p, const at::Tensor& n,
+                                                   double margin, c10::string_view metric_name, bool soft) {
+  constexpr const char* op = "batch_hard_triplet_loss_backward";
+  check_indexed_triplets(op, embeddings, a, p, n);
+  at::Tensor ga, gp, gn;
+  const at::ScalarType compute = distance_compute_dtype(embeddings.scalar_type());
+  const at::Tensor e = embeddings.to(compute);
+  std::tie(ga, gp, gn) = triplet_loss_backward(grad, e.index_select(0, a), e.index_select(0, p), e.index_select(0, n),
+                                               margin, metric_name, 0.0, false, soft, 1);
+  at::Tensor g = at::zeros_like(e);
+  g.index_add_(0, a, ga).index_add_(0, p, gp).index_add_(0, n, gn);
+  return g.to(embeddings.scalar_type());
+}
+
+namespace {
+
 void check_contrastive(const char* op, const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& same) {
   check_floating(x1, op, "x1");
   TORCH_CHECK_VALUE(x1.dim() == 1 || x1.dim() == 2, op, ": x1 must be (B, D) or (D,), got shape ",
@@ -288,6 +355,7 @@ at::Tensor contrastive_loss(const at::Tensor& x1, const at::Tensor& x2, const at
                             int64_t reduction) {
   constexpr const char* op = "contrastive_loss";
   check_contrastive(op, x1, x2, same);
+  check_reduction(op, reduction);
   const at::ScalarType compute = distance_compute_dtype(x1.scalar_type());
   const at::Tensor d2 = (x1.to(compute) - x2.to(compute)).square().sum(-1);
   const at::Tensor y = same.to(compute).reshape(d2.sizes());
@@ -300,6 +368,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward(const at::Tensor& g
                                                              double margin, int64_t reduction) {
   constexpr const char* op = "contrastive_loss_backward";
   check_contrastive(op, x1, x2, same);
+  check_reduction(op, reduction);
   const at::ScalarType compute = distance_compute_dtype(x1.scalar_type());
   const at::Tensor diff = x1.to(compute) - x2.to(compute);
   const at::Tensor d2 = diff.square().sum(-1);
@@ -314,10 +383,12 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward(const at::Tensor& g
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyvision_ops, CompositeExplicitAutograd, m) {
-  m.impl("_pairwise_distance_backward", &pairwise_distance_backward);
+  m.impl("_pairwise_distance_backward", &pairwise_distance_backward_composite);
   m.impl("_pairwise_topk_backward", &pairwise_topk_backward);
   m.impl("_triplet_loss", &triplet_loss);
   m.impl("_triplet_loss_backward", &triplet_loss_backward);
+  m.impl("_triplet_loss_indexed", &triplet_loss_indexed_composite);
+  m.impl("_triplet_loss_indexed_backward", &triplet_loss_indexed_backward_composite);
   m.impl("_contrastive_loss", &contrastive_loss);
   m.impl("_contrastive_loss_backward", &contrastive_loss_backward);
 }

@@ -56,9 +56,9 @@ DistanceSide<T> side_of(const PackedRows& s, int64_t b) {
 // Prepares and packs x and y (y undefined: x against itself, then y_side aliases x_side).
 template <typename T>
 void prepare_sides(DistanceMetric metric, const at::Tensor& x, const at::Tensor& y, int64_t batch, PackedRows& xs,
-                   PackedRows& ys) {
+                   PackedRows& ys, bool centre_from_y = false) {
   const DistanceTileOps<T> ops;
-  prepare_distance_rows(metric, x, y, batch, xs.rows, ys.rows);
+  prepare_distance_rows(metric, x, y, batch, xs.rows, ys.rows, centre_from_y);
   xs.n = x.size(-2);
   xs.dim = x.size(-1);
   pack_rows_parallel(ops, xs);
@@ -81,9 +81,6 @@ struct MatrixSink {
   void consume(int64_t, int64_t, const T*, int64_t) {}
 };
 
-// Tiles write whole 256-column segments; the last segment of a row may overhang M, so rows of
-// the output buffer are padded to a multiple of 256 when M is not (then sliced).
-int64_t padded_cols(int64_t m) { return (m + kDistanceTileCols - 1) / kDistanceTileCols * kDistanceTileCols; }
 
 template <typename T>
 void pairwise_distance_kernel(DistanceMetric metric, const PackedRows& xs, const PackedRows& ys, int64_t batch,
@@ -114,18 +111,15 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const c10::optional<at::Te
   shape.push_back(m);
   if (batch * n * m == 0) return at::empty(shape, x.options());
   const at::ScalarType compute = distance_compute_dtype(x.scalar_type());
-  const int64_t ld = padded_cols(m);
-  at::Tensor out = at::empty({batch, n, ld}, x.options().dtype(compute));
+  at::Tensor out = at::empty({batch, n, m}, x.options().dtype(compute));
   PackedRows xs, ys;
   AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
     prepare_sides<scalar_t>(metric, x, y, batch, xs, ys);
-    pairwise_distance_kernel<scalar_t>(metric, xs, ys, batch, out.data_ptr<scalar_t>(), ld);
+    pairwise_distance_kernel<scalar_t>(metric, xs, ys, batch, out.data_ptr<scalar_t>(), m);
   });
   (void)dim;
-  at::Tensor result = ld == m ? out : out.narrow(2, 0, m);
-  result = result.reshape(shape);
-  if (result.scalar_type() != x.scalar_type() || ld != m) result = result.to(x.scalar_type()).contiguous();
-  return result;
+  if (metric == DistanceMetric::Cosine) correct_cosine_short_rows(out, x, y, batch);
+  return out.to(x.scalar_type()).reshape(shape);
 }
 
 // --- pairwise_topk ---------------------------------------------------------------------------
@@ -246,6 +240,8 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const 
       });
     });
   }
+  // Rows without features: every cosine distance is 1 (zero rows), as pairwise_distance gives.
+  if (metric == DistanceMetric::Cosine && x.size(-1) == 0) values.fill_(1);
   values = values.reshape(shape);
   indices = indices.reshape(shape);
   if (values.scalar_type() != x.scalar_type()) values = values.to(x.scalar_type());
@@ -375,17 +371,17 @@ void window_anchor(const T* keys, const int64_t* labels, int64_t n, int64_t a, T
     const T dp = keys[p];
     if (hard) {
       for (int64_t e : negatives) {
-        const T v = dp - keys[e] + margin;
+        const T v = (dp - keys[e]) + margin;
         if (v > T(0)) {
           out.push_back({a, p, e});
           if (keep_violation) violation_out.push_back(v);
         }
       }
     } else {
-      const T upper = dp + margin;
+      // pytorch-metric-learning's test, in its form: 0 < d_an - d_ap <= margin.
       for (int64_t e : negatives) {
-        const T dn = keys[e];
-        if (dp < dn && dn <= upper) out.push_back({a, p, e});
+        const T gap = keys[e] - dp;
+        if (gap > T(0) && gap <= margin) out.push_back({a, p, e});
       }
     }
   }
@@ -405,7 +401,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_triplets_cpu(const at::Tenso
   if (anchor_end < 0) anchor_end = n;
   TORCH_CHECK_VALUE(0 <= anchor_begin && anchor_begin <= anchor_end && anchor_end <= n, op,
                     ": anchor range must lie in [0, N = ", n, "], got [", anchor_begin, ", ", anchor_end, ")");
-  TORCH_CHECK_VALUE(!at::isnan(embeddings).any().item<bool>(), op, ": embeddings must not contain NaN");
+  check_finite_embeddings(op, embeddings);
   const int64_t anchors = anchor_end - anchor_begin;
   TripletList all;
   std::vector<double> all_violation;
@@ -420,10 +416,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_triplets_cpu(const at::Tenso
     AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
       using T = scalar_t;
       PackedRows xs, ys;
-      prepare_sides<T>(metric, x, embeddings, 1, xs, ys);
+      // All anchors: one prepared set serves both sides (as pairwise_distance(embeddings)).
+      if (anchors == n) {
+        prepare_sides<T>(metric, embeddings, at::Tensor(), 1, xs, ys);
+      } else {
+        prepare_sides<T>(metric, x, embeddings, 1, xs, ys, /*centre_from_y=*/true);
+      }
       const DistanceTileOps<T> ops;
       const DistanceSide<T> xside = side_of<T>(xs, 0), yside = side_of<T>(ys, 0);
-      const int64_t ld = padded_cols(n);
+      const int64_t ld = n;
       at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
         std::vector<T> tile(kDistancePanel * kDistanceTileCols);
         if (strategy == TripletStrategy::BatchHard) {
@@ -506,12 +507,363 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_triplets_cpu(const at::Tenso
   return {anchor, positive, negative};
 }
 
+
+// --- pairwise_distance backward (sqeuclidean, euclidean, dot) -----------------------------------
+//
+// grad_x = rowsum(W) x - W y and grad_y = colsum(W) y - W^T x with W = 2 G (sqeuclidean),
+// G / O (euclidean, 0 where O = 0) or G (dot, without the rowsum terms). One pass over G (read
+// in its own strides: the expanded gradient of out.sum() costs nothing) writes W straight into
+// the packed panels the tile kernels read: rows of W (for W y) and rows of W^T (for W^T x);
+// the products then run on the same outer-product tiles as the forward.
+
+// Column panels of a row-major (n, dim) array: panel q holds columns 16 q .. 16 q + 15 as
+// packed[q][i][c] (zero past dim), i.e. the k-major layout of the columns.
+template <typename T>
+void pack_columns(const T* src, int64_t n, int64_t dim, T* packed) {
+  const int64_t panels = distance_panels(dim);
+  for (int64_t q = 0; q < panels; ++q) {
+    T* dst = packed + q * n * kDistancePanel;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t c = 0; c < kDistancePanel; ++c) {
+        const int64_t d = q * kDistancePanel + c;
+        dst[i * kDistancePanel + c] = d < dim ? src[i * dim + d] : T(0);
+      }
+    }
+  }
+}
+
+// A scratch array from the torch allocator (64-byte aligned, unlike std::vector).
+template <typename T>
+struct Buffer {
+  at::Tensor storage;
+  explicit Buffer(int64_t n)
+      : storage(at::empty({std::max<int64_t>(n, 1)},
+                          at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value))) {}
+  T* data() { return storage.data_ptr<T>(); }
+  const T* data() const { return storage.data_ptr<T>(); }
+};
+
+template <typename T>
+void distance_backward_kernel(DistanceMetric metric, const T* G, std::array<int64_t, 3> gs, const T* O, const T* X,
+                              const T* Y, int64_t batch, int64_t n, int64_t m, int64_t dim, bool need_x, bool need_y,
+                              bool self, T* gx, T* gy) {
+  const DistanceTileOps<T> ops;
+  const int64_t pn = distance_panels(n), pm = distance_panels(m), pd = distance_panels(dim);
+  const int64_t ldt = pd * kDistancePanel;
+  const bool plain = metric == DistanceMetric::Dot;
+  // Panels the tile kernels load with aligned loads: torch allocations (64-byte aligned).
+  Buffer<T> packed_w(need_x ? pn * m * kDistancePanel : 0), packed_wt(need_y ? pm * n * kDistancePanel : 0);
+  Buffer<T> x_cols(need_y ? pd * n * kDistancePanel : 0), y_cols(need_x ? pd * m * kDistancePanel : 0);
+  std::vector<T> rowsum(n), colsum(m);
+  for (int64_t b = 0; b < batch; ++b) {
+    const T* Gb = G + b * gs[0];
+    const T* Ob = O + b * n * m;
+    const T* Xb = X + b * n * dim;
+    const T* Yb = Y + b * m * dim;
+    // Phase 1: W into its panels (parallel over 16-row panels of W; disjoint writes).
+    at::parallel_for(0, pn, 1, [&](int64_t begin, int64_t end) {
+      T block[kDistancePanel][kDistancePanel];
+      for (int64_t p = begin; p < end; ++p) {
+        for (int64_t r = 0; r < kDistancePanel; ++r) {
+          if (p * kDistancePanel + r < n) rowsum[p * kDistancePanel + r] = T(0);
+        }
+        for (int64_t j0 = 0; j0 < m; j0 += kDistancePanel) {
+          const int64_t cols = std::min(kDistancePanel, m - j0);
+          for (int64_t r = 0; r < kDistancePanel; ++r) {
+            const int64_t i = p * kDistancePanel + r;
+            for (int64_t c = 0; c < kDistancePanel; ++c) {
+              T w = T(0);
+              if (i < n && c < cols) {
+                const T g = Gb[i * gs[1] + (j0 + c) * gs[2]];
+                if (metric == DistanceMetric::SqEuclidean) {
+                  w = T(2) * g;
+                } else if (metric == DistanceMetric::Euclidean) {
+                  const T o = Ob[i * m + j0 + c];
+                  w = o > T(0) ? g / o : T(0);
+                } else {
+                  w = g;
+                }
+              }
+              block[r][c] = w;
+            }
+          }
+          for (int64_t r = 0; r < kDistancePanel; ++r) {
+            const int64_t i = p * kDistancePanel + r;
+            if (i >= n) continue;
+            T sum = T(0);
+            for (int64_t c = 0; c < cols; ++c) sum += block[r][c];
+            rowsum[i] += sum;
+          }
+          if (need_x) {
+            T* dst = packed_w.data() + p * m * kDistancePanel;
+            for (int64_t c = 0; c < cols; ++c) {
+              for (int64_t r = 0; r < kDistancePanel; ++r) dst[(j0 + c) * kDistancePanel + r] = block[r][c];
+            }
+          }
+          if (need_y) {
+            T* dst = packed_wt.data() + (j0 / kDistancePanel) * n * kDistancePanel;
+            for (int64_t r = 0; r < kDistancePanel; ++r) {
+              const int64_t i = p * kDistancePanel + r;
+              if (i >= n) continue;
+              for (int64_t c = 0; c < kDistancePanel; ++c) dst[i * kDistancePanel + c] = block[r][c];
+            }
+          }
+        }
+      }
+    });
+    if (need_x) pack_columns(Yb, m, dim, y_cols.data());
+    if (need_y) pack_columns(Xb, n, dim, x_cols.data());
+    // Phase 2: grad_x rows (W y) and grad_y rows (W^T x), parallel over groups of panels; the
+    // sum runs over k in chunks, each chunk of the column panels used by every panel of the
+    // group while it is in cache.
+    constexpr int64_t kGroup = 4;
+    constexpr int64_t kChunk = kDistanceChunk;
+    const int64_t groups_x = need_x ? (pn + kGroup - 1) / kGroup : 0;
+    const int64_t groups_y = need_y ? (pm + kGroup - 1) / kGroup : 0;
+    at::parallel_for(0, groups_x + groups_y, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> tile(kGroup * kDistancePanel * ldt);
+      for (int64_t t = begin; t < end; ++t) {
+        const bool for_x = t < groups_x;
+        const int64_t g = for_x ? t : t - groups_x;
+        const int64_t panels = for_x ? pn : pm, rows_total = for_x ? n : m, k_len = for_x ? m : n;
+        const T* a_base = for_x ? packed_w.data() : packed_wt.data();
+        const T* cols = for_x ? y_cols.data() : x_cols.data();
+        const int64_t p_end = std::min(panels, (g + 1) * kGroup);
+        for (int64_t k0 = 0; k0 < std::max<int64_t>(k_len, 1); k0 += kChunk) {
+          const int64_t kc = std::min(kChunk, k_len - k0);
+          for (int64_t p = g * kGroup; p < p_end; ++p) {
+            const int64_t rows = std::min(kDistancePanel, rows_total - p * kDistancePanel);
+            ops.dot_tile(a_base + p * k_len * kDistancePanel + k0 * kDistancePanel, rows, cols + k0 * kDistancePanel,
+                         pd, kc, k_len * kDistancePanel, k0 > 0, tile.data() + (p - g * kGroup) * kDistancePanel * ldt,
+                         ldt);
+          }
+        }
+        for (int64_t p = g * kGroup; p < p_end; ++p) {
+          const int64_t rows = std::min(kDistancePanel, rows_total - p * kDistancePanel);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t i = p * kDistancePanel + r;
+            T scale = T(0);
+            if (!plain) {
+              if (for_x) {
+                scale = rowsum[i];
+              } else {
+                const T* wt = packed_wt.data() + p * n * kDistancePanel;
+                for (int64_t q = 0; q < n; ++q) scale += wt[q * kDistancePanel + r];
+              }
+            }
+            const T* own = (for_x ? Xb : Yb) + i * dim;
+            // x against itself: the two halves of a row's gradient (as a row, as a column) go
+            // to gx and gy and are added by the caller.
+            T* dst = (for_x ? gx + b * n * dim : gy + b * m * dim) + i * dim;
+            const T* prod = tile.data() + ((p - g * kGroup) * kDistancePanel + r) * ldt;
+            for (int64_t d = 0; d < dim; ++d) dst[d] = plain ? prod[d] : scale * own[d] - prod[d];
+          }
+        }
+      }
+    });
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                                                  const c10::optional<at::Tensor>& y_opt,
+                                                                  const at::Tensor& out, c10::string_view metric_name,
+                                                                  std::array<bool, 2> mask) {
+  constexpr const char* op = "pairwise_distance_backward";
+  const at::Tensor y = y_opt.has_value() ? *y_opt : at::Tensor();
+  const DistanceMetric metric = parse_distance_metric(op, metric_name);
+  const int64_t batch = check_pairwise_inputs(op, x, y);
+  check_pairwise_backward_inputs(op, grad, out, x, y);
+  if (metric == DistanceMetric::Cosine) return pairwise_distance_backward_composite(grad, x, y_opt, out, metric_name, mask);
+  const bool self = !y.defined();
+  const int64_t n = x.size(-2), dim = x.size(-1), m = self ? n : y.size(-2);
+  const bool need_x = mask[0], need_y = self ? mask[0] : mask[1];
+  const at::ScalarType compute = distance_compute_dtype(x.scalar_type());
+  at::Tensor gx = need_x ? at::empty({batch, n, dim}, x.options().dtype(compute)) : at::Tensor();
+  at::Tensor gy = need_y ? at::empty({batch, m, dim}, x.options().dtype(compute)) : at::Tensor();
+  if (batch * n * m * dim > 0 && (need_x || need_y)) {
+    const at::Tensor X = x.reshape({batch, n, dim}).to(compute).contiguous();
+    const at::Tensor Y = self ? X : y.reshape({batch, m, dim}).to(compute).contiguous();
+    at::Tensor G = grad.to(compute).reshape({batch, n, m});
+    const at::Tensor O = out.reshape({batch, n, m}).to(compute).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
+      distance_backward_kernel<scalar_t>(metric, G.data_ptr<scalar_t>(), {G.stride(0), G.stride(1), G.stride(2)},
+                                         O.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), batch,
+                                         n, m, dim, need_x, need_y, self, need_x ? gx.data_ptr<scalar_t>() : nullptr,
+                                         need_y ? gy.data_ptr<scalar_t>() : nullptr);
+    });
+  } else {
+    if (need_x) gx.zero_();
+    if (need_y) gy.zero_();
+  }
+  auto finish = [](const at::Tensor& g, const at::Tensor& like) { return g.to(like.scalar_type()).reshape(like.sizes()); };
+  if (self) {
+    if (!need_x) return {at::empty({0}, x.options()), at::empty({0}, x.options())};
+    return {finish(gx + gy, x), at::empty({0}, x.options())};
+  }
+  return {need_x ? finish(gx, x) : at::empty({0}, x.options()), need_y ? finish(gy, y) : at::empty({0}, y.options())};
+}
+
+
+// --- the triplet loss over mined indices (batch_hard_triplet_loss) ----------------------------
+//
+// Rows are read in place by index, so the loss and its gradient need no gathered (T, D) copies:
+// the backward writes one (N, D) gradient. The forward is parallel over triplets (per-triplet
+// terms, then one ordered sum); the backward's scatter is serial over triplets (T D work), so
+// the result does not depend on the thread count.
+
+template <typename T>
+T triplet_row_distance(DistanceMetric metric, const T* u, const T* v, int64_t dim) {
+  if (metric == DistanceMetric::Cosine) {
+    T uv = 0, uu = 0, vv = 0;
+    for (int64_t k = 0; k < dim; ++k) {
+      uv += u[k] * v[k];
+      uu += u[k] * u[k];
+      vv += v[k] * v[k];
+    }
+    const T eps = static_cast<T>(kCosineNormEps);
+    return T(1) - uv / (std::max(std::sqrt(uu), eps) * std::max(std::sqrt(vv), eps));
+  }
+  const T d2 = exact_sq_distance<T, T>(u, v, dim);
+  return metric == DistanceMetric::Euclidean ? std::sqrt(d2) : d2;
+}
+
+// out_u += c * dd/du, out_v += c * dd/dv for d = d(u, v) (value `d`).
+template <typename T>
+void add_triplet_row_grads(DistanceMetric metric, const T* u, const T* v, int64_t dim, T d, T c, T* out_u, T* out_v) {
+  if (metric == DistanceMetric::SqEuclidean) {
+    for (int64_t k = 0; k < dim; ++k) {
+      const T g = T(2) * c * (u[k] - v[k]);
+      out_u[k] += g;
+      out_v[k] -= g;
+    }
+  } else if (metric == DistanceMetric::Euclidean) {
+    if (!(d > T(0))) return;
+    for (int64_t k = 0; k < dim; ++k) {
+      const T g = c * (u[k] - v[k]) / d;
+      out_u[k] += g;
+      out_v[k] -= g;
+    }
+  } else {
+    T uu = 0, vv = 0;
+    for (int64_t k = 0; k < dim; ++k) {
+      uu += u[k] * u[k];
+      vv += v[k] * v[k];
+    }
+    const T eps = static_cast<T>(kCosineNormEps);
+    const T lu = std::sqrt(uu), lv = std::sqrt(vv);
+    const T nu = std::max(lu, eps), nv = std::max(lv, eps);
+    const T cos = T(1) - d;
+    for (int64_t k = 0; k < dim; ++k) {
+      const T uh = u[k] / nu, vh = v[k] / nv;
+      out_u[k] += c * (lu <= eps ? -vh / nu : -(vh - cos * uh) / nu);
+      out_v[k] += c * (lv <= eps ? -uh / nv : -(uh - cos * vh) / nv);
+    }
+  }
+}
+
+void check_indexed_triplets_cpu(const char* op, const at::Tensor& embeddings, const at::Tensor& a, const at::Tensor& p,
+                                const at::Tensor& n) {
+  check_dim(embeddings, 2, op, "embeddings", "(N, D)");
+  check_floating(embeddings, op, "embeddings");
+  const int64_t rows = embeddings.size(0);
+  const std::array<std::pair<const at::Tensor*, const char*>, 3> args{{{&a, "anchor"}, {&p, "positive"}, {&n, "negative"}}};
+  for (const auto& [t, name] : args) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->size(0) == a.size(0), op, ": ", name,
+                      " must be 1-D int64 of the anchors' length (", a.size(0), "), got ", t->scalar_type(),
+                      " of shape ", shape_string(t->sizes()));
+    check_same_device(embeddings, *t, op, "embeddings", name);
+    const at::Tensor c = t->contiguous();
+    const int64_t* v = c.data_ptr<int64_t>();
+    for (int64_t i = 0; i < c.numel(); ++i) {
+      TORCH_CHECK_VALUE(v[i] >= 0 && v[i] < rows, op, ": ", name, " index ", v[i], " at position ", i,
+                        " out of range [0, ", rows, ")");
+    }
+  }
+}
+
+template <typename T>
+T triplet_term(DistanceMetric metric, const T* e, int64_t dim, int64_t a, int64_t p, int64_t n, T margin, bool soft,
+               T* d_ap, T* d_an) {
+  *d_ap = triplet_row_distance(metric, e + a * dim, e + p * dim, dim);
+  *d_an = triplet_row_distance(metric, e + a * dim, e + n * dim, dim);
+  const T z = *d_ap - *d_an;
+  if (soft) return z > T(20) ? z : std::log1p(std::exp(z));
+  return std::max(z + margin, T(0));
+}
+
+at::Tensor triplet_loss_indexed_cpu(const at::Tensor& embeddings, const at::Tensor& a_in, const at::Tensor& p_in,
+                                    const at::Tensor& n_in, double margin, c10::string_view metric_name, bool soft) {
+  constexpr const char* op = "batch_hard_triplet_loss";
+  const DistanceMetric metric = parse_distance_metric(op, metric_name);
+  check_indexed_triplets_cpu(op, embeddings, a_in, p_in, n_in);
+  const at::ScalarType compute = distance_compute_dtype(embeddings.scalar_type());
+  const at::Tensor e = embeddings.to(compute).contiguous();
+  const at::Tensor a = a_in.contiguous(), p = p_in.contiguous(), n = n_in.contiguous();
+  const int64_t count = a.numel(), dim = e.size(1);
+  at::Tensor loss = at::zeros({}, e.options());
+  if (count == 0) return loss.to(embeddings.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
+    using T = scalar_t;
+    std::vector<T> terms(count);
+    const T* ep = e.data_ptr<T>();
+    const int64_t *pa = a.data_ptr<int64_t>(), *pp = p.data_ptr<int64_t>(), *pn = n.data_ptr<int64_t>();
+    at::parallel_for(0, count, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        T dap, dan;
+        terms[t] = triplet_term(metric, ep, dim, pa[t], pp[t], pn[t], static_cast<T>(margin), soft, &dap, &dan);
+      }
+    });
+    T total = 0;
+    for (T v : terms) total += v;
+    loss.fill_(total / static_cast<T>(count));
+  });
+  return loss.to(embeddings.scalar_type());
+}
+
+at::Tensor triplet_loss_indexed_backward_cpu(const at::Tensor& grad, const at::Tensor& embeddings,
+                                             const at::Tensor& a_in, const at::Tensor& p_in, const at::Tensor& n_in,
+                                             double margin, c10::string_view metric_name, bool soft) {
+  constexpr const char* op = "batch_hard_triplet_loss_backward";
+  const DistanceMetric metric = parse_distance_metric(op, metric_name);
+  check_indexed_triplets_cpu(op, embeddings, a_in, p_in, n_in);
+  const at::ScalarType compute = distance_compute_dtype(embeddings.scalar_type());
+  const at::Tensor e = embeddings.to(compute).contiguous();
+  const at::Tensor a = a_in.contiguous(), p = p_in.contiguous(), n = n_in.contiguous();
+  const int64_t count = a.numel(), dim = e.size(1);
+  at::Tensor g = at::zeros_like(e);
+  if (count > 0) {
+    AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
+      using T = scalar_t;
+      const T w = grad.to(compute).item<T>() / static_cast<T>(count);
+      const T* ep = e.data_ptr<T>();
+      T* gp = g.data_ptr<T>();
+      const int64_t *pa = a.data_ptr<int64_t>(), *pp = p.data_ptr<int64_t>(), *pn = n.data_ptr<int64_t>();
+      for (int64_t t = 0; t < count; ++t) {
+        T dap, dan;
+        triplet_term(metric, ep, dim, pa[t], pp[t], pn[t], static_cast<T>(margin), soft, &dap, &dan);
+        const T z = dap - dan;
+        const T slope = soft ? T(1) / (T(1) + std::exp(-z)) : (z + static_cast<T>(margin) > T(0) ? T(1) : T(0));
+        const T c = w * slope;
+        if (c == T(0)) continue;
+        add_triplet_row_grads(metric, ep + pa[t] * dim, ep + pp[t] * dim, dim, dap, c, gp + pa[t] * dim,
+                              gp + pp[t] * dim);
+        add_triplet_row_grads(metric, ep + pa[t] * dim, ep + pn[t] * dim, dim, dan, -c, gp + pa[t] * dim,
+                              gp + pn[t] * dim);
+      }
+    });
+  }
+  return g.to(embeddings.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyvision_ops, CPU, m) {
   m.impl("pairwise_distance", &pairwise_distance_cpu);
   m.impl("pairwise_topk", &pairwise_topk_cpu);
   m.impl("_mine_triplets", &mine_triplets_cpu);
+  m.impl("_pairwise_distance_backward", &pairwise_distance_backward_cpu);
+  m.impl("_triplet_loss_indexed", &triplet_loss_indexed_cpu);
+  m.impl("_triplet_loss_indexed_backward", &triplet_loss_indexed_backward_cpu);
 }
 
 }  // namespace pyvision_ops

@@ -123,23 +123,24 @@ PVO_TARGET_AVX2 void panel_rows(const float* a, int64_t rows_a, const float* b, 
   }
 }
 
-PVO_TARGET_AVX2 void dot_tile_avx2(const float* a, int64_t rows_a, const float* b, int64_t panels_b, int64_t dim,
-                                   float* tile, int64_t ld) {
-  if (dim == 0) {
-    for (int64_t r = 0; r < kDistancePanel; ++r) {
+PVO_TARGET_AVX2 void dot_tile_avx2(const float* a, int64_t rows_a, const float* b, int64_t panels_b, int64_t kc,
+                                   int64_t panel_stride, bool accumulate, float* tile, int64_t ld) {
+  if (kc == 0) {
+    if (accumulate) return;
+    for (int64_t r = 0; r < rows_a; ++r) {
       for (int64_t j = 0; j < panels_b * P; ++j) tile[r * ld + j] = 0.0f;
     }
     return;
   }
-  for (int64_t k0 = 0; k0 < dim; k0 += kDistanceChunk) {
-    const int64_t kc = dim - k0 < kDistanceChunk ? dim - k0 : kDistanceChunk;
+  for (int64_t k0 = 0; k0 < kc; k0 += kDistanceChunk) {
+    const int64_t chunk = kc - k0 < kDistanceChunk ? kc - k0 : kDistanceChunk;
     for (int64_t pb = 0; pb < panels_b; ++pb) {
-      const float* bp = b + pb * dim * P + k0 * P;
+      const float* bp = b + pb * panel_stride + k0 * P;
       float* c = tile + pb * P;
-      if (k0 == 0) {
-        panel_rows<false>(a + k0 * P, rows_a, bp, kc, c, ld);
+      if (k0 == 0 && !accumulate) {
+        panel_rows<false>(a + k0 * P, rows_a, bp, chunk, c, ld);
       } else {
-        panel_rows<true>(a + k0 * P, rows_a, bp, kc, c, ld);
+        panel_rows<true>(a + k0 * P, rows_a, bp, chunk, c, ld);
       }
     }
   }

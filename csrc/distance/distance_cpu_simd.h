@@ -25,10 +25,12 @@ constexpr int64_t kDistanceChunk = 384;      // positions k per micro-kernel pas
 struct DistanceCpuKernels {
   // Packs `rows` contiguous rows of length dim into ceil(rows / 16) panels (16 * dim each).
   void (*pack_rows)(const float* src, int64_t rows, int64_t dim, float* packed);
-  // tile[r * ld + j] = sum_k a[k][r] * b[j / 16][k][j % 16] for r < rows_a (<= 16) and
-  // j < 16 * panels_b: `a` one panel, `b` panels_b consecutive panels.
-  void (*dot_tile)(const float* a, int64_t rows_a, const float* b, int64_t panels_b, int64_t dim, float* tile,
-                   int64_t ld);
+  // tile[r * ld + j] (+)= sum_{k < kc} a[k][r] * b[j / 16][k][j % 16] for r < rows_a (<= 16)
+  // and j < 16 * panels_b: `a` points into one panel, `b` into the first of panels_b panels
+  // that lie panel_stride elements apart (a sub-range of k: both pointers offset by 16 k0).
+  // accumulate: add to the tile instead of overwriting it.
+  void (*dot_tile)(const float* a, int64_t rows_a, const float* b, int64_t panels_b, int64_t kc,
+                   int64_t panel_stride, bool accumulate, float* tile, int64_t ld);
   // One tile row to metric values: out[j] = finish_distance(metric, d2) with
   // d2 = norm_x + norm_y[j] - 2 dot[j], or -1 where needs_exact_distance(d2, ...) (the caller
   // recomputes those); "dot" copies. Returns how many entries were set to -1.
@@ -58,17 +60,18 @@ void distance_pack_rows_portable(const T* src, int64_t rows, int64_t dim, T* pac
 }
 
 template <typename T>
-void distance_dot_tile_portable(const T* a, int64_t rows_a, const T* b, int64_t panels_b, int64_t dim, T* tile,
-                                int64_t ld) {
+void distance_dot_tile_portable(const T* a, int64_t rows_a, const T* b, int64_t panels_b, int64_t kc,
+                                int64_t panel_stride, bool accumulate, T* tile, int64_t ld) {
   for (int64_t pb = 0; pb < panels_b; ++pb) {
-    const T* bp = b + pb * dim * kDistancePanel;
+    const T* bp = b + pb * panel_stride;
     for (int64_t r = 0; r < rows_a; ++r) {
       T acc[kDistancePanel] = {};
-      for (int64_t k = 0; k < dim; ++k) {
+      for (int64_t k = 0; k < kc; ++k) {
         const T x = a[k * kDistancePanel + r];
         for (int64_t j = 0; j < kDistancePanel; ++j) acc[j] += x * bp[k * kDistancePanel + j];
       }
-      for (int64_t j = 0; j < kDistancePanel; ++j) tile[r * ld + pb * kDistancePanel + j] = acc[j];
+      T* out = tile + r * ld + pb * kDistancePanel;
+      for (int64_t j = 0; j < kDistancePanel; ++j) out[j] = accumulate ? out[j] + acc[j] : acc[j];
     }
   }
 }

@@ -22,6 +22,12 @@ TORCH_LIBRARY_FRAGMENT(pyvision_ops, m) {
         "bool swap, bool soft, int reduction) -> Tensor");
   m.def("_triplet_loss_backward(Tensor grad, Tensor anchor, Tensor positive, Tensor negative, float margin, "
         "str metric, float eps, bool swap, bool soft, int reduction) -> (Tensor, Tensor, Tensor)");
+  // The mean over triplets (rows of embeddings by index) of max(0, d_ap - d_an + margin) or
+  // softplus(d_ap - d_an); 0 when there is none. Behind batch_hard_triplet_loss.
+  m.def("_triplet_loss_indexed(Tensor embeddings, Tensor anchor, Tensor positive, Tensor negative, float margin, "
+        "str metric, bool soft) -> Tensor");
+  m.def("_triplet_loss_indexed_backward(Tensor grad, Tensor embeddings, Tensor anchor, Tensor positive, "
+        "Tensor negative, float margin, str metric, bool soft) -> Tensor");
   m.def("_contrastive_loss(Tensor x1, Tensor x2, Tensor same, float margin, int reduction) -> Tensor");
   m.def("_contrastive_loss_backward(Tensor grad, Tensor x1, Tensor x2, Tensor same, float margin, "
         "int reduction) -> (Tensor, Tensor)");

@@ -34,9 +34,9 @@ template <>
 struct DistanceTileOps<float> {
   const DistanceCpuKernels& k = distance_cpu_kernels();
   void pack(const float* src, int64_t rows, int64_t dim, float* packed) const { k.pack_rows(src, rows, dim, packed); }
-  void dot_tile(const float* a, int64_t rows_a, const float* b, int64_t panels_b, int64_t dim, float* tile,
-                int64_t ld) const {
-    k.dot_tile(a, rows_a, b, panels_b, dim, tile, ld);
+  void dot_tile(const float* a, int64_t rows_a, const float* b, int64_t panels_b, int64_t kc, int64_t panel_stride,
+                bool accumulate, float* tile, int64_t ld) const {
+    k.dot_tile(a, rows_a, b, panels_b, kc, panel_stride, accumulate, tile, ld);
   }
   int64_t finish_row(DistanceMetric m, const float* dot, int64_t cols, float nx, const float* ny, float* out) const {
     return k.finish_row(m, dot, cols, nx, ny, out);
@@ -49,9 +49,9 @@ struct DistanceTileOps<double> {
   void pack(const double* src, int64_t rows, int64_t dim, double* packed) const {
     distance_pack_rows_portable(src, rows, dim, packed);
   }
-  void dot_tile(const double* a, int64_t rows_a, const double* b, int64_t panels_b, int64_t dim, double* tile,
-                int64_t ld) const {
-    distance_dot_tile_portable(a, rows_a, b, panels_b, dim, tile, ld);
+  void dot_tile(const double* a, int64_t rows_a, const double* b, int64_t panels_b, int64_t kc,
+                int64_t panel_stride, bool accumulate, double* tile, int64_t ld) const {
+    distance_dot_tile_portable(a, rows_a, b, panels_b, kc, panel_stride, accumulate, tile, ld);
   }
   int64_t finish_row(DistanceMetric m, const double* dot, int64_t cols, double nx, const double* ny,
                      double* out) const {
@@ -79,7 +79,7 @@ void distance_row_group(const DistanceTileOps<T>& ops, DistanceMetric metric, co
     for (int64_t r0 = row_begin; r0 < row_end; r0 += kDistancePanel) {
       const int64_t rows_a = std::min(kDistancePanel, row_end - r0);
       ops.dot_tile(x.packed + (r0 / kDistancePanel) * dim * kDistancePanel, rows_a,
-                   y.packed + jb * dim * kDistancePanel, nb, dim, tile, kDistanceTileCols);
+                   y.packed + jb * dim * kDistancePanel, nb, dim, dim * kDistancePanel, false, tile, kDistanceTileCols);
       for (int64_t r = 0; r < rows_a; ++r) {
         const int64_t i = r0 + r;
         T* out = sink.target(i, j0);

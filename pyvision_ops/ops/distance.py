@@ -149,7 +149,8 @@ def gather_embeddings(embeddings: torch.Tensor, labels: torch.Tensor) -> Tuple[t
     # all_gather needs equal shapes: pad to the longest batch, then drop the padding.
     pad = longest - embeddings.shape[0]
     padded = torch.nn.functional.pad(embeddings, (0, 0, 0, pad)) if pad else embeddings
-    gathered = all_gather(padded.contiguous())
+    # The default process group as it is now (all_gather's default argument is bound at import).
+    gathered = all_gather(padded.contiguous(), group=dist.group.WORLD)
     label_pad = labels.new_zeros((pad,)) if pad else None
     padded_labels = torch.cat([labels, label_pad]) if pad else labels
     label_list = [torch.empty_like(padded_labels) for _ in range(world)]
@@ -231,13 +232,10 @@ def mine_triplets(
 
 
 def _hinge_over_triplets(embeddings, triplets, margin, metric, soft):
+    # Reads the rows by index (no gathered copies); 0 with a zero gradient when there is no
+    # triplet (no data-dependent branch, so torch.compile traces it whole).
     anchor, positive, negative = triplets
-    if anchor.numel() == 0:
-        # No valid triplet: a zero that still depends on the embeddings (zero gradient).
-        return embeddings.sum() * 0.0
-    return ops()._triplet_loss(
-        embeddings[anchor], embeddings[positive], embeddings[negative], margin, metric, 0.0, False, bool(soft), 1
-    )
+    return ops()._triplet_loss_indexed(embeddings, anchor, positive, negative, margin, metric, bool(soft))
 
 
 def batch_hard_triplet_loss(
@@ -410,6 +408,14 @@ def _register() -> None:
         shape = anchor.shape[:-1] if reduction == 0 else ()
         return anchor.new_empty(shape)
 
+    @torch.library.register_fake("pyvision_ops::_triplet_loss_indexed")
+    def _triplet_loss_indexed_fake(embeddings, anchor, positive, negative, margin, metric, soft):
+        return embeddings.new_empty(())
+
+    @torch.library.register_fake("pyvision_ops::_triplet_loss_indexed_backward")
+    def _triplet_loss_indexed_backward_fake(grad, embeddings, anchor, positive, negative, margin, metric, soft):
+        return torch.empty_like(embeddings)
+
     @torch.library.register_fake("pyvision_ops::_triplet_loss_backward")
     def _triplet_loss_backward_fake(grad, anchor, positive, negative, margin, metric, eps, swap, soft, reduction):
         return torch.empty_like(anchor), torch.empty_like(positive), torch.empty_like(negative)
@@ -472,6 +478,20 @@ def _register() -> None:
         return (ga, gp, gn) + (None,) * len(ctx.args)
 
     torch.library.register_autograd("pyvision_ops::_triplet_loss", _triplet_backward, setup_context=_triplet_setup)
+
+    def _indexed_setup(ctx, inputs, output):
+        embeddings, anchor, positive, negative, *args = inputs
+        ctx.save_for_backward(embeddings, anchor, positive, negative)
+        ctx.args = args
+
+    def _indexed_backward(ctx, grad):
+        embeddings, anchor, positive, negative = ctx.saved_tensors
+        g = ops()._triplet_loss_indexed_backward(grad, embeddings, anchor, positive, negative, *ctx.args)
+        return (g,) + (None,) * (3 + len(ctx.args))
+
+    torch.library.register_autograd(
+        "pyvision_ops::_triplet_loss_indexed", _indexed_backward, setup_context=_indexed_setup
+    )
 
     def _contrastive_setup(ctx, inputs, output):
         x1, x2, same, margin, reduction = inputs

@@ -3,9 +3,9 @@
 * :mod:`~pyvision_ops.bench.workloads.core` — :class:`Workload`, the registry, the comparison
   helpers; family-independent.
 * one module per family, named by the family: :mod:`~pyvision_ops.bench.workloads.unpool`,
-  :mod:`~pyvision_ops.bench.workloads.gram`, :mod:`~pyvision_ops.bench.workloads.assign` (op
-  families, as in ``csrc/<family>/``) and :mod:`~pyvision_ops.bench.workloads.models` (whole
-  training steps: what a user gets end to end).
+  :mod:`~pyvision_ops.bench.workloads.gram`, :mod:`~pyvision_ops.bench.workloads.assign`,
+  :mod:`~pyvision_ops.bench.workloads.distance` (op families, as in ``csrc/<family>/``) and
+  :mod:`~pyvision_ops.bench.workloads.models` (whole training steps: what a user gets end to end).
 
 :data:`FAMILIES` is the one place that says which families exist and in which order they appear
 in the table. Family modules import from ``core`` only, so they can be imported in any order;
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: The families, in table order; each is the module ``pyvision_ops.bench.workloads.<name>``.
-FAMILIES: Tuple[str, ...] = ("unpool", "gram", "assign", "models")
+FAMILIES: Tuple[str, ...] = ("unpool", "gram", "assign", "distance", "models")
 
 declare_families(FAMILIES)
 for _family in FAMILIES:

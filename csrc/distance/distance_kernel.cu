@@ -1,0 +1,797 @@
+// CUDA kernels of the distance family (launchers: distance_kernel.h). No torch headers.
+//
+// The distance tile (tile_dot + fast_value / exact_value), shared by every op:
+//   one block of 16 x 16 threads computes one tile of (x row, y row) pairs: 128 x 128 for float32
+//   (8 x 8 per thread), 64 x 64 for float64 (4 x 4 per thread). The centred rows are staged through
+//   shared memory 8 positions k at a time (double-buffered, one barrier per step; the next step's
+//   global loads are issued before the current step's products), k-major so that a thread reads
+//   its rows and columns as 16-byte vectors. Each pair's dot product is one fma chain over
+//   k = 0 .. D-1 in the compute dtype, so (i, j) and (j, i) get bit-identical values in every tile
+//   of every kernel. Then, per pair, the math of distance.h: d2 = n_x + n_y - 2 dot; where
+//   needs_exact_distance, the exact form from the original rows (global memory, rare);
+//   finish_distance. Rows or columns past the end read as zero and are never written.
+//   Grid: x = column tiles (of y), y = row tiles (grid-stride past 65535), z = batch items
+//   (grid-stride past 65535).
+//
+// distance_tiles_kernel: writes each pair's value, or a key derived from it (DistanceOutput),
+//   into a row-major buffer (pairwise_distance's output, pairwise_topk's and the miners' bounded
+//   scratch blocks).
+// batch_hard_tiles_kernel (float32): the batch-hard reduction fused into the tiles. Each thread
+//   folds its 8 x 8 keys into packed (key, index) candidates (distance_mining.h) per row and, for
+//   symmetric inputs, per column; rows are merged over the 16 lanes that share them with shuffles,
+//   columns over the two lane halves by a shuffle and over the 8 warps through shared memory; one
+//   64-bit atomicMax / atomicMin per anchor and tile merges the tiles. Symmetric inputs (every
+//   embedding is an anchor): only tiles with row tile <= column tile are computed.
+// topk_collect_kernel: one warp per query row; with the row's k-th smallest key t (from ATen's
+//   topk in the glue), the candidates with key < t and then the first ones with key == t, in
+//   index order (ballot ranks), so that ties keep the smaller index.
+// topk_finish_kernel: one thread per output element: keys back to values (NaN recomputed).
+// batch_hard_block_kernel / semi_hard_block_kernel / window_count_kernel / window_fill_kernel:
+//   one warp per anchor (batch-hard) or per (anchor, positive) pair of a key block; lanes scan
+//   the row's candidates in increasing index with stride 32 and merge with the tie rules of
+//   distance_mining.h; the window/hard fill writes in increasing negative index (ballot ranks).
+#include <cstdint>
+
+#include "common/cuda_check.h"
+#include "common/cuda_dispatch.cuh"
+#include "distance/distance.h"
+#include "distance/distance_kernel.h"
+#include "distance/distance_mining.h"
+
+namespace pyvision_ops {
+namespace {
+
+constexpr int kTileThreads = 256;  // 16 x 16
+constexpr int kTileSide = 16;
+constexpr int kTileK = 8;          // positions k per shared-memory step
+constexpr int kWarpSize = 32;
+constexpr int kTileWarps = kTileThreads / kWarpSize;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int64_t kMaxGridYZ = 65535;
+constexpr int64_t kMaxGridX = 2147483647;
+
+template <typename T>
+struct TileVector;
+template <>
+struct TileVector<float> {
+  static constexpr int kWidth = 4;
+  using type = float4;
+};
+template <>
+struct TileVector<double> {
+  static constexpr int kWidth = 2;
+  using type = double2;
+};
+
+// A thread's rows (and columns): two runs of kVec consecutive tile rows, one in each half of the
+// tile, at ty * kVec (tx * kVec for columns).
+template <typename T>
+struct Tile {
+  static constexpr int kVec = TileVector<T>::kWidth;
+  static constexpr int kPer = 2 * kVec;             // rows (columns) per thread: 8 float, 4 double
+  static constexpr int kSize = kTileSide * kPer;    // rows (columns) per tile: 128 float, 64 double
+  static constexpr int kHalf = kSize / 2;
+  static constexpr int kPitch = kSize + 4;          // conflict-free k-major stores, 16-byte rows
+  static constexpr int kLoads = kSize * kTileK / kTileThreads;  // elements per thread and operand
+  using Vec = typename TileVector<T>::type;
+
+  static __device__ PVO_INLINE int local(int t, int r) { return (r / kVec) * kHalf + t * kVec + r % kVec; }
+};
+static_assert(Tile<float>::kLoads * kTileThreads == Tile<float>::kSize * kTileK, "whole float tiles");
+static_assert(Tile<double>::kLoads * kTileThreads == Tile<double>::kSize * kTileK, "whole double tiles");
+static_assert((Tile<float>::kPitch * sizeof(float)) % 16 == 0 && (Tile<double>::kPitch * sizeof(double)) % 16 == 0,
+              "16-byte aligned shared rows");
+
+template <typename T>
+struct TileShared {
+  T a[2][kTileK][Tile<T>::kPitch];
+  T b[2][kTileK][Tile<T>::kPitch];
+};
+
+__device__ PVO_INLINE void load_vec(const float* p, float* out) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x;
+  out[1] = v.y;
+  out[2] = v.z;
+  out[3] = v.w;
+}
+__device__ PVO_INLINE void load_vec(const double* p, double* out) {
+  const double2 v = *reinterpret_cast<const double2*>(p);
+  out[0] = v.x;
+  out[1] = v.y;
+}
+
+__device__ PVO_INLINE float fused_multiply_add(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ PVO_INLINE double fused_multiply_add(double a, double b, double c) { return fma(a, b, c); }
+
+// Stages one operand: element e = thread + q * 256 of a step is tile row e / kTileK = lr + 32 q
+// (lr = thread / kTileK), position k0 + e % kTileK = k0 + lk, the same position for every q.
+// Rows at or past `end` and positions past dim read as zero.
+template <typename T>
+struct TileLoader {
+  static constexpr int kRowStep = kTileThreads / kTileK;  // 32 rows between a thread's elements
+  const T* base;                                          // row first + lr, position lk
+  int64_t row_step;                                       // kRowStep * dim
+  int64_t k_left;                                         // dim - lk
+  unsigned valid;                                         // bit q: row lr + 32 q exists
+  int lr, lk;
+
+  __device__ PVO_INLINE TileLoader(const T* rows, int64_t first, int64_t end, int64_t dim) {
+    lr = static_cast<int>(threadIdx.x) / kTileK;
+    lk = static_cast<int>(threadIdx.x) % kTileK;
+    valid = 0;
+#pragma unroll
+    for (int q = 0; q < Tile<T>::kLoads; ++q) {
+      if (first + lr + q * kRowStep < end) valid |= 1u << q;
+    }
+    // Only dereferenced at valid rows and positions.
+    base = rows + ((valid & 1u) ? (first + lr) * dim + lk : 0);
+    row_step = kRowStep * dim;
+    k_left = dim - lk;
+  }
+  __device__ PVO_INLINE void fetch(int64_t k0, T (&reg)[Tile<T>::kLoads]) const {
+    const bool k_inside = k0 < k_left;
+#pragma unroll
+    for (int q = 0; q < Tile<T>::kLoads; ++q) {
+      reg[q] = (k_inside && ((valid >> q) & 1u)) ? base[q * row_step + k0] : T(0);
+    }
+  }
+  __device__ PVO_INLINE void store(T (&dst)[kTileK][Tile<T>::kPitch], const T (&reg)[Tile<T>::kLoads]) const {
+#pragma unroll
+    for (int q = 0; q < Tile<T>::kLoads; ++q) dst[lk][lr + q * kRowStep] = reg[q];
+  }
+};
+
+// acc[r][c] = sum_k x[x0 + local(ty, r)][k] * y[y0 + local(tx, c)][k] over the centred rows (row
+// pitch dim), rows at or past x_end / y_end counting as zero rows. Every thread of the block must
+// call it (barriers); it ends with a barrier, so the shared buffers are free on return.
+template <typename T>
+__device__ PVO_INLINE void tile_dot(const T* __restrict__ x, int64_t x0, int64_t x_end, const T* __restrict__ y,
+                                    int64_t y0, int64_t y_end, int64_t dim, TileShared<T>& s,
+                                    T (&acc)[Tile<T>::kPer][Tile<T>::kPer]) {
+  using S = Tile<T>;
+  const int tx = static_cast<int>(threadIdx.x) % kTileSide, ty = static_cast<int>(threadIdx.x) / kTileSide;
+#pragma unroll
+  for (int r = 0; r < S::kPer; ++r) {
+#pragma unroll
+    for (int c = 0; c < S::kPer; ++c) acc[r][c] = T(0);
+  }
+  const int64_t steps = (dim + kTileK - 1) / kTileK;
+  if (steps == 0) return;
+  const TileLoader<T> load_x(x, x0, x_end, dim), load_y(y, y0, y_end, dim);
+  T ra[S::kLoads], rb[S::kLoads];
+  load_x.fetch(0, ra);
+  load_y.fetch(0, rb);
+  load_x.store(s.a[0], ra);
+  load_y.store(s.b[0], rb);
+  __syncthreads();
+  for (int64_t step = 0; step < steps; ++step) {
+    const int cur = static_cast<int>(step & 1);
+    const bool more = step + 1 < steps;
+    if (more) {
+      load_x.fetch((step + 1) * kTileK, ra);
+      load_y.fetch((step + 1) * kTileK, rb);
+    }
+#pragma unroll
+    for (int kk = 0; kk < kTileK; ++kk) {
+      T a[S::kPer], b[S::kPer];
+      load_vec(&s.a[cur][kk][ty * S::kVec], a);
+      load_vec(&s.a[cur][kk][S::kHalf + ty * S::kVec], a + S::kVec);
+      load_vec(&s.b[cur][kk][tx * S::kVec], b);
+      load_vec(&s.b[cur][kk][S::kHalf + tx * S::kVec], b + S::kVec);
+#pragma unroll
+      for (int r = 0; r < S::kPer; ++r) {
+#pragma unroll
+        for (int c = 0; c < S::kPer; ++c) acc[r][c] = fused_multiply_add(a[r], b[c], acc[r][c]);
+      }
+    }
+    // The other buffer was last read in the previous step, before its closing barrier.
+    if (more) {
+      load_x.store(s.a[cur ^ 1], ra);
+      load_y.store(s.b[cur ^ 1], rb);
+    }
+    __syncthreads();
+  }
+}
+
+// One pair's metric value (distance.h; the CPU's finish_row + exact recomputation), in two
+// parts so that the tile epilogues keep the exact form, which reads the original rows from
+// global memory, out of their unrolled 8 x 8 loops: fast_value gives the value from the dot
+// product of centred rows, or false where needs_exact_distance asks for exact_value.
+template <typename T>
+__device__ PVO_INLINE bool fast_value(DistanceMetric metric, T dot, T norm_x, T norm_y, T& value) {
+  if (metric == DistanceMetric::Dot) {
+    value = dot;
+    return true;
+  }
+  const T d2 = norm_x + norm_y - T(2) * dot;
+  if (needs_exact_distance(d2, norm_x, norm_y)) return false;
+  value = finish_distance(metric, d2);
+  return true;
+}
+template <typename T>
+__device__ PVO_INLINE T exact_value(DistanceMetric metric, const T* x_orig, const T* y_orig, int64_t dim) {
+  return finish_distance(metric, exact_sq_distance<T, T>(x_orig, y_orig, dim));
+}
+
+// Bit r * kPer + c of a thread's 8 x 8 (4 x 4) pairs; the next set bit of a mask.
+template <typename T>
+__device__ PVO_INLINE unsigned long long pair_bit(int r, int c) {
+  return 1ull << (r * Tile<T>::kPer + c);
+}
+__device__ PVO_INLINE int pop_lowest_bit(unsigned long long& mask) {
+  const int bit = __ffsll(static_cast<long long>(mask)) - 1;
+  mask &= mask - 1;
+  return bit;
+}
+
+template <typename T>
+__device__ PVO_INLINE T output_value(DistanceOutput output, DistanceMetric metric, T v) {
+  switch (output) {
+    case DistanceOutput::SmallestKeys: return v != v ? mining_infinity<T>() : v;
+    case DistanceOutput::LargestKeys: return v != v ? mining_infinity<T>() : -v;
+    case DistanceOutput::MiningKeys: return mining_key(metric, v);
+    default: return v;
+  }
+}
+
+// Pointers of batch item b.
+template <typename T>
+struct ItemRows {
+  const T *x_orig, *x_centered, *x_norms, *y_orig, *y_centered, *y_norms;
+  __device__ PVO_INLINE ItemRows(const DistanceSides& s, int64_t b) {
+    x_orig = static_cast<const T*>(s.x_orig) + b * s.x_n * s.dim;
+    x_centered = static_cast<const T*>(s.x_centered) + b * s.x_n * s.dim;
+    x_norms = static_cast<const T*>(s.x_norms) + b * s.x_n;
+    y_orig = static_cast<const T*>(s.y_orig) + b * s.y_n * s.dim;
+    y_centered = static_cast<const T*>(s.y_centered) + b * s.y_n * s.dim;
+    y_norms = static_cast<const T*>(s.y_norms) + b * s.y_n;
+  }
+};
+
+// ------------------------------------------------------------------------------------------------
+// Distance tiles into a buffer
+// ------------------------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void __launch_bounds__(kTileThreads, 2) distance_tiles_kernel(const DistanceTileArgs a) {
+  using S = Tile<T>;
+  __shared__ __align__(16) TileShared<T> shared;
+  const DistanceSides& s = a.sides;
+  const int64_t dim = s.dim;
+  const int64_t row_tiles = (a.rows + S::kSize - 1) / S::kSize;
+  const int64_t y0 = static_cast<int64_t>(blockIdx.x) * S::kSize;
+  const int64_t x_end = a.row_begin + a.rows;
+  const int tx = static_cast<int>(threadIdx.x) % kTileSide, ty = static_cast<int>(threadIdx.x) / kTileSide;
+  T* out = static_cast<T*>(a.out);
+  for (int64_t bz = blockIdx.z; bz < a.batch_count; bz += gridDim.z) {
+    const ItemRows<T> item(s, a.batch_begin + bz);
+    for (int64_t bi = blockIdx.y; bi < row_tiles; bi += gridDim.y) {
+      const int64_t x0 = a.row_begin + bi * S::kSize;
+      T acc[S::kPer][S::kPer];
+      tile_dot(item.x_centered, x0, x_end, item.y_centered, y0, s.y_n, dim, shared, acc);
+      unsigned long long exact = 0;  // pairs left for the exact form
+#pragma unroll
+      for (int r = 0; r < S::kPer; ++r) {
+        const int64_t i = x0 + S::local(ty, r);
+        if (i >= x_end) continue;
+        const T norm_x = item.x_norms[i];
+        T* out_row = out + (bz * a.rows + (i - a.row_begin)) * a.ld;
+#pragma unroll
+        for (int c = 0; c < S::kPer; ++c) {
+          const int64_t j = y0 + S::local(tx, c);
+          if (j >= s.y_n) continue;
+          T v;
+          if (fast_value(a.metric, acc[r][c], norm_x, item.y_norms[j], v)) {
+            out_row[j] = output_value(a.output, a.metric, v);
+          } else {
+            exact |= pair_bit<T>(r, c);
+          }
+        }
+      }
+      while (exact != 0) {
+        const int bit = pop_lowest_bit(exact);
+        const int64_t i = x0 + S::local(ty, bit / S::kPer), j = y0 + S::local(tx, bit % S::kPer);
+        const T v = exact_value(a.metric, item.x_orig + i * dim, item.y_orig + j * dim, dim);
+        out[(bz * a.rows + (i - a.row_begin)) * a.ld + j] = output_value(a.output, a.metric, v);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Batch-hard fused into the tiles (float32)
+// ------------------------------------------------------------------------------------------------
+
+__device__ PVO_INLINE unsigned long long max_u64(unsigned long long a, unsigned long long b) { return a > b ? a : b; }
+__device__ PVO_INLINE unsigned long long min_u64(unsigned long long a, unsigned long long b) { return a < b ? a : b; }
+
+__global__ void __launch_bounds__(kTileThreads, 2) batch_hard_tiles_kernel(const BatchHardTileArgs a) {
+  using S = Tile<float>;
+  static_assert(S::kPer * S::kPer <= 64, "one bit per pair of a thread");
+  __shared__ __align__(16) TileShared<float> shared;
+  __shared__ unsigned long long column_positive[kTileWarps][S::kSize];
+  __shared__ unsigned long long column_negative[kTileWarps][S::kSize];
+  __shared__ int64_t column_label[S::kSize];
+  __shared__ int64_t row_label[S::kSize];
+  const DistanceSides& s = a.sides;
+  const int64_t dim = s.dim;
+  const int64_t row_tiles = (s.x_n + S::kSize - 1) / S::kSize;
+  const int64_t bj = blockIdx.x;
+  const int64_t y0 = bj * S::kSize;
+  const int thread = static_cast<int>(threadIdx.x);
+  const int tx = thread % kTileSide, ty = thread / kTileSide, lane = thread % kWarpSize, warp = thread / kWarpSize;
+  const ItemRows<float> item(s, 0);
+  for (int c = thread; c < S::kSize; c += kTileThreads) column_label[c] = y0 + c < s.y_n ? a.labels[y0 + c] : 0;
+  __syncthreads();
+  for (int64_t bi = blockIdx.y; bi < row_tiles; bi += gridDim.y) {
+    if (a.symmetric && bi > bj) break;  // bi only grows; uniform over the block
+    const int64_t x0 = bi * S::kSize;
+    float acc[S::kPer][S::kPer];
+    tile_dot(item.x_centered, x0, s.x_n, item.y_centered, y0, s.y_n, dim, shared, acc);
+    // The keys, in place (except the pairs left for the exact form), and which of the thread's
+    // pairs share a label. Tile-local 32-bit offsets keep the registers for the accumulators.
+    const int row_limit = static_cast<int>(s.x_n - x0 < S::kSize ? s.x_n - x0 : S::kSize);
+    const int col_limit = static_cast<int>(s.y_n - y0 < S::kSize ? s.y_n - y0 : S::kSize);
+    __syncthreads();  // the previous tile's readers of row_label are done (tile_dot has no barrier for D = 0)
+    if (thread < S::kSize) row_label[thread] = thread < row_limit ? a.labels[a.anchor_offset + x0 + thread] : 0;
+    __syncthreads();
+    const float* x_norms = item.x_norms + x0;
+    const float* y_norms = item.y_norms + y0;
+    unsigned long long same = 0, exact = 0;
+#pragma unroll
+    for (int r = 0; r < S::kPer; ++r) {
+      const int lr = S::local(ty, r);
+      if (lr >= row_limit) continue;
+      const float norm_x = x_norms[lr];
+#pragma unroll
+      for (int c = 0; c < S::kPer; ++c) {
+        const int lc = S::local(tx, c);
+        if (lc >= col_limit) continue;
+        float v;
+        if (fast_value(a.metric, acc[r][c], norm_x, y_norms[lc], v)) {
+          acc[r][c] = mining_key(a.metric, v);
+        } else {
+          exact |= pair_bit<float>(r, c);
+        }
+        if (row_label[lr] == column_label[lc]) same |= pair_bit<float>(r, c);
+      }
+    }
+    // Rows: anchor anchor_offset + i against the tile's columns. The 16 lanes of a half-warp
+    // share ty, hence the rows.
+#pragma unroll
+    for (int r = 0; r < S::kPer; ++r) {
+      const int lr = S::local(ty, r);
+      // Within the tile, the candidate is the anchor itself where their offsets from the
+      // tile's corner coincide (x0 + lr == y0 + lc - anchor_offset).
+      const int64_t self = a.anchor_offset + x0 + lr - y0;
+      unsigned long long positive = kNoFarthestPacked, negative = kNoNearestPacked;
+      if (lr < row_limit) {
+#pragma unroll
+        for (int c = 0; c < S::kPer; ++c) {
+          const int lc = S::local(tx, c);
+          const unsigned long long bit = pair_bit<float>(r, c);
+          if (lc < col_limit && (exact & bit) == 0) {
+            batch_hard_offer_packed(positive, negative, (same & bit) != 0, lc == self, y0 + lc, acc[r][c]);
+          }
+        }
+      }
+#pragma unroll
+      for (int offset = kTileSide / 2; offset >= 1; offset >>= 1) {
+        positive = max_u64(positive, __shfl_xor_sync(kFullMask, positive, offset));
+        negative = min_u64(negative, __shfl_xor_sync(kFullMask, negative, offset));
+      }
+      if (tx == 0 && lr < row_limit) {
+        if (positive != kNoFarthestPacked) atomicMax(a.best_positive + x0 + lr, positive);
+        if (negative != kNoNearestPacked) atomicMin(a.best_negative + x0 + lr, negative);
+      }
+    }
+    // Columns (symmetric, off the diagonal, so never i == j): anchor j against the tile's rows.
+    // A column is held by one lane of each half-warp of every warp.
+    if (a.symmetric && bi != bj) {
+#pragma unroll
+      for (int c = 0; c < S::kPer; ++c) {
+        const int lc = S::local(tx, c);
+        unsigned long long positive = kNoFarthestPacked, negative = kNoNearestPacked;
+        if (lc < col_limit) {
+#pragma unroll
+          for (int r = 0; r < S::kPer; ++r) {
+            const int lr = S::local(ty, r);
+            const unsigned long long bit = pair_bit<float>(r, c);
+            if (lr < row_limit && (exact & bit) == 0) {
+              batch_hard_offer_packed(positive, negative, (same & bit) != 0, false, x0 + lr, acc[r][c]);
+            }
+          }
+        }
+        positive = max_u64(positive, __shfl_xor_sync(kFullMask, positive, kTileSide));
+        negative = min_u64(negative, __shfl_xor_sync(kFullMask, negative, kTileSide));
+        if (lane < kTileSide) {
+          column_positive[warp][S::local(tx, c)] = positive;
+          column_negative[warp][S::local(tx, c)] = negative;
+        }
+      }
+      __syncthreads();
+      if (thread < S::kSize) {
+        unsigned long long positive = kNoFarthestPacked, negative = kNoNearestPacked;
+#pragma unroll
+        for (int w = 0; w < kTileWarps; ++w) {
+          positive = max_u64(positive, column_positive[w][thread]);
+          negative = min_u64(negative, column_negative[w][thread]);
+        }
+        const int64_t j = y0 + thread;
+        if (j < s.y_n) {
+          if (positive != kNoFarthestPacked) atomicMax(a.best_positive + j, positive);
+          if (negative != kNoNearestPacked) atomicMin(a.best_negative + j, negative);
+        }
+      }
+      __syncthreads();  // the column buffers are rewritten by the next tile
+    }
+    // The pairs left for the exact form (rare): each merged on its own, for its row's anchor
+    // and (symmetric, off the diagonal) its column's anchor.
+    while (exact != 0) {
+      const int bit = pop_lowest_bit(exact);
+      const int64_t i = x0 + S::local(ty, bit / S::kPer), j = y0 + S::local(tx, bit % S::kPer);
+      const float key = mining_key(a.metric, exact_value(a.metric, item.x_orig + i * dim, item.y_orig + j * dim, dim));
+      const bool same_label = ((same >> bit) & 1ull) != 0;
+      unsigned long long positive = kNoFarthestPacked, negative = kNoNearestPacked;
+      batch_hard_offer_packed(positive, negative, same_label, j == a.anchor_offset + i, j, key);
+      if (positive != kNoFarthestPacked) atomicMax(a.best_positive + i, positive);
+      if (negative != kNoNearestPacked) atomicMin(a.best_negative + i, negative);
+      if (a.symmetric && bi != bj) {
+        positive = kNoFarthestPacked;
+        negative = kNoNearestPacked;
+        batch_hard_offer_packed(positive, negative, same_label, i == j, i, key);
+        if (positive != kNoFarthestPacked) atomicMax(a.best_positive + j, positive);
+        if (negative != kNoNearestPacked) atomicMin(a.best_negative + j, negative);
+      }
+    }
+  }
+}
+
+__global__ void batch_hard_unpack_kernel(const unsigned long long* __restrict__ best_positive,
+                                         const unsigned long long* __restrict__ best_negative, int64_t anchors,
+                                         int64_t* __restrict__ positive, int64_t* __restrict__ negative) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t a = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; a < anchors; a += stride) {
+    positive[a] = unpack_farthest(best_positive[a]);
+    negative[a] = unpack_nearest(best_negative[a]);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Warp-per-row kernels (top-k selection, mining on key blocks)
+// ------------------------------------------------------------------------------------------------
+
+__device__ PVO_INLINE int64_t first_warp() {
+  return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
+}
+__device__ PVO_INLINE int64_t warp_stride() { return static_cast<int64_t>(gridDim.x) * blockDim.x / kWarpSize; }
+__device__ PVO_INLINE int lane_id() { return static_cast<int>(threadIdx.x) % kWarpSize; }
+__device__ PVO_INLINE unsigned lanes_below(int lane) { return (1u << lane) - 1u; }
+
+template <typename T>
+__device__ PVO_INLINE MiningCandidate<T> shuffle_candidate(const MiningCandidate<T>& c, int offset) {
+  MiningCandidate<T> o;
+  o.key = __shfl_xor_sync(kFullMask, c.key, offset);
+  o.index = __shfl_xor_sync(kFullMask, static_cast<long long>(c.index), offset);
+  return o;
+}
+
+__device__ PVO_INLINE int64_t warp_sum(int64_t v) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset >= 1; offset >>= 1) v += __shfl_xor_sync(kFullMask, static_cast<long long>(v), offset);
+  return v;
+}
+
+template <typename T>
+__global__ void topk_collect_kernel(const T* __restrict__ keys, int64_t rows, int64_t m, int64_t ld,
+                                    const T* __restrict__ thresholds, int64_t k, T* __restrict__ out_keys,
+                                    int64_t* __restrict__ out_indices) {
+  const int lane = lane_id();
+  for (int64_t w = first_warp(); w < rows; w += warp_stride()) {
+    const T* row = keys + w * ld;
+    const T t = thresholds[w];
+    int64_t below = 0;
+    for (int64_t j = lane; j < m; j += kWarpSize) below += row[j] < t ? 1 : 0;
+    below = warp_sum(below);
+    const int64_t take_below = below < k ? below : k;
+    const int64_t take_equal = k - take_below;
+    T* ok = out_keys + w * k;
+    int64_t* oi = out_indices + w * k;
+    int64_t seen_below = 0, seen_equal = 0;
+    for (int64_t j0 = 0; j0 < m; j0 += kWarpSize) {
+      if (seen_below >= below && seen_equal >= take_equal) break;  // uniform over the warp
+      const int64_t j = j0 + lane;
+      const T v = j < m ? row[j] : T(0);
+      const bool is_below = j < m && v < t;
+      const bool is_equal = j < m && v == t;
+      const unsigned ballot_below = __ballot_sync(kFullMask, is_below);
+      const unsigned ballot_equal = __ballot_sync(kFullMask, is_equal);
+      if (is_below) {
+        const int64_t q = seen_below + __popc(ballot_below & lanes_below(lane));
+        if (q < take_below) {
+          ok[q] = v;
+          oi[q] = j;
+        }
+      }
+      if (is_equal) {
+        const int64_t q = seen_equal + __popc(ballot_equal & lanes_below(lane));
+        if (q < take_equal) {
+          ok[take_below + q] = v;
+          oi[take_below + q] = j;
+        }
+      }
+      seen_below += __popc(ballot_below);
+      seen_equal += __popc(ballot_equal);
+    }
+    // Only if t was not the k-th smallest key of the row (never with a correct threshold): the
+    // missing slots get index -1 instead of being left unwritten.
+    const int64_t found_equal = seen_equal < take_equal ? seen_equal : take_equal;
+    for (int64_t q = take_below + found_equal + lane; q < k; q += kWarpSize) {
+      ok[q] = t;
+      oi[q] = -1;
+    }
+  }
+}
+
+template <typename T>
+__global__ void topk_finish_kernel(const TopkFinishArgs a) {
+  const DistanceSides& s = a.sides;
+  const T* keys = static_cast<const T*>(a.keys);
+  T* values = static_cast<T*>(a.out_values);
+  const int64_t total = a.batch_count * a.rows * a.k;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const T inf = mining_infinity<T>();
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+    const int64_t r = e / a.k, q = e % a.k;
+    const int64_t b = a.batch_begin + r / a.rows, i = a.row_begin + r % a.rows;
+    const T key = keys[e];
+    const int64_t j = a.indices[e];
+    T v = a.largest ? -key : key;
+    if ((key == inf || key == -inf) && j >= 0 && j < s.y_n) {
+      // An infinite key may stand for a NaN value: the pair's value again, from the rows.
+      const T* x = static_cast<const T*>(s.x_orig) + (b * s.x_n + i) * s.dim;
+      const T* y = static_cast<const T*>(s.y_orig) + (b * s.y_n + j) * s.dim;
+      if (a.metric == DistanceMetric::Dot) {
+        T sum = 0;
+        for (int64_t d = 0; d < s.dim; ++d) sum += x[d] * y[d];
+        v = sum;
+      } else {
+        v = finish_distance(a.metric, exact_sq_distance<T, T>(x, y, s.dim));
+      }
+    }
+    const int64_t o = (b * s.x_n + i) * a.k + q;
+    values[o] = v;
+    a.out_indices[o] = j;
+  }
+}
+
+template <typename T>
+__global__ void batch_hard_block_kernel(const MiningBlockArgs a, int64_t* __restrict__ positive,
+                                        int64_t* __restrict__ negative) {
+  const T* keys = static_cast<const T*>(a.keys);
+  const int lane = lane_id();
+  for (int64_t w = first_warp(); w < a.rows; w += warp_stride()) {
+    const int64_t anchor = a.anchor_begin + w;
+    const int64_t label = a.labels[anchor];
+    const T* row = keys + w * a.ld;
+    BatchHardState<T> st;
+    for (int64_t j = lane; j < a.n; j += kWarpSize) batch_hard_offer(st, label, anchor, a.labels[j], j, row[j]);
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset >= 1; offset >>= 1) {
+      st.positive = combine_farthest(st.positive, shuffle_candidate(st.positive, offset));
+      st.negative = combine_nearest(st.negative, shuffle_candidate(st.negative, offset));
+    }
+    if (lane == 0) {
+      positive[w] = st.positive.index;
+      negative[w] = st.negative.index;
+    }
+  }
+}
+
+template <typename T>
+__global__ void semi_hard_block_kernel(const MiningBlockArgs a, int64_t* __restrict__ negative) {
+  const T* keys = static_cast<const T*>(a.keys);
+  const int lane = lane_id();
+  const int64_t pairs = a.rows * a.n;
+  for (int64_t w = first_warp(); w < pairs; w += warp_stride()) {
+    const int64_t r = w / a.n, p = w % a.n;
+    const int64_t anchor = a.anchor_begin + r;
+    const int64_t label = a.labels[anchor];
+    if (!is_mining_positive(label, a.labels[p], anchor, p)) {
+      if (lane == 0) negative[w] = -1;
+      continue;
+    }
+    const T* row = keys + r * a.ld;
+    const T kp = row[p];
+    SemiHardState<T> st;
+    for (int64_t j = lane; j < a.n; j += kWarpSize) {
+      if (is_mining_negative(label, a.labels[j])) semi_hard_offer(st, kp, row[j], j);
+    }
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset >= 1; offset >>= 1) {
+      SemiHardState<T> other;
+      other.nearest_farther = shuffle_candidate(st.nearest_farther, offset);
+      other.farthest = shuffle_candidate(st.farthest, offset);
+      st = combine_semi_hard(st, other);
+    }
+    if (lane == 0) negative[w] = semi_hard_choice(st);
+  }
+}
+
+template <typename T>
+__global__ void window_count_kernel(const MiningBlockArgs a, bool hard, T margin, int64_t* __restrict__ counts) {
+  const T* keys = static_cast<const T*>(a.keys);
+  const int lane = lane_id();
+  const int64_t pairs = a.rows * a.n;
+  for (int64_t w = first_warp(); w < pairs; w += warp_stride()) {
+    const int64_t r = w / a.n, p = w % a.n;
+    const int64_t anchor = a.anchor_begin + r;
+    const int64_t label = a.labels[anchor];
+    if (!is_mining_positive(label, a.labels[p], anchor, p)) {
+      if (lane == 0) counts[w] = 0;
+      continue;
+    }
+    const T* row = keys + r * a.ld;
+    const T dp = row[p];
+    int64_t count = 0;
+    for (int64_t j = lane; j < a.n; j += kWarpSize) {
+      T violation;
+      if (is_mining_negative(label, a.labels[j]) && window_or_hard_triplet(hard, dp, row[j], margin, &violation)) ++count;
+    }
+    count = warp_sum(count);
+    if (lane == 0) counts[w] = count;
+  }
+}
+
+template <typename T>
+__global__ void window_fill_kernel(const MiningBlockArgs a, bool hard, T margin, const int64_t* __restrict__ offsets,
+                                   int64_t total, int64_t* __restrict__ out_anchor, int64_t* __restrict__ out_positive,
+                                   int64_t* __restrict__ out_negative, T* __restrict__ out_violation) {
+  const T* keys = static_cast<const T*>(a.keys);
+  const int lane = lane_id();
+  const int64_t pairs = a.rows * a.n;
+  for (int64_t w = first_warp(); w < pairs; w += warp_stride()) {
+    const int64_t r = w / a.n, p = w % a.n;
+    const int64_t anchor = a.anchor_begin + r;
+    const int64_t label = a.labels[anchor];
+    if (!is_mining_positive(label, a.labels[p], anchor, p)) continue;
+    const T* row = keys + r * a.ld;
+    const T dp = row[p];
+    const int64_t base = offsets[w];
+    int64_t written = 0;
+    for (int64_t j0 = 0; j0 < a.n; j0 += kWarpSize) {
+      const int64_t j = j0 + lane;
+      T violation = T(0);
+      const bool keep =
+          j < a.n && is_mining_negative(label, a.labels[j]) && window_or_hard_triplet(hard, dp, row[j], margin, &violation);
+      const unsigned ballot = __ballot_sync(kFullMask, keep);
+      if (keep) {
+        const int64_t o = base + written + __popc(ballot & lanes_below(lane));
+        if (o < total) {
+          out_anchor[o] = anchor;
+          out_positive[o] = p;
+          out_negative[o] = j;
+          if (out_violation != nullptr) out_violation[o] = violation;
+        }
+      }
+      written += __popc(ballot);
+    }
+  }
+}
+
+unsigned int warp_blocks(int64_t warps) { return blocks_for(warps, kThreadsPerBlock / kWarpSize); }
+
+dim3 tile_grid(int64_t col_tiles, int64_t row_tiles, int64_t batch) {
+  return dim3(static_cast<unsigned int>(col_tiles), static_cast<unsigned int>(row_tiles < kMaxGridYZ ? row_tiles : kMaxGridYZ),
+              static_cast<unsigned int>(batch < kMaxGridYZ ? batch : kMaxGridYZ));
+}
+
+}  // namespace
+
+cudaError_t launch_distance_tiles(ScalarKind scalar, const DistanceTileArgs& args, cudaStream_t stream) {
+  if (args.batch_count <= 0 || args.rows <= 0 || args.sides.y_n <= 0) return cudaSuccess;
+  if (args.out == nullptr || args.ld < args.sides.y_n || args.row_begin < 0 ||
+      args.row_begin + args.rows > args.sides.x_n || args.batch_begin < 0) {
+    return cudaErrorInvalidValue;
+  }
+  return dispatch_float_double(scalar, [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int64_t size = Tile<T>::kSize;
+    const int64_t col_tiles = (args.sides.y_n + size - 1) / size;
+    const int64_t row_tiles = (args.rows + size - 1) / size;
+    if (col_tiles > kMaxGridX) return cudaErrorInvalidConfiguration;
+    distance_tiles_kernel<T><<<tile_grid(col_tiles, row_tiles, args.batch_count), kTileThreads, 0, stream>>>(args);
+    PVO_RETURN_LAST_LAUNCH_ERROR();
+  });
+}
+
+cudaError_t launch_topk_collect(ScalarKind scalar, const void* keys, int64_t rows, int64_t m, int64_t ld,
+                                const void* thresholds, int64_t k, void* out_keys, int64_t* out_indices,
+                                cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  if (k < 1 || k > m || ld < m) return cudaErrorInvalidValue;
+  return dispatch_float_double(scalar, [&](auto tag) {
+    using T = decltype(tag);
+    topk_collect_kernel<T><<<warp_blocks(rows), kThreadsPerBlock, 0, stream>>>(
+        static_cast<const T*>(keys), rows, m, ld, static_cast<const T*>(thresholds), k, static_cast<T*>(out_keys),
+        out_indices);
+    PVO_RETURN_LAST_LAUNCH_ERROR();
+  });
+}
+
+cudaError_t launch_topk_finish(ScalarKind scalar, const TopkFinishArgs& args, cudaStream_t stream) {
+  const int64_t total = args.batch_count * args.rows * args.k;
+  if (total <= 0) return cudaSuccess;
+  return dispatch_float_double(scalar, [&](auto tag) {
+    using T = decltype(tag);
+    topk_finish_kernel<T><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(args);
+    PVO_RETURN_LAST_LAUNCH_ERROR();
+  });
+}
+
+cudaError_t launch_batch_hard_tiles(const BatchHardTileArgs& args, cudaStream_t stream) {
+  const DistanceSides& s = args.sides;
+  if (s.x_n <= 0 || s.y_n <= 0) return cudaSuccess;
+  if (s.y_n > 2147483647 || (args.symmetric && (s.x_n != s.y_n || args.anchor_offset != 0))) {
+    return cudaErrorInvalidValue;
+  }
+  constexpr int64_t size = Tile<float>::kSize;
+  const int64_t col_tiles = (s.y_n + size - 1) / size;
+  const int64_t row_tiles = (s.x_n + size - 1) / size;
+  batch_hard_tiles_kernel<<<tile_grid(col_tiles, row_tiles, 1), kTileThreads, 0, stream>>>(args);
+  PVO_RETURN_LAST_LAUNCH_ERROR();
+}
+
+cudaError_t launch_batch_hard_unpack(const unsigned long long* best_positive, const unsigned long long* best_negative,
+                                     int64_t anchors, int64_t* positive, int64_t* negative, cudaStream_t stream) {
+  if (anchors <= 0) return cudaSuccess;
+  batch_hard_unpack_kernel<<<blocks_for(anchors), kThreadsPerBlock, 0, stream>>>(best_positive, best_negative, anchors,
+                                                                                 positive, negative);
+  PVO_RETURN_LAST_LAUNCH_ERROR();
+}
+
+cudaError_t launch_batch_hard_block(ScalarKind scalar, const MiningBlockArgs& args, int64_t* positive,
+                                    int64_t* negative, cudaStream_t stream) {
+  if (args.rows <= 0 || args.n <= 0) return cudaSuccess;
+  return dispatch_float_double(scalar, [&](auto tag) {
+    using T = decltype(tag);
+    batch_hard_block_kernel<T><<<warp_blocks(args.rows), kThreadsPerBlock, 0, stream>>>(args, positive, negative);
+    PVO_RETURN_LAST_LAUNCH_ERROR();
+  });
+}
+
+cudaError_t launch_semi_hard_block(ScalarKind scalar, const MiningBlockArgs& args, int64_t* negative,
+                                   cudaStream_t stream) {
+  if (args.rows <= 0 || args.n <= 0) return cudaSuccess;
+  return dispatch_float_double(scalar, [&](auto tag) {
+    using T = decltype(tag);
+    semi_hard_block_kernel<T><<<warp_blocks(args.rows * args.n), kThreadsPerBlock, 0, stream>>>(args, negative);
+    PVO_RETURN_LAST_LAUNCH_ERROR();
+  });
+}
+
+cudaError_t launch_window_count(ScalarKind scalar, const MiningBlockArgs& args, bool hard, double margin,
+                                int64_t* counts, cudaStream_t stream) {
+  if (args.rows <= 0 || args.n <= 0) return cudaSuccess;
+  return dispatch_float_double(scalar, [&](auto tag) {
+    using T = decltype(tag);
+    window_count_kernel<T><<<warp_blocks(args.rows * args.n), kThreadsPerBlock, 0, stream>>>(
+        args, hard, static_cast<T>(margin), counts);
+    PVO_RETURN_LAST_LAUNCH_ERROR();
+  });
+}
+
+cudaError_t launch_window_fill(ScalarKind scalar, const MiningBlockArgs& args, bool hard, double margin,
+                               const int64_t* offsets, int64_t total, int64_t* anchor, int64_t* positive,
+                               int64_t* negative, void* violation, cudaStream_t stream) {
+  if (args.rows <= 0 || args.n <= 0 || total <= 0) return cudaSuccess;
+  return dispatch_float_double(scalar, [&](auto tag) {
+    using T = decltype(tag);
+    window_fill_kernel<T><<<warp_blocks(args.rows * args.n), kThreadsPerBlock, 0, stream>>>(
+        args, hard, static_cast<T>(margin), offsets, total, anchor, positive, negative, static_cast<T*>(violation));
+    PVO_RETURN_LAST_LAUNCH_ERROR();
+  });
+}
+
+}  // namespace pyvision_ops

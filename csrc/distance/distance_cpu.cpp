@@ -511,25 +511,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_triplets_cpu(const at::Tenso
 // --- pairwise_distance backward (sqeuclidean, euclidean, dot) -----------------------------------
 //
 // grad_x = rowsum(W) x - W y and grad_y = colsum(W) y - W^T x with W = 2 G (sqeuclidean),
-// G / O (euclidean, 0 where O = 0) or G (dot, without the rowsum terms). One pass over G (read
-// in its own strides: the expanded gradient of out.sum() costs nothing) writes W straight into
-// the packed panels the tile kernels read: rows of W (for W y) and rows of W^T (for W^T x);
-// the products then run on the same outer-product tiles as the forward.
+// G / O (euclidean, 0 where O = 0) or G (dot, without the rowsum terms). W is never stored:
+// a task (4 panels of 16 rows of W for grad_x, 4 panels of 16 columns for grad_y) builds its
+// panels of W one chunk of 384 positions at a time, straight from G (read in its own strides:
+// the expanded gradient of out.sum() costs nothing) and O, in the k-major layout the tile
+// kernel reads, and multiplies them by the matching chunk of y's (x's) column panels while
+// both are in cache. G and O are read twice (once per product), nothing of size N x M is
+// written.
 
 // Column panels of a row-major (n, dim) array: panel q holds columns 16 q .. 16 q + 15 as
 // packed[q][i][c] (zero past dim), i.e. the k-major layout of the columns.
 template <typename T>
 void pack_columns(const T* src, int64_t n, int64_t dim, T* packed) {
   const int64_t panels = distance_panels(dim);
-  for (int64_t q = 0; q < panels; ++q) {
-    T* dst = packed + q * n * kDistancePanel;
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t c = 0; c < kDistancePanel; ++c) {
-        const int64_t d = q * kDistancePanel + c;
-        dst[i * kDistancePanel + c] = d < dim ? src[i * dim + d] : T(0);
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      T* dst = packed + q * n * kDistancePanel;
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t c = 0; c < kDistancePanel; ++c) {
+          const int64_t d = q * kDistancePanel + c;
+          dst[i * kDistancePanel + c] = d < dim ? src[i * dim + d] : T(0);
+        }
       }
     }
-  }
+  });
 }
 
 // A scratch array from the torch allocator (64-byte aligned, unlike std::vector).
@@ -544,119 +549,117 @@ struct Buffer {
 };
 
 template <typename T>
+struct BackwardWeights {
+  DistanceMetric metric;
+  const T* G;  // this batch item's gradient, strides gi, gj
+  int64_t gi, gj;
+  const T* O;  // this batch item's (N, M) values, contiguous
+  int64_t m;
+  T operator()(int64_t i, int64_t j) const {
+    const T g = G[i * gi + j * gj];
+    if (metric == DistanceMetric::SqEuclidean) return T(2) * g;
+    if (metric == DistanceMetric::Euclidean) {
+      const T o = O[i * m + j];
+      return o > T(0) ? g / o : T(0);
+    }
+    return g;
+  }
+};
+
+template <typename T>
 void distance_backward_kernel(DistanceMetric metric, const T* G, std::array<int64_t, 3> gs, const T* O, const T* X,
                               const T* Y, int64_t batch, int64_t n, int64_t m, int64_t dim, bool need_x, bool need_y,
-                              bool self, T* gx, T* gy) {
+                              T* gx, T* gy) {
   const DistanceTileOps<T> ops;
   const int64_t pn = distance_panels(n), pm = distance_panels(m), pd = distance_panels(dim);
   const int64_t ldt = pd * kDistancePanel;
   const bool plain = metric == DistanceMetric::Dot;
-  // Panels the tile kernels load with aligned loads: torch allocations (64-byte aligned).
-  Buffer<T> packed_w(need_x ? pn * m * kDistancePanel : 0), packed_wt(need_y ? pm * n * kDistancePanel : 0);
+  constexpr int64_t kGroup = 4;
+  constexpr int64_t kChunk = kDistanceChunk;
   Buffer<T> x_cols(need_y ? pd * n * kDistancePanel : 0), y_cols(need_x ? pd * m * kDistancePanel : 0);
-  std::vector<T> rowsum(n), colsum(m);
   for (int64_t b = 0; b < batch; ++b) {
-    const T* Gb = G + b * gs[0];
-    const T* Ob = O + b * n * m;
+    const BackwardWeights<T> w{metric, G + b * gs[0], gs[1], gs[2], O + b * n * m, m};
     const T* Xb = X + b * n * dim;
     const T* Yb = Y + b * m * dim;
-    // Phase 1: W into its panels (parallel over 16-row panels of W; disjoint writes).
-    at::parallel_for(0, pn, 1, [&](int64_t begin, int64_t end) {
-      T block[kDistancePanel][kDistancePanel];
-      for (int64_t p = begin; p < end; ++p) {
-        for (int64_t r = 0; r < kDistancePanel; ++r) {
-          if (p * kDistancePanel + r < n) rowsum[p * kDistancePanel + r] = T(0);
-        }
-        for (int64_t j0 = 0; j0 < m; j0 += kDistancePanel) {
-          const int64_t cols = std::min(kDistancePanel, m - j0);
-          for (int64_t r = 0; r < kDistancePanel; ++r) {
-            const int64_t i = p * kDistancePanel + r;
-            for (int64_t c = 0; c < kDistancePanel; ++c) {
-              T w = T(0);
-              if (i < n && c < cols) {
-                const T g = Gb[i * gs[1] + (j0 + c) * gs[2]];
-                if (metric == DistanceMetric::SqEuclidean) {
-                  w = T(2) * g;
-                } else if (metric == DistanceMetric::Euclidean) {
-                  const T o = Ob[i * m + j0 + c];
-                  w = o > T(0) ? g / o : T(0);
-                } else {
-                  w = g;
-                }
-              }
-              block[r][c] = w;
-            }
-          }
-          for (int64_t r = 0; r < kDistancePanel; ++r) {
-            const int64_t i = p * kDistancePanel + r;
-            if (i >= n) continue;
-            T sum = T(0);
-            for (int64_t c = 0; c < cols; ++c) sum += block[r][c];
-            rowsum[i] += sum;
-          }
-          if (need_x) {
-            T* dst = packed_w.data() + p * m * kDistancePanel;
-            for (int64_t c = 0; c < cols; ++c) {
-              for (int64_t r = 0; r < kDistancePanel; ++r) dst[(j0 + c) * kDistancePanel + r] = block[r][c];
-            }
-          }
-          if (need_y) {
-            T* dst = packed_wt.data() + (j0 / kDistancePanel) * n * kDistancePanel;
-            for (int64_t r = 0; r < kDistancePanel; ++r) {
-              const int64_t i = p * kDistancePanel + r;
-              if (i >= n) continue;
-              for (int64_t c = 0; c < kDistancePanel; ++c) dst[i * kDistancePanel + c] = block[r][c];
-            }
-          }
-        }
-      }
-    });
     if (need_x) pack_columns(Yb, m, dim, y_cols.data());
     if (need_y) pack_columns(Xb, n, dim, x_cols.data());
-    // Phase 2: grad_x rows (W y) and grad_y rows (W^T x), parallel over groups of panels; the
-    // sum runs over k in chunks, each chunk of the column panels used by every panel of the
-    // group while it is in cache.
-    constexpr int64_t kGroup = 4;
-    constexpr int64_t kChunk = kDistanceChunk;
     const int64_t groups_x = need_x ? (pn + kGroup - 1) / kGroup : 0;
     const int64_t groups_y = need_y ? (pm + kGroup - 1) / kGroup : 0;
     at::parallel_for(0, groups_x + groups_y, 1, [&](int64_t begin, int64_t end) {
+      Buffer<T> panels(kGroup * kChunk * kDistancePanel);
       std::vector<T> tile(kGroup * kDistancePanel * ldt);
+      std::vector<T> sums(kGroup * kDistancePanel);
       for (int64_t t = begin; t < end; ++t) {
         const bool for_x = t < groups_x;
         const int64_t g = for_x ? t : t - groups_x;
-        const int64_t panels = for_x ? pn : pm, rows_total = for_x ? n : m, k_len = for_x ? m : n;
-        const T* a_base = for_x ? packed_w.data() : packed_wt.data();
+        const int64_t rows_total = for_x ? n : m, k_len = for_x ? m : n;
+        const int64_t p_begin = g * kGroup, p_end = std::min(for_x ? pn : pm, p_begin + kGroup);
         const T* cols = for_x ? y_cols.data() : x_cols.data();
-        const int64_t p_end = std::min(panels, (g + 1) * kGroup);
-        for (int64_t k0 = 0; k0 < std::max<int64_t>(k_len, 1); k0 += kChunk) {
+        std::fill(sums.begin(), sums.end(), T(0));
+        for (int64_t k0 = 0; k0 < k_len; k0 += kChunk) {
           const int64_t kc = std::min(kChunk, k_len - k0);
-          for (int64_t p = g * kGroup; p < p_end; ++p) {
-            const int64_t rows = std::min(kDistancePanel, rows_total - p * kDistancePanel);
-            ops.dot_tile(a_base + p * k_len * kDistancePanel + k0 * kDistancePanel, rows, cols + k0 * kDistancePanel,
-                         pd, kc, k_len * kDistancePanel, k0 > 0, tile.data() + (p - g * kGroup) * kDistancePanel * ldt,
-                         ldt);
+          if (for_x) {
+            // Rows of W, panel by panel: each row's chunk is contiguous in G and O.
+            for (int64_t p = p_begin; p < p_end; ++p) {
+              T* a = panels.data() + (p - p_begin) * kChunk * kDistancePanel;
+              T* sum = sums.data() + (p - p_begin) * kDistancePanel;
+              for (int64_t r = 0; r < kDistancePanel; ++r) {
+                const int64_t e = p * kDistancePanel + r;
+                if (e >= rows_total) {
+                  for (int64_t k = 0; k < kc; ++k) a[k * kDistancePanel + r] = T(0);
+                  continue;
+                }
+                T s = T(0);
+                for (int64_t k = 0; k < kc; ++k) {
+                  const T v = w(e, k0 + k);
+                  a[k * kDistancePanel + r] = v;
+                  s += v;
+                }
+                sum[r] += s;
+              }
+            }
+          } else {
+            // Columns of W, panel by panel and column by column: a column's chunk is strided
+            // in G and O, but the 16 columns of a panel share their cache lines, which stay in
+            // L1 from one column to the next.
+            for (int64_t p = p_begin; p < p_end; ++p) {
+              T* a = panels.data() + (p - p_begin) * kChunk * kDistancePanel;
+              T* sum = sums.data() + (p - p_begin) * kDistancePanel;
+              for (int64_t r = 0; r < kDistancePanel; ++r) {
+                const int64_t e = p * kDistancePanel + r;
+                if (e >= rows_total) {
+                  for (int64_t k = 0; k < kc; ++k) a[k * kDistancePanel + r] = T(0);
+                  continue;
+                }
+                T s = T(0);
+                for (int64_t k = 0; k < kc; ++k) {
+                  const T v = w(k0 + k, e);
+                  a[k * kDistancePanel + r] = v;
+                  s += v;
+                }
+                sum[r] += s;
+              }
+            }
+          }
+          for (int64_t p = p_begin; p < p_end; ++p) {
+            ops.dot_tile(panels.data() + (p - p_begin) * kChunk * kDistancePanel,
+                         std::min(kDistancePanel, rows_total - p * kDistancePanel), cols + k0 * kDistancePanel, pd, kc,
+                         k_len * kDistancePanel, k0 > 0, tile.data() + (p - p_begin) * kDistancePanel * ldt, ldt);
           }
         }
-        for (int64_t p = g * kGroup; p < p_end; ++p) {
+        for (int64_t p = p_begin; p < p_end; ++p) {
           const int64_t rows = std::min(kDistancePanel, rows_total - p * kDistancePanel);
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t i = p * kDistancePanel + r;
-            T scale = T(0);
-            if (!plain) {
-              if (for_x) {
-                scale = rowsum[i];
-              } else {
-                const T* wt = packed_wt.data() + p * n * kDistancePanel;
-                for (int64_t q = 0; q < n; ++q) scale += wt[q * kDistancePanel + r];
-              }
-            }
+            const T scale = plain ? T(0) : sums[(p - p_begin) * kDistancePanel + r];
             const T* own = (for_x ? Xb : Yb) + i * dim;
-            // x against itself: the two halves of a row's gradient (as a row, as a column) go
-            // to gx and gy and are added by the caller.
             T* dst = (for_x ? gx + b * n * dim : gy + b * m * dim) + i * dim;
-            const T* prod = tile.data() + ((p - g * kGroup) * kDistancePanel + r) * ldt;
-            for (int64_t d = 0; d < dim; ++d) dst[d] = plain ? prod[d] : scale * own[d] - prod[d];
+            const T* prod = tile.data() + ((p - p_begin) * kDistancePanel + r) * ldt;
+            if (k_len == 0) {
+              for (int64_t d = 0; d < dim; ++d) dst[d] = T(0);
+            } else {
+              for (int64_t d = 0; d < dim; ++d) dst[d] = plain ? prod[d] : scale * own[d] - prod[d];
+            }
           }
         }
       }
@@ -688,7 +691,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
     AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
       distance_backward_kernel<scalar_t>(metric, G.data_ptr<scalar_t>(), {G.stride(0), G.stride(1), G.stride(2)},
                                          O.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), batch,
-                                         n, m, dim, need_x, need_y, self, need_x ? gx.data_ptr<scalar_t>() : nullptr,
+                                         n, m, dim, need_x, need_y, need_x ? gx.data_ptr<scalar_t>() : nullptr,
                                          need_y ? gy.data_ptr<scalar_t>() : nullptr);
     });
   } else {

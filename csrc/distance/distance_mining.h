@@ -14,8 +14,8 @@
 //   * semi-hard: the nearest negative with kp < key < +inf (the CPU's buckets start at +inf and
 //     keep only keys strictly below), else the farthest negative (largest key > -inf); an anchor
 //     whose negatives are all -inf / NaN is skipped.
-//   * window: dp < dn && dn <= dp + margin (upper bound rounded in the key type, as the CPU);
-//     hard: v = dp - dn + margin > 0 (v rounded in the key type).
+//   * window: 0 < dn - dp <= margin (pytorch-metric-learning's form, gap rounded in the key
+//     type, as the CPU); hard: v = (dp - dn) + margin > 0 (v rounded in the key type).
 #pragma once
 
 #include <cmath>
@@ -147,12 +147,12 @@ PVO_HOST_DEVICE inline int64_t semi_hard_negative(const T* keys, const int64_t* 
 template <typename T>
 PVO_HOST_DEVICE inline bool window_or_hard_triplet(bool hard, T dp, T dn, T margin, T* violation) {
   if (hard) {
-    const T v = dp - dn + margin;
+    const T v = (dp - dn) + margin;
     *violation = v;
     return v > T(0);
   }
-  const T upper = dp + margin;
-  return dp < dn && dn <= upper;
+  const T gap = dn - dp;
+  return gap > T(0) && gap <= margin;
 }
 
 // --- packed batch-hard candidates (float32 keys) ---------------------------------------------

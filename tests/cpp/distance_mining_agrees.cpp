@@ -128,10 +128,9 @@ void cpu_window_anchor(const T* keys, const int64_t* labels, int64_t n, int64_t 
         }
       }
     } else {
-      const T upper = dp + margin;
       for (int64_t e : negatives) {
-        const T dn = keys[e];
-        if (dp < dn && dn <= upper) out.push_back({a, p, e});
+        const T gap = keys[e] - dp;
+        if (gap > T(0) && gap <= margin) out.push_back({a, p, e});
       }
     }
   }

@@ -1,5 +1,8 @@
 #include "distance/distance_checks.h"
 
+#include <array>
+#include <utility>
+
 #include "common/checks.h"
 
 namespace pyvision_ops {
@@ -57,6 +60,34 @@ int64_t check_pairwise_inputs(const char* op, const at::Tensor& x, const at::Ten
                     x.size(-1), " and ", y.size(-1), " (shapes ", shape_string(x.sizes()), " and ",
                     shape_string(y.sizes()), ")");
   return batch;
+}
+
+int64_t check_topk_inputs(const char* op, const at::Tensor& x, const at::Tensor& y, int64_t k) {
+  TORCH_CHECK_VALUE(y.defined(), op, ": y must be a tensor (..., M, D)");
+  const int64_t batch = check_pairwise_inputs(op, x, y);
+  const int64_t m = y.size(-2);
+  TORCH_CHECK_VALUE(k >= 1 && k <= m, op, ": k must be in [1, M] with M = ", m, " (rows of y), got k = ", k);
+  return batch;
+}
+
+void check_indexed_triplets(const char* op, const at::Tensor& embeddings, const at::Tensor& a, const at::Tensor& p,
+                            const at::Tensor& n) {
+  check_dim(embeddings, 2, op, "embeddings", "(N, D)");
+  check_floating(embeddings, op, "embeddings");
+  const int64_t rows = embeddings.size(0);
+  const std::array<std::pair<const at::Tensor*, const char*>, 3> args{{{&a, "anchor"}, {&p, "positive"}, {&n, "negative"}}};
+  for (const auto& [t, name] : args) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->size(0) == a.size(0), op, ": ", name,
+                      " must be 1-D int64 of the anchors' length (", a.size(0), "), got ", t->scalar_type(),
+                      " of shape ", shape_string(t->sizes()));
+    check_same_device(embeddings, *t, op, "embeddings", name);
+    if (t->numel() > 0) {
+      // One read-back of the extremes (a sync on CUDA); the first bad position is named on CPU.
+      const int64_t lo = t->min().item<int64_t>(), hi = t->max().item<int64_t>();
+      TORCH_CHECK_VALUE(lo >= 0 && hi < rows, op, ": ", name, " indices must lie in [0, ", rows, "), got ",
+                        lo < 0 ? lo : hi);
+    }
+  }
 }
 
 void check_pairwise_backward_inputs(const char* op, const at::Tensor& grad, const at::Tensor& out, const at::Tensor& x,

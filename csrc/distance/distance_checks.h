@@ -24,6 +24,14 @@ at::ScalarType distance_compute_dtype(at::ScalarType dtype);
 // and device, equal leading dims and D. Returns the batch size (the product of leading dims).
 int64_t check_pairwise_inputs(const char* op, const at::Tensor& x, const at::Tensor& y);
 
+// pairwise_topk's inputs: check_pairwise_inputs plus 1 <= k <= M. Returns the batch size.
+int64_t check_topk_inputs(const char* op, const at::Tensor& x, const at::Tensor& y, int64_t k);
+
+// Mined triplets (anchor, positive, negative) of _triplet_loss_indexed: 1-D int64 of one
+// length on the embeddings' device, every index in [0, N) for embeddings (N, D).
+void check_indexed_triplets(const char* op, const at::Tensor& embeddings, const at::Tensor& anchor,
+                            const at::Tensor& positive, const at::Tensor& negative);
+
 // The backward's grad and saved out must have pairwise_distance's output shape (..., N, M).
 void check_pairwise_backward_inputs(const char* op, const at::Tensor& grad, const at::Tensor& out, const at::Tensor& x,
                                     const at::Tensor& y);

@@ -286,24 +286,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_loss_backward(const at::T
   return {ga.to(a_in.scalar_type()), gp.to(p_in.scalar_type()), gn.to(n_in.scalar_type())};
 }
 
-void check_indexed_triplets(const char* op, const at::Tensor& embeddings, const at::Tensor& a, const at::Tensor& p,
-                            const at::Tensor& n) {
-  check_dim(embeddings, 2, op, "embeddings", "(N, D)");
-  check_floating(embeddings, op, "embeddings");
-  const int64_t rows = embeddings.size(0);
-  const std::array<std::pair<const at::Tensor*, const char*>, 3> args{{{&a, "anchor"}, {&p, "positive"}, {&n, "negative"}}};
-  for (const auto& [t, name] : args) {
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->size(0) == a.size(0), op, ": ", name,
-                      " must be 1-D int64 of the anchors' length (", a.size(0), "), got ", t->scalar_type(),
-                      " of shape ", shape_string(t->sizes()));
-    check_same_device(embeddings, *t, op, "embeddings", name);
-    if (t->numel() > 0) {
-      const bool ok = t->min().item<int64_t>() >= 0 && t->max().item<int64_t>() < rows;
-      TORCH_CHECK_VALUE(ok, op, ": ", name, " indices must lie in [0, ", rows, ")");
-    }
-  }
-}
-
 }  // namespace
 
 at::Tensor triplet_loss_indexed_composite(const at::Tensor& embeddings, const at::Tensor& a, const at::Tensor& p,

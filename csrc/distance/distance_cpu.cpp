@@ -195,9 +195,8 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const 
                                                      c10::string_view metric_name, bool largest) {
   constexpr const char* op = "pairwise_topk";
   const DistanceMetric metric = parse_distance_metric(op, metric_name);
-  const int64_t batch = check_pairwise_inputs(op, x, y);
-  const int64_t n = x.size(-2), m = y.size(-2);
-  TORCH_CHECK_VALUE(k >= 1 && k <= m, op, ": k must be in [1, M] with M = ", m, " (rows of y), got k = ", k);
+  const int64_t batch = check_topk_inputs(op, x, y, k);
+  const int64_t n = x.size(-2);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 2);
   shape.push_back(n);
   shape.push_back(k);
@@ -219,7 +218,10 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const 
           const int64_t b = t / groups, g = t % groups;
           const int64_t r0 = g * kDistanceGroupRows, rows = std::min(kDistanceGroupRows, n - r0);
           for (auto& s : sel) s.reset(k, std::max<int64_t>(2 * k, k + 256));
-          TopkSink<scalar_t> sink{std::vector<scalar_t>(kDistanceTileCols), sel.data(), r0, largest};
+          TopkSink<scalar_t> sink;
+          sink.rows = sel.data();
+          sink.r0 = r0;
+          sink.largest = largest;
           distance_row_group(ops, metric, side_of<scalar_t>(xs, b), side_of<scalar_t>(ys, b), xs.dim, r0, rows,
                              tile.data(), sink);
           for (int64_t r = 0; r < rows; ++r) {
@@ -764,26 +766,6 @@ void add_triplet_row_grads(DistanceMetric metric, const T* u, const T* v, int64_
   }
 }
 
-void check_indexed_triplets_cpu(const char* op, const at::Tensor& embeddings, const at::Tensor& a, const at::Tensor& p,
-                                const at::Tensor& n) {
-  check_dim(embeddings, 2, op, "embeddings", "(N, D)");
-  check_floating(embeddings, op, "embeddings");
-  const int64_t rows = embeddings.size(0);
-  const std::array<std::pair<const at::Tensor*, const char*>, 3> args{{{&a, "anchor"}, {&p, "positive"}, {&n, "negative"}}};
-  for (const auto& [t, name] : args) {
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->size(0) == a.size(0), op, ": ", name,
-                      " must be 1-D int64 of the anchors' length (", a.size(0), "), got ", t->scalar_type(),
-                      " of shape ", shape_string(t->sizes()));
-    check_same_device(embeddings, *t, op, "embeddings", name);
-    const at::Tensor c = t->contiguous();
-    const int64_t* v = c.data_ptr<int64_t>();
-    for (int64_t i = 0; i < c.numel(); ++i) {
-      TORCH_CHECK_VALUE(v[i] >= 0 && v[i] < rows, op, ": ", name, " index ", v[i], " at position ", i,
-                        " out of range [0, ", rows, ")");
-    }
-  }
-}
-
 template <typename T>
 T triplet_term(DistanceMetric metric, const T* e, int64_t dim, int64_t a, int64_t p, int64_t n, T margin, bool soft,
                T* d_ap, T* d_an) {
@@ -798,7 +780,7 @@ at::Tensor triplet_loss_indexed_cpu(const at::Tensor& embeddings, const at::Tens
                                     const at::Tensor& n_in, double margin, c10::string_view metric_name, bool soft) {
   constexpr const char* op = "batch_hard_triplet_loss";
   const DistanceMetric metric = parse_distance_metric(op, metric_name);
-  check_indexed_triplets_cpu(op, embeddings, a_in, p_in, n_in);
+  check_indexed_triplets(op, embeddings, a_in, p_in, n_in);
   const at::ScalarType compute = distance_compute_dtype(embeddings.scalar_type());
   const at::Tensor e = embeddings.to(compute).contiguous();
   const at::Tensor a = a_in.contiguous(), p = p_in.contiguous(), n = n_in.contiguous();
@@ -828,7 +810,7 @@ at::Tensor triplet_loss_indexed_backward_cpu(const at::Tensor& grad, const at::T
                                              double margin, c10::string_view metric_name, bool soft) {
   constexpr const char* op = "batch_hard_triplet_loss_backward";
   const DistanceMetric metric = parse_distance_metric(op, metric_name);
-  check_indexed_triplets_cpu(op, embeddings, a_in, p_in, n_in);
+  check_indexed_triplets(op, embeddings, a_in, p_in, n_in);
   const at::ScalarType compute = distance_compute_dtype(embeddings.scalar_type());
   const at::Tensor e = embeddings.to(compute).contiguous();
   const at::Tensor a = a_in.contiguous(), p = p_in.contiguous(), n = n_in.contiguous();

@@ -115,9 +115,8 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cuda(const at::Tensor& x, const
                                                       c10::string_view metric_name, bool largest) {
   constexpr const char* op = "pairwise_topk";
   const DistanceMetric metric = parse_distance_metric(op, metric_name);
-  const int64_t batch = check_pairwise_inputs(op, x, y);
+  const int64_t batch = check_topk_inputs(op, x, y, k);
   const int64_t n = x.size(-2), m = y.size(-2);
-  TORCH_CHECK_VALUE(k >= 1 && k <= m, op, ": k must be in [1, M] with M = ", m, " (rows of y), got k = ", k);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 2);
   shape.push_back(n);
   shape.push_back(k);

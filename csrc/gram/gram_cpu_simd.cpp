@@ -8,6 +8,8 @@
 
 #if PVO_X86
 #include <immintrin.h>
+
+#include "common/avx2_panel.h"
 #endif
 
 namespace pyvision_ops {
@@ -15,6 +17,10 @@ namespace pyvision_ops {
 #if PVO_X86
 
 namespace {
+
+using avx2_panel::micro_kernel;
+using avx2_panel::transpose8_store;
+static_assert(avx2_panel::kRows == kGramPanel, "the shared panel height");
 
 // --- widening loads -----------------------------------------------------------------------
 
@@ -64,26 +70,6 @@ struct Geometry<double> {
 };
 
 // --- packing ------------------------------------------------------------------------------
-
-// Transposes the 8x8 block rows[i][0..7] and stores column j at dst + j * kGramPanel.
-PVO_TARGET_AVX2 inline void transpose8_store(const __m256 r[8], float* dst) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  _mm256_store_ps(dst + 0 * kGramPanel, _mm256_permute2f128_ps(s0, s4, 0x20));
-  _mm256_store_ps(dst + 1 * kGramPanel, _mm256_permute2f128_ps(s1, s5, 0x20));
-  _mm256_store_ps(dst + 2 * kGramPanel, _mm256_permute2f128_ps(s2, s6, 0x20));
-  _mm256_store_ps(dst + 3 * kGramPanel, _mm256_permute2f128_ps(s3, s7, 0x20));
-  _mm256_store_ps(dst + 4 * kGramPanel, _mm256_permute2f128_ps(s0, s4, 0x31));
-  _mm256_store_ps(dst + 5 * kGramPanel, _mm256_permute2f128_ps(s1, s5, 0x31));
-  _mm256_store_ps(dst + 6 * kGramPanel, _mm256_permute2f128_ps(s2, s6, 0x31));
-  _mm256_store_ps(dst + 7 * kGramPanel, _mm256_permute2f128_ps(s3, s7, 0x31));
-}
 
 // Planar rows: each panel is a blocked 8x8 transpose of 16 rows; scalar for the last positions
 // (kc % 8) and for a partial last panel (zero past C).
@@ -208,54 +194,6 @@ inline void pack_rows(const double* src, int64_t C, int64_t L, int64_t l0, int64
 }
 
 // --- the micro-kernels --------------------------------------------------------------------
-
-// c[r * ldc + j] += sum_k a[k * 16 + r] * b[k * 16 + j] for r < MR, j < 16: MR broadcasts of the
-// row panel and two aligned loads of the column panel feed 2 * MR FMAs per position.
-template <int MR, bool kAccumulate = true>
-PVO_TARGET_AVX2 inline void micro_kernel(const float* a, const float* b, int64_t kc, float* c,
-                                                             int64_t ldc) {
-  static_assert(MR == 4 || MR == 6, "micro-kernel rows");
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-#pragma GCC unroll 4
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-    __m256 x = _mm256_broadcast_ss(a + 0);
-    c00 = _mm256_fmadd_ps(x, b0, c00);
-    c01 = _mm256_fmadd_ps(x, b1, c01);
-    x = _mm256_broadcast_ss(a + 1);
-    c10 = _mm256_fmadd_ps(x, b0, c10);
-    c11 = _mm256_fmadd_ps(x, b1, c11);
-    x = _mm256_broadcast_ss(a + 2);
-    c20 = _mm256_fmadd_ps(x, b0, c20);
-    c21 = _mm256_fmadd_ps(x, b1, c21);
-    x = _mm256_broadcast_ss(a + 3);
-    c30 = _mm256_fmadd_ps(x, b0, c30);
-    c31 = _mm256_fmadd_ps(x, b1, c31);
-    if constexpr (MR == 6) {
-      x = _mm256_broadcast_ss(a + 4);
-      c40 = _mm256_fmadd_ps(x, b0, c40);
-      c41 = _mm256_fmadd_ps(x, b1, c41);
-      x = _mm256_broadcast_ss(a + 5);
-      c50 = _mm256_fmadd_ps(x, b0, c50);
-      c51 = _mm256_fmadd_ps(x, b1, c51);
-    }
-    a += kGramPanel;
-    b += kGramPanel;
-  }
-  const __m256 sums[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-  for (int r = 0; r < MR; ++r) {
-    float* row = c + r * ldc;
-    if constexpr (kAccumulate) {
-      _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), sums[r][0]));
-      _mm256_storeu_ps(row + 8, _mm256_add_ps(_mm256_loadu_ps(row + 8), sums[r][1]));
-    } else {
-      _mm256_storeu_ps(row, sums[r][0]);
-      _mm256_storeu_ps(row + 8, sums[r][1]);
-    }
-  }
-}
 
 // float64: c[r * ldc + j] += sum_k a[k * 8 + r] * b[k * 8 + j] for r < 4, j < 8 (8 FMAs per
 // position from 2 aligned loads and 4 broadcasts).

@@ -23,7 +23,7 @@ $(DEPS_STAMP): pyproject.toml | $(PY)
 	else \
 		$(PY) -m pip install --quiet "$(TORCH_SPEC)"; \
 	fi
-	$(PY) -m pip install --quiet numpy scipy pytest pytest-benchmark expecttest tqdm matplotlib ninja pybind11 lapx faiss-cpu pytorch-metric-learning
+	$(PY) -m pip install --quiet numpy scipy pytest pytest-benchmark expecttest tqdm matplotlib ninja pybind11 lapx faiss-cpu pytorch-metric-learning scikit-learn
 	touch $@
 
 deps: $(DEPS_STAMP)

@@ -706,6 +706,27 @@ def test_pairwise_topk_equals_brute_force_without_near_ties(mode, device):
         check_separated_topk(x, y, k, metric, largest)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", TOPK_MODES, ids=lambda m: f"{m[0]}-{'largest' if m[1] else 'smallest'}")
+def test_pairwise_topk_k1_agrees_with_the_candidate_buffer(mode, device):
+    """k = 1 has its own sink (a running best per row): it must pick what k = 2's candidate
+    buffer puts first, on exact ties (duplicate rows: the smaller index), NaN rows of y (never
+    chosen while a number is there) and a NaN query (every key NaN: index 0)."""
+    metric, largest = mode
+    y = points(300, 5, device=device)
+    y[7] = y[3]
+    y[260] = y[3]
+    y[20] = float("nan")
+    x = torch.cat([y[[3, 7, 0, 260, 299]], points(40, 5, device=device), y[20:21]])
+    one = pyvision_ops.pairwise_topk(x, y, 1, metric=metric, largest=largest)
+    two = pyvision_ops.pairwise_topk(x, y, 2, metric=metric, largest=largest)
+    assert torch.equal(one.indices, two.indices[:, :1])
+    assert torch.allclose(one.values, two.values[:, :1], rtol=0, atol=0, equal_nan=True)
+    assert int(one.indices[-1, 0]) == 0 and bool(torch.isnan(one.values[-1, 0]))
+    if metric in ("sqeuclidean", "euclidean") and not largest:
+        assert one.indices[:4, 0].tolist() == [3, 3, 0, 3] and bool((one.values[:4] == 0).all())
+
+
 def check_separated_topk(x, y, k, metric, largest):
     result = pyvision_ops.pairwise_topk(x, y, k, metric=metric, largest=largest)
     ref_values, ref_indices = reference_pairwise_topk(x, y, k, metric, largest)

@@ -18,3 +18,10 @@ from sanitized_cpp import run_sanitized
 def test_mining_rules_agree_with_the_cpu_miners(tmp_path: Path) -> None:
     out = run_sanitized(tmp_path, "distance_mining_agrees.cpp", [], ["300"])
     assert "bad 0" in out
+
+
+def test_hierarchical_entries_agree_with_the_triplet_definition(tmp_path: Path) -> None:
+    """csrc/distance/distance_hierarchical.h (the CUDA kernel's per-entry rule) against a triple
+    loop over every (anchor, positive, negative), under ASan/UBSan."""
+    out = run_sanitized(tmp_path, "distance_hierarchical_agrees.cpp", [], ["300"])
+    assert "bad 0" in out

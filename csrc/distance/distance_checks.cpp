@@ -90,6 +90,39 @@ void check_indexed_triplets(const char* op, const at::Tensor& embeddings, const 
   }
 }
 
+HierarchicalInputs check_hierarchical_inputs(const char* op, const at::Tensor& distances, const at::Tensor& classes,
+                                             const at::Tensor& margins) {
+  check_dim(distances, 2, op, "distances", "(N, N)");
+  check_floating(distances, op, "distances");
+  TORCH_CHECK_VALUE(distances.size(0) == distances.size(1), op, ": distances must be square (N, N), got shape ",
+                    shape_string(distances.sizes()));
+  const int64_t n = distances.size(0);
+  TORCH_CHECK_VALUE(classes.dim() == 1 && classes.scalar_type() == at::kLong && classes.size(0) == n, op,
+                    ": classes must be 1-D int64 of length ", n, " (one per row of distances), got ",
+                    classes.scalar_type(), " of shape ", shape_string(classes.sizes()));
+  check_dim(margins, 2, op, "margins", "(P, P)");
+  check_floating(margins, op, "margins");
+  TORCH_CHECK_VALUE(margins.size(0) == margins.size(1), op, ": margins must be square (P, P), got shape ",
+                    shape_string(margins.sizes()));
+  check_same_device(distances, classes, op, "distances", "classes");
+  check_same_device(distances, margins, op, "distances", "margins");
+  HierarchicalInputs in;
+  in.n = n;
+  in.p = margins.size(0);
+  const at::ScalarType compute = distance_compute_dtype(distances.scalar_type());
+  in.distances = distances.to(compute).contiguous();
+  in.margins = margins.to(compute).contiguous();
+  in.classes = classes.contiguous();
+  if (n > 0) {
+    const int64_t lo = classes.min().item<int64_t>(), hi = classes.max().item<int64_t>();
+    TORCH_CHECK_VALUE(lo >= 0 && hi < in.p, op, ": classes must lie in [0, ", in.p, ") (rows of margins), got ",
+                      lo < 0 ? lo : hi);
+    const at::Tensor counts = at::bincount(in.classes, {}, in.p).to(at::kDouble);
+    in.triplets = (counts * (counts - 1) * (static_cast<double>(n) - counts)).sum().item<double>();
+  }
+  return in;
+}
+
 void check_pairwise_backward_inputs(const char* op, const at::Tensor& grad, const at::Tensor& out, const at::Tensor& x,
                                     const at::Tensor& y) {
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);

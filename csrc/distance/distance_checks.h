@@ -62,6 +62,18 @@ void check_finite_embeddings(const char* op, const at::Tensor& embeddings);
 // labels as contiguous int64.
 at::Tensor check_mining_inputs(const char* op, const at::Tensor& embeddings, const at::Tensor& labels);
 
+// The hierarchical triplet loss's inputs (distance_hierarchical.h): distances (N, N) floating,
+// classes (N,) int64 with every value in [0, P), margins (P, P) floating, all on one device.
+// Returns them contiguous in the compute dtype (classes as int64) with the number of valid
+// triplets Z = sum over rows a of (|class of a| - 1) (N - |class of a|).
+struct HierarchicalInputs {
+  at::Tensor distances, classes, margins;
+  int64_t n = 0, p = 0;
+  double triplets = 0;
+};
+HierarchicalInputs check_hierarchical_inputs(const char* op, const at::Tensor& distances, const at::Tensor& classes,
+                                             const at::Tensor& margins);
+
 // The ATen form of _pairwise_distance_backward (distance_composite.cpp): every metric, every
 // device; the CPU kernel uses it for "cosine".
 std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_composite(const at::Tensor& grad, const at::Tensor& x,

@@ -16,6 +16,7 @@
 #include "common/checks.h"
 #include "distance/distance.h"
 #include "distance/distance_checks.h"
+#include "distance/distance_hierarchical.h"
 #include "distance/distance_tiles.h"
 
 namespace pyvision_ops {
@@ -191,6 +192,63 @@ struct TopkSink {
   }
 };
 
+// k = 1 (the nearest-centroid search of metric_learning.kmeans): a running best per row instead
+// of a candidate buffer. Keys as TopkSink (NaN -> +inf); the first of equal keys wins.
+template <typename T>
+struct NearestSink {
+  std::vector<T> segment = std::vector<T>(kDistanceTileCols);
+  T* best_key;        // kDistanceGroupRows entries, row r0 + i at [i]
+  int64_t* best_col;  // -1 until a row has seen a column
+  int64_t r0;
+  bool largest;
+  T* target(int64_t, int64_t) { return segment.data(); }
+  void consume(int64_t i, int64_t j0, const T* values, int64_t cols) {
+    T best = best_key[i - r0];
+    int64_t col = best_col[i - r0];
+    for (int64_t j = 0; j < cols; ++j) {
+      T key = largest ? -values[j] : values[j];
+      if (key != key) key = std::numeric_limits<T>::infinity();
+      if (key < best || col < 0) {
+        best = key;
+        col = j0 + j;
+      }
+    }
+    best_key[i - r0] = best;
+    best_col[i - r0] = col;
+  }
+};
+
+template <typename T>
+void nearest_rows(const DistanceTileOps<T>& ops, DistanceMetric metric, const PackedRows& xs, const PackedRows& ys,
+                  int64_t batch, int64_t n, bool largest, T* vals, int64_t* idx) {
+  const int64_t groups = (n + kDistanceGroupRows - 1) / kDistanceGroupRows;
+  at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> tile(kDistancePanel * kDistanceTileCols);
+    std::array<T, kDistanceGroupRows> best_key;
+    std::array<int64_t, kDistanceGroupRows> best_col;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / groups, g = t % groups;
+      const int64_t r0 = g * kDistanceGroupRows, rows = std::min(kDistanceGroupRows, n - r0);
+      best_key.fill(std::numeric_limits<T>::infinity());
+      best_col.fill(-1);
+      NearestSink<T> sink;
+      sink.best_key = best_key.data();
+      sink.best_col = best_col.data();
+      sink.r0 = r0;
+      sink.largest = largest;
+      const DistanceSide<T> x_side = side_of<T>(xs, b), y_side = side_of<T>(ys, b);
+      distance_row_group(ops, metric, x_side, y_side, xs.dim, r0, rows, tile.data(), sink);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = r0 + r, j = best_col[r];
+        const T key = best_key[r];
+        idx[b * n + i] = j;
+        // An infinite key may stand for a NaN value: take the pair's value again.
+        vals[b * n + i] = std::isinf(key) ? pair_value(ops, metric, x_side, y_side, xs.dim, i, j) : (largest ? -key : key);
+      }
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const at::Tensor& y, int64_t k,
                                                      c10::string_view metric_name, bool largest) {
   constexpr const char* op = "pairwise_topk";
@@ -211,6 +269,10 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const 
       const int64_t groups = (n + kDistanceGroupRows - 1) / kDistanceGroupRows;
       scalar_t* vals = values.data_ptr<scalar_t>();
       int64_t* idx = indices.data_ptr<int64_t>();
+      if (k == 1) {
+        nearest_rows<scalar_t>(ops, metric, xs, ys, batch, n, largest, vals, idx);
+        return;
+      }
       at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> tile(kDistancePanel * kDistanceTileCols);
         std::vector<RowSelection<scalar_t>> sel(kDistanceGroupRows);
@@ -840,6 +902,125 @@ at::Tensor triplet_loss_indexed_backward_cpu(const at::Tensor& grad, const at::T
   return g.to(embeddings.scalar_type());
 }
 
+// --- hierarchical triplet loss (distance_hierarchical.h) ---------------------------------------
+
+// Row a of d compacted: the distances to a's positives and the shifted distances e_an to its
+// negatives, with their columns.
+template <typename T>
+struct HierarchicalRow {
+  std::vector<T> pos, neg;
+  std::vector<int64_t> pos_col, neg_col;
+
+  void load(const T* d_row, const int64_t* classes, const T* alpha_row, int64_t n, int64_t a) {
+    pos.clear();
+    neg.clear();
+    pos_col.clear();
+    neg_col.clear();
+    const int64_t ca = classes[a];
+    for (int64_t j = 0; j < n; ++j) {
+      if (classes[j] == ca) {
+        if (j == a) continue;
+        pos.push_back(d_row[j]);
+        pos_col.push_back(j);
+      } else {
+        neg.push_back(d_row[j] - alpha_row[classes[j]]);
+        neg_col.push_back(j);
+      }
+    }
+  }
+};
+
+// The sum over the row's negatives of hierarchical_hinge(d_ap, e), eight partial sums so the
+// loop vectorises.
+template <typename T>
+double hierarchical_positive_sum(T d_ap, const T* e, int64_t count) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t t = 0;
+  for (; t + 8 <= count; t += 8) {
+    for (int l = 0; l < 8; ++l) acc[l] += hierarchical_hinge(d_ap, e[t + l]);
+  }
+  double total = 0;
+  for (; t < count; ++t) total += hierarchical_hinge(d_ap, e[t]);
+  for (int l = 0; l < 8; ++l) total += acc[l];
+  return total;
+}
+
+at::Tensor hierarchical_triplet_loss_cpu(const at::Tensor& distances, const at::Tensor& classes,
+                                         const at::Tensor& margins) {
+  constexpr const char* op = "hierarchical_triplet_loss";
+  const HierarchicalInputs in = check_hierarchical_inputs(op, distances, classes, margins);
+  at::Tensor loss = at::zeros({}, in.distances.options());
+  if (in.triplets == 0) return loss.to(distances.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(in.distances.scalar_type(), op, [&] {
+    using T = scalar_t;
+    const T* d = in.distances.data_ptr<T>();
+    const T* alpha = in.margins.data_ptr<T>();
+    const int64_t* cls = in.classes.data_ptr<int64_t>();
+    const int64_t n = in.n, p = in.p;
+    std::vector<double> per_anchor(n, 0.0);
+    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+      HierarchicalRow<T> row;
+      for (int64_t a = begin; a < end; ++a) {
+        row.load(d + a * n, cls, alpha + cls[a] * p, n, a);
+        double total = 0;
+        for (const T d_ap : row.pos) {
+          total += hierarchical_positive_sum(d_ap, row.neg.data(), static_cast<int64_t>(row.neg.size()));
+        }
+        per_anchor[a] = total;
+      }
+    });
+    // Summed in row order: the result does not depend on the thread count.
+    double total = 0;
+    for (double v : per_anchor) total += v;
+    loss.fill_(total / (2.0 * in.triplets));
+  });
+  return loss.to(distances.scalar_type());
+}
+
+at::Tensor hierarchical_triplet_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& distances,
+                                                  const at::Tensor& classes, const at::Tensor& margins) {
+  constexpr const char* op = "hierarchical_triplet_loss_backward";
+  const HierarchicalInputs in = check_hierarchical_inputs(op, distances, classes, margins);
+  TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad must be the loss's gradient (one element), got shape ",
+                    shape_string(grad.sizes()));
+  at::Tensor out = at::zeros({in.n, in.n}, in.distances.options());
+  if (in.triplets > 0) {
+    AT_DISPATCH_FLOATING_TYPES(in.distances.scalar_type(), op, [&] {
+      using T = scalar_t;
+      const T scale = static_cast<T>(grad.to(at::kDouble).item<double>() / (2.0 * in.triplets));
+      const T* d = in.distances.data_ptr<T>();
+      const T* alpha = in.margins.data_ptr<T>();
+      const int64_t* cls = in.classes.data_ptr<int64_t>();
+      T* g = out.data_ptr<T>();
+      const int64_t n = in.n, p = in.p;
+      at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+        HierarchicalRow<T> row;
+        std::vector<T> neg_count;
+        for (int64_t a = begin; a < end; ++a) {
+          row.load(d + a * n, cls, alpha + cls[a] * p, n, a);
+          const int64_t negs = static_cast<int64_t>(row.neg.size());
+          neg_count.assign(negs, T(0));
+          const T* e = row.neg.data();
+          T* nc = neg_count.data();
+          T* g_row = g + a * n;
+          for (size_t i = 0; i < row.pos.size(); ++i) {
+            const T d_ap = row.pos[i];
+            T active = 0;
+            for (int64_t t = 0; t < negs; ++t) {
+              const T hit = hierarchical_active(d_ap, e[t]) ? T(1) : T(0);
+              active += hit;
+              nc[t] += hit;
+            }
+            g_row[row.pos_col[i]] = scale * active;
+          }
+          for (int64_t t = 0; t < negs; ++t) g_row[row.neg_col[t]] = -scale * nc[t];
+        }
+      });
+    });
+  }
+  return out.to(distances.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyvision_ops, CPU, m) {
@@ -849,6 +1030,8 @@ TORCH_LIBRARY_IMPL(pyvision_ops, CPU, m) {
   m.impl("_pairwise_distance_backward", &pairwise_distance_backward_cpu);
   m.impl("_triplet_loss_indexed", &triplet_loss_indexed_cpu);
   m.impl("_triplet_loss_indexed_backward", &triplet_loss_indexed_backward_cpu);
+  m.impl("_hierarchical_triplet_loss", &hierarchical_triplet_loss_cpu);
+  m.impl("_hierarchical_triplet_loss_backward", &hierarchical_triplet_loss_backward_cpu);
 }
 
 }  // namespace pyvision_ops

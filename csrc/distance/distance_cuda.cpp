@@ -397,12 +397,50 @@ Triplets mine_triplets_cuda(const at::Tensor& embeddings, const at::Tensor& labe
   return mine_blocks(strategy, metric, margin, max_triplets, xr, yr, labels, anchor_begin, anchors, n, compute);
 }
 
+// The hierarchical triplet loss: one kernel writes the per-entry terms or counts
+// (hierarchical_entry), ATen reduces them (a fixed-order reduction: deterministic).
+at::Tensor hierarchical_triplet_loss_cuda(const at::Tensor& distances, const at::Tensor& classes,
+                                          const at::Tensor& margins) {
+  constexpr const char* op = "hierarchical_triplet_loss";
+  const c10::cuda::CUDAGuard guard(distances.device());
+  const HierarchicalInputs in = check_hierarchical_inputs(op, distances, classes, margins);
+  if (in.triplets == 0) return at::zeros({}, distances.options());
+  at::Tensor term = at::empty({in.n, in.n}, in.distances.options());
+  check_cuda_launch(launch_hierarchical_entries(scalar_kind(in.distances.scalar_type()), in.distances.const_data_ptr(),
+                                                in.classes.const_data_ptr<int64_t>(), in.margins.const_data_ptr(),
+                                                in.n, in.p, term.mutable_data_ptr(), nullptr,
+                                                at::cuda::getCurrentCUDAStream()),
+                    op, "hierarchical_entries_kernel");
+  return (term.sum() / (2.0 * in.triplets)).to(distances.scalar_type());
+}
+
+at::Tensor hierarchical_triplet_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& distances,
+                                                   const at::Tensor& classes, const at::Tensor& margins) {
+  constexpr const char* op = "hierarchical_triplet_loss_backward";
+  const c10::cuda::CUDAGuard guard(distances.device());
+  const HierarchicalInputs in = check_hierarchical_inputs(op, distances, classes, margins);
+  TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad must be the loss's gradient (one element), got shape ",
+                    shape_string(grad.sizes()));
+  check_same_device(distances, grad, op, "distances", "grad");
+  if (in.triplets == 0) return at::zeros({in.n, in.n}, distances.options());
+  at::Tensor count = at::empty({in.n, in.n}, in.distances.options());
+  check_cuda_launch(launch_hierarchical_entries(scalar_kind(in.distances.scalar_type()), in.distances.const_data_ptr(),
+                                                in.classes.const_data_ptr<int64_t>(), in.margins.const_data_ptr(),
+                                                in.n, in.p, nullptr, count.mutable_data_ptr(),
+                                                at::cuda::getCurrentCUDAStream()),
+                    op, "hierarchical_entries_kernel");
+  const at::Tensor scale = grad.reshape({}).to(in.distances.scalar_type()) / (2.0 * in.triplets);
+  return (count * scale).to(distances.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyvision_ops, CUDA, m) {
   m.impl("pairwise_distance", &pairwise_distance_cuda);
   m.impl("pairwise_topk", &pairwise_topk_cuda);
   m.impl("_mine_triplets", &mine_triplets_cuda);
+  m.impl("_hierarchical_triplet_loss", &hierarchical_triplet_loss_cuda);
+  m.impl("_hierarchical_triplet_loss_backward", &hierarchical_triplet_loss_backward_cuda);
 }
 
 }  // namespace pyvision_ops

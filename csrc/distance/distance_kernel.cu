@@ -35,6 +35,7 @@
 #include "common/cuda_check.h"
 #include "common/cuda_dispatch.cuh"
 #include "distance/distance.h"
+#include "distance/distance_hierarchical.h"
 #include "distance/distance_kernel.h"
 #include "distance/distance_mining.h"
 
@@ -790,6 +791,34 @@ cudaError_t launch_window_fill(ScalarKind scalar, const MiningBlockArgs& args, b
     using T = decltype(tag);
     window_fill_kernel<T><<<warp_blocks(args.rows * args.n), kThreadsPerBlock, 0, stream>>>(
         args, hard, static_cast<T>(margin), offsets, total, anchor, positive, negative, static_cast<T*>(violation));
+    PVO_RETURN_LAST_LAUNCH_ERROR();
+  });
+}
+
+template <typename T>
+__global__ void hierarchical_entries_kernel(const T* __restrict__ d, const int64_t* __restrict__ classes,
+                                            const T* __restrict__ margins, int64_t n, int64_t p, T* __restrict__ term,
+                                            T* __restrict__ count) {
+  const int64_t total = n * n;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t a = e / n, j = e % n;
+    T t, c;
+    hierarchical_entry<T, T>(d + a * n, classes, margins + classes[a] * p, n, a, j, &t, &c);
+    if (term != nullptr) term[e] = t;
+    if (count != nullptr) count[e] = c;
+  }
+}
+
+cudaError_t launch_hierarchical_entries(ScalarKind scalar, const void* distances, const int64_t* classes,
+                                        const void* margins, int64_t n, int64_t p, void* term, void* count,
+                                        cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  return dispatch_float_double(scalar, [&](auto tag) {
+    using T = decltype(tag);
+    hierarchical_entries_kernel<T><<<blocks_for(n * n), kThreadsPerBlock, 0, stream>>>(
+        static_cast<const T*>(distances), classes, static_cast<const T*>(margins), n, p, static_cast<T*>(term),
+        static_cast<T*>(count));
     PVO_RETURN_LAST_LAUNCH_ERROR();
   });
 }

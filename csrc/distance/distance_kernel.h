@@ -126,4 +126,13 @@ cudaError_t launch_window_fill(ScalarKind scalar, const MiningBlockArgs& args, b
                                const int64_t* offsets, int64_t total, int64_t* anchor, int64_t* positive,
                                int64_t* negative, void* violation, cudaStream_t stream);
 
+// --- hierarchical triplet loss (distance_hierarchical.h) ------------------------------------
+
+// One thread per entry (a, j) of the distances d (n, n) (compute dtype, contiguous), classes (n,)
+// in [0, p) and margins (p, p): term[a * n + j] and count[a * n + j] of hierarchical_entry, in
+// the compute dtype. Either output may be null (not written).
+cudaError_t launch_hierarchical_entries(ScalarKind scalar, const void* distances, const int64_t* classes,
+                                        const void* margins, int64_t n, int64_t p, void* term, void* count,
+                                        cudaStream_t stream);
+
 }  // namespace pyvision_ops

@@ -28,6 +28,11 @@ TORCH_LIBRARY_FRAGMENT(pyvision_ops, m) {
         "str metric, bool soft) -> Tensor");
   m.def("_triplet_loss_indexed_backward(Tensor grad, Tensor embeddings, Tensor anchor, Tensor positive, "
         "Tensor negative, float margin, str metric, bool soft) -> Tensor");
+  // The hierarchical triplet loss from the euclidean distances (N, N) of a batch, the class
+  // position of every row (N,) int64 and the margin table (P, P) (distance_hierarchical.h).
+  m.def("_hierarchical_triplet_loss(Tensor distances, Tensor classes, Tensor margins) -> Tensor");
+  m.def("_hierarchical_triplet_loss_backward(Tensor grad, Tensor distances, Tensor classes, Tensor margins) "
+        "-> Tensor");
   m.def("_contrastive_loss(Tensor x1, Tensor x2, Tensor same, float margin, int reduction) -> Tensor");
   m.def("_contrastive_loss_backward(Tensor grad, Tensor x1, Tensor x2, Tensor same, float margin, "
         "int reduction) -> (Tensor, Tensor)");

@@ -420,6 +420,14 @@ def _register() -> None:
     def _triplet_loss_backward_fake(grad, anchor, positive, negative, margin, metric, eps, swap, soft, reduction):
         return torch.empty_like(anchor), torch.empty_like(positive), torch.empty_like(negative)
 
+    @torch.library.register_fake("pyvision_ops::_hierarchical_triplet_loss")
+    def _hierarchical_fake(distances, classes, margins):
+        return distances.new_empty(())
+
+    @torch.library.register_fake("pyvision_ops::_hierarchical_triplet_loss_backward")
+    def _hierarchical_backward_fake(grad, distances, classes, margins):
+        return torch.empty_like(distances, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake("pyvision_ops::_contrastive_loss")
     def _contrastive_loss_fake(x1, x2, same, margin, reduction):
         shape = x1.shape[:-1] if reduction == 0 else ()
@@ -505,4 +513,15 @@ def _register() -> None:
 
     torch.library.register_autograd(
         "pyvision_ops::_contrastive_loss", _contrastive_backward, setup_context=_contrastive_setup
+    )
+
+    def _hierarchical_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _hierarchical_backward(ctx, grad):
+        distances, classes, margins = ctx.saved_tensors
+        return ops()._hierarchical_triplet_loss_backward(grad, distances, classes, margins), None, None
+
+    torch.library.register_autograd(
+        "pyvision_ops::_hierarchical_triplet_loss", _hierarchical_backward, setup_context=_hierarchical_setup
     )

@@ -1,6 +1,7 @@
 """Functional API: one module per op family."""
 
 from pyvision_ops.ops.assign import linear_sum_assignment
+from pyvision_ops.ops.attention import scaled_dot_product_attention
 from pyvision_ops.ops.distance import (
     TopK,
     batch_hard_triplet_loss,
@@ -22,6 +23,7 @@ from pyvision_ops.ops.unpool import (
 
 __all__ = [
     "linear_sum_assignment",
+    "scaled_dot_product_attention",
     "pairwise_distance",
     "pairwise_topk",
     "TopK",

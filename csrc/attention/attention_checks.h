@@ -1,0 +1,32 @@
+// Torch-side checks of the attention family, shared by the CPU kernels and the CUDA glue: the
+// argument checks and the prepared (contiguous, compute-dtype) inputs with their params.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "attention/attention.h"
+
+namespace pyvision_ops {
+
+// The compute dtype: float64 for float64, float32 otherwise.
+at::ScalarType attention_compute_dtype(at::ScalarType dtype);
+
+struct AttentionInputs {
+  at::Tensor q, k, v;  // contiguous, compute dtype
+  at::Tensor mask;     // the mask in the compute dtype (uint8 for bool) before broadcasting, or undefined
+  AttentionParams params;
+};
+
+// Checks q (B, Hq, L, E), k (B, Hkv, S, E), v (B, Hkv, S, Ev) (floating, one dtype and device, Hq
+// a multiple of Hkv, E and Ev <= 256, k and v of one length), the mask (bool or floating,
+// broadcastable to (B, Hq, L, S), not together with is_causal), dropout_p in [0, 1] and a finite
+// scale; returns the prepared inputs and params (params.mask points into inputs.mask).
+AttentionInputs prepare_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         const c10::optional<at::Tensor>& mask, double dropout_p, bool is_causal,
+                                         double scale, int64_t seed);
+
+// The backward's grad_out, out (B, Hq, L, Ev) and lse (B, Hq, L) must match the forward's shapes.
+void check_attention_backward_inputs(const char* op, const AttentionParams& p, const at::Tensor& grad_out,
+                                     const at::Tensor& out, const at::Tensor& lse);
+
+}  // namespace pyvision_ops

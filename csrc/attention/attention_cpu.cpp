@@ -1,0 +1,324 @@
+// CPU kernels of the attention family (attention.h has the rules, attention_cpu_simd.h the tile
+// kernels). Forward: parallel over (batch, head, tile of 64 queries); each task walks the key
+// tiles of 64 keys with an online softmax (score tile, mask, exp, rescale, P V), skipping the
+// tiles a causal mask hides entirely, so memory is O(64 x (64 + Ev)) per thread beyond inputs and
+// outputs. Backward: parallel over (batch, kv head); each task recomputes the score tiles of its
+// heads key tile by key tile, accumulates dK and dV of the key tile in local buffers and adds to
+// dQ of the query tile, in a fixed order (deterministic, independent of the thread count). Every
+// product is a row-major tile product (the glue transposes K, V, Q and dO into 64-wide tiles
+// once), so no tile is transposed inside the loops.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "attention/attention.h"
+#include "attention/attention_checks.h"
+#include "attention/attention_cpu_simd.h"
+#include "common/checks.h"
+
+namespace pyvision_ops {
+namespace {
+
+constexpr int64_t kQueryTile = 64;
+constexpr int64_t kKeyTile = 64;
+
+template <typename T>
+struct AttentionTileOps;
+
+template <>
+struct AttentionTileOps<float> {
+  const AttentionCpuKernels& k = attention_cpu_kernels();
+  void gemm(int64_t m, int64_t n, int64_t kk, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+            int64_t ldc, bool accumulate) const {
+    k.gemm(m, n, kk, a, lda, b, ldb, c, ldc, accumulate);
+  }
+  float exp_sum(float* x, int64_t n, float shift) const { return k.exp_sum(x, n, shift); }
+  float row_max(const float* x, int64_t n) const { return k.row_max(x, n); }
+};
+
+template <>
+struct AttentionTileOps<double> {
+  void gemm(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
+            int64_t ldc, bool accumulate) const {
+    attention_gemm_portable<double>(m, n, kk, a, lda, b, ldb, c, ldc, accumulate);
+  }
+  double exp_sum(double* x, int64_t n, double shift) const { return attention_exp_sum_portable<double>(x, n, shift); }
+  double row_max(const double* x, int64_t n) const { return attention_row_max_portable<double>(x, n); }
+};
+
+// (rows, cols) row-major blocks of `count` matrices -> for each, ceil(rows / tile) transposed
+// tiles (cols, tile), zero past the last row: tile t of block c starts at ((c * tiles + t) * cols)
+// * tile. A product reading a transposed tile then steps through memory by `tile` elements per
+// position instead of by `rows` (a stride of 4 KiB at rows = 1024 maps every position to the same
+// L1 set).
+template <typename T>
+at::Tensor transpose_tiles(const at::Tensor& src, int64_t count, int64_t rows, int64_t cols, int64_t tile) {
+  const int64_t tiles = (rows + tile - 1) / tile;
+  at::Tensor dst = at::empty({count, tiles, cols, tile}, src.options());
+  const T* s = src.data_ptr<T>();
+  T* d = dst.data_ptr<T>();
+  at::parallel_for(0, count * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t ct = begin; ct < end; ++ct) {
+      const int64_t c = ct / tiles, r0 = (ct % tiles) * tile;
+      const int64_t n = std::min(tile, rows - r0);
+      const T* sb = s + (c * rows + r0) * cols;
+      T* db = d + ct * cols * tile;
+      for (int64_t j = 0; j < cols; ++j) {
+        T* out = db + j * tile;
+        for (int64_t r = 0; r < n; ++r) out[r] = sb[r * cols + j];
+        for (int64_t r = n; r < tile; ++r) out[r] = T(0);
+      }
+    }
+  });
+  return dst;
+}
+
+// Scaled scores of one tile row with the mask and causal rule applied, in place: row[c] holds
+// q_i . k_(j0 + c) on entry.
+template <typename T>
+void mask_score_row(const AttentionParams& p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t cols, T* row) {
+  const T scale = static_cast<T>(p.scale);
+  for (int64_t c = 0; c < cols; ++c) row[c] *= scale;
+  if (p.mask_kind != AttentionMask::None) {
+    const int64_t base = b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2];
+    const int64_t step = p.mask_stride[3];
+    if (p.mask_kind == AttentionMask::Bool) {
+      const uint8_t* m = static_cast<const uint8_t*>(p.mask) + base + j0 * step;
+      for (int64_t c = 0; c < cols; ++c) {
+        if (!m[c * step]) row[c] = -std::numeric_limits<T>::infinity();
+      }
+    } else {
+      const T* m = static_cast<const T*>(p.mask) + base + j0 * step;
+      for (int64_t c = 0; c < cols; ++c) row[c] += m[c * step];
+    }
+  }
+  if (p.causal) {
+    for (int64_t c = std::max<int64_t>(0, i + 1 - j0); c < cols; ++c) row[c] = -std::numeric_limits<T>::infinity();
+  }
+}
+
+// Dropout of one tile row of weights, in place: kept weights scaled by 1 / (1 - p).
+template <typename T>
+void dropout_row(const AttentionParams& p, int64_t row_id, int64_t j0, int64_t cols, T* row) {
+  if (p.dropout <= 0.0) return;
+  const T keep_scale = p.dropout >= 1.0 ? T(0) : static_cast<T>(1.0 / (1.0 - p.dropout));
+  for (int64_t c = 0; c < cols; ++c) {
+    row[c] = dropout_keep(p.seed, p.dropout, row_id, j0 + c) ? row[c] * keep_scale : T(0);
+  }
+}
+
+// The key range a query tile [i0, i0 + rows) can see: all keys, or (causal) keys < i0 + rows.
+inline int64_t visible_keys(const AttentionParams& p, int64_t i0, int64_t rows) {
+  return p.causal ? std::min(p.kv_len, i0 + rows) : p.kv_len;
+}
+
+template <typename T>
+void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tensor& kt, const at::Tensor& v,
+                  at::Tensor& out, at::Tensor& lse) {
+  const AttentionTileOps<T> ops;
+  const int64_t L = p.q_len, S = p.kv_len, E = p.head_dim, Ev = p.value_dim;
+  const int64_t tiles = (L + kQueryTile - 1) / kQueryTile;
+  const T* qp = q.data_ptr<T>();
+  const T* ktp = kt.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  T* lp = lse.data_ptr<T>();
+  at::parallel_for(0, p.batch * p.heads * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scores(kQueryTile * kKeyTile), acc(kQueryTile * std::max<int64_t>(Ev, 1));
+    std::vector<T> m(kQueryTile), l(kQueryTile);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / tiles, i0 = (task % tiles) * kQueryTile;
+      const int64_t b = bh / p.heads, h = bh % p.heads, kvh = h / p.group();
+      const int64_t rows = std::min(kQueryTile, L - i0);
+      const T* qb = qp + (bh * L + i0) * E;
+      const int64_t key_tiles = (S + kKeyTile - 1) / kKeyTile;
+      const T* ktb = ktp + (b * p.kv_heads + kvh) * key_tiles * E * kKeyTile;
+      const T* vb = vp + (b * p.kv_heads + kvh) * S * Ev;
+      std::fill(acc.begin(), acc.end(), T(0));
+      std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
+      std::fill(l.begin(), l.end(), T(0));
+      const int64_t keys = visible_keys(p, i0, rows);
+      for (int64_t j0 = 0; j0 < keys; j0 += kKeyTile) {
+        const int64_t cols = std::min(kKeyTile, keys - j0);
+        ops.gemm(rows, cols, E, qb, E, ktb + (j0 / kKeyTile) * E * kKeyTile, kKeyTile, scores.data(), kKeyTile, false);
+        for (int64_t r = 0; r < rows; ++r) {
+          T* row = scores.data() + r * kKeyTile;
+          const int64_t i = i0 + r;
+          mask_score_row(p, b, h, i, j0, cols, row);
+          const T factor = online_softmax_rescale(&m[r], ops.row_max(row, cols));
+          if (m[r] == -std::numeric_limits<T>::infinity()) {
+            std::fill(row, row + cols, T(0));
+            continue;
+          }
+          l[r] = l[r] * factor + ops.exp_sum(row, cols, m[r]);
+          if (factor != T(1)) {
+            T* a = acc.data() + r * Ev;
+            for (int64_t e = 0; e < Ev; ++e) a[e] *= factor;
+          }
+          dropout_row(p, bh * L + i, j0, cols, row);
+        }
+        ops.gemm(rows, Ev, cols, scores.data(), kKeyTile, vb + j0 * Ev, Ev, acc.data(), Ev, true);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = i0 + r;
+        lp[bh * L + i] = attention_row_lse(m[r], l[r]);
+        const T inv = l[r] > T(0) ? T(1) / l[r] : T(0);
+        T* o = op + (bh * L + i) * Ev;
+        for (int64_t e = 0; e < Ev; ++e) o[e] = acc[r * Ev + e] * inv;
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                         const at::Tensor& v, const c10::optional<at::Tensor>& mask,
+                                                         double dropout_p, bool is_causal, double scale,
+                                                         int64_t seed) {
+  constexpr const char* op = "scaled_dot_product_attention";
+  const AttentionInputs in = prepare_attention_inputs(op, q, k, v, mask, dropout_p, is_causal, scale, seed);
+  const AttentionParams& p = in.params;
+  const at::ScalarType compute = in.q.scalar_type();
+  at::Tensor out = at::empty({p.batch, p.heads, p.q_len, p.value_dim}, in.q.options());
+  at::Tensor lse = at::empty({p.batch, p.heads, p.q_len}, in.q.options());
+  if (out.numel() > 0 || lse.numel() > 0) {
+    if (p.kv_len == 0) {
+      out.zero_();
+      lse.fill_(-std::numeric_limits<double>::infinity());
+    } else {
+      AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
+        const at::Tensor kt = transpose_tiles<scalar_t>(in.k, p.batch * p.kv_heads, p.kv_len, p.head_dim, kKeyTile);
+        forward_impl<scalar_t>(p, in.q, kt, in.v, out, lse);
+      });
+    }
+  }
+  return {out.to(q.scalar_type()), lse};
+}
+
+// Transposed tiles (see transpose_tiles): kt/vt per key tile (E or Ev x 64), qt/got per query
+// tile. Per (key tile j, head, query tile i), all row-major products:
+//   S = Q_i K_j^T (A = Q_i rows, B = kt tile), masked, P = exp(S - lse);
+//   dV_j^T += dO_i^T P_dropped (A = got tile, B = P), dP = dO_i V_j^T (B = vt tile);
+//   dS = P * (dP * dropout factor - delta) * scale;
+//   dK_j^T += Q_i^T dS (A = qt tile), dQ_i += dS K_j (B = K_j rows).
+// dK_j^T and dV_j^T live in local buffers and are transposed into dk, dv once per key tile.
+template <typename T>
+void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& qt,
+                   const at::Tensor& kt, const at::Tensor& vt, const at::Tensor& go, const at::Tensor& got,
+                   const at::Tensor& delta, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  const AttentionTileOps<T> ops;
+  const int64_t L = p.q_len, S = p.kv_len, E = p.head_dim, Ev = p.value_dim, group = p.group();
+  const T scale = static_cast<T>(p.scale);
+  const T keep_scale = p.dropout >= 1.0 ? T(0) : static_cast<T>(1.0 / (1.0 - p.dropout));
+  const int64_t query_tiles = (L + kQueryTile - 1) / kQueryTile, key_tiles = (S + kKeyTile - 1) / kKeyTile;
+  const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *qtp = qt.data_ptr<T>(), *ktp = kt.data_ptr<T>();
+  const T *vtp = vt.data_ptr<T>(), *gop = go.data_ptr<T>(), *gotp = got.data_ptr<T>();
+  const T *dp = delta.data_ptr<T>(), *lp = lse.data_ptr<T>();
+  T *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>();
+  at::parallel_for(0, p.batch * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> pm(kQueryTile * kKeyTile), dpm(kQueryTile * kKeyTile);
+    std::vector<T> dropped(p.dropout > 0.0 ? kQueryTile * kKeyTile : 0);
+    std::vector<T> dkt(std::max<int64_t>(E, 1) * kKeyTile), dvt(std::max<int64_t>(Ev, 1) * kKeyTile);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / p.kv_heads, kvh = task % p.kv_heads;
+      for (int64_t jt = 0; jt < key_tiles; ++jt) {
+        const int64_t j0 = jt * kKeyTile, cols = std::min(kKeyTile, S - j0);
+        const T* kt_tile = ktp + (task * key_tiles + jt) * E * kKeyTile;
+        const T* vt_tile = vtp + (task * key_tiles + jt) * Ev * kKeyTile;
+        std::fill(dkt.begin(), dkt.end(), T(0));
+        std::fill(dvt.begin(), dvt.end(), T(0));
+        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+          const int64_t bh = b * p.heads + h;
+          // Causal: query tiles that end before key j0 see none of this key tile.
+          for (int64_t it = p.causal ? j0 / kQueryTile : 0; it < query_tiles; ++it) {
+            const int64_t i0 = it * kQueryTile, rows = std::min(kQueryTile, L - i0);
+            const T* qt_tile = qtp + (bh * query_tiles + it) * E * kQueryTile;
+            const T* got_tile = gotp + (bh * query_tiles + it) * Ev * kQueryTile;
+            ops.gemm(rows, cols, E, qp + (bh * L + i0) * E, E, kt_tile, kKeyTile, pm.data(), kKeyTile, false);
+            ops.gemm(rows, cols, Ev, gop + (bh * L + i0) * Ev, Ev, vt_tile, kKeyTile, dpm.data(), kKeyTile, false);
+            for (int64_t r = 0; r < rows; ++r) {
+              const int64_t i = i0 + r, row_id = bh * L + i;
+              T* prow = pm.data() + r * kKeyTile;
+              T* dprow = dpm.data() + r * kKeyTile;
+              mask_score_row(p, b, h, i, j0, cols, prow);
+              const T m = lp[row_id];
+              if (m == -std::numeric_limits<T>::infinity()) {
+                std::fill(prow, prow + cols, T(0));
+              } else {
+                ops.exp_sum(prow, cols, m);
+              }
+              if (p.dropout > 0.0) {
+                T* drow = dropped.data() + r * kKeyTile;
+                for (int64_t c = 0; c < cols; ++c) {
+                  const T keep = dropout_keep(p.seed, p.dropout, row_id, j0 + c) ? keep_scale : T(0);
+                  drow[c] = prow[c] * keep;
+                  dprow[c] *= keep;
+                }
+              }
+              const T d = dp[row_id];
+              // dprow becomes dS.
+              for (int64_t c = 0; c < cols; ++c) dprow[c] = prow[c] * (dprow[c] - d) * scale;
+            }
+            const T* weights = p.dropout > 0.0 ? dropped.data() : pm.data();
+            ops.gemm(Ev, cols, rows, got_tile, kQueryTile, weights, kKeyTile, dvt.data(), kKeyTile, true);
+            ops.gemm(E, cols, rows, qt_tile, kQueryTile, dpm.data(), kKeyTile, dkt.data(), kKeyTile, true);
+            ops.gemm(rows, E, cols, dpm.data(), kKeyTile, kp + (task * S + j0) * E, E, dqp + (bh * L + i0) * E, E,
+                     true);
+          }
+        }
+        for (int64_t c = 0; c < cols; ++c) {
+          T* dk_row = dkp + (task * S + j0 + c) * E;
+          T* dv_row = dvp + (task * S + j0 + c) * Ev;
+          for (int64_t e = 0; e < E; ++e) dk_row[e] = dkt[e * kKeyTile + c];
+          for (int64_t e = 0; e < Ev; ++e) dv_row[e] = dvt[e * kKeyTile + c];
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& mask, const at::Tensor& out, const at::Tensor& lse, double dropout_p,
+    bool is_causal, double scale, int64_t seed, std::array<bool, 3> output_mask) {
+  constexpr const char* op = "scaled_dot_product_attention_backward";
+  const AttentionInputs in = prepare_attention_inputs(op, q, k, v, mask, dropout_p, is_causal, scale, seed);
+  const AttentionParams& p = in.params;
+  check_attention_backward_inputs(op, p, grad_out, out, lse);
+  const at::ScalarType compute = in.q.scalar_type();
+  at::Tensor dq = at::zeros({p.batch, p.heads, p.q_len, p.head_dim}, in.q.options());
+  at::Tensor dk = at::zeros({p.batch, p.kv_heads, p.kv_len, p.head_dim}, in.q.options());
+  at::Tensor dv = at::zeros({p.batch, p.kv_heads, p.kv_len, p.value_dim}, in.q.options());
+  if (p.batch * p.heads * p.q_len > 0 && p.kv_len > 0) {
+    const at::Tensor go = grad_out.to(compute).contiguous();
+    const at::Tensor o = out.to(compute);
+    const at::Tensor l = lse.to(compute).contiguous();
+    // delta_i = dO_i . O_i: the softmax backward's row term.
+    const at::Tensor delta = (go * o).sum(-1).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
+      const int64_t heads = p.batch * p.heads;
+      const int64_t kv_heads = p.batch * p.kv_heads;
+      const at::Tensor qt = transpose_tiles<scalar_t>(in.q, heads, p.q_len, p.head_dim, kQueryTile);
+      const at::Tensor got = transpose_tiles<scalar_t>(go, heads, p.q_len, p.value_dim, kQueryTile);
+      const at::Tensor kt = transpose_tiles<scalar_t>(in.k, kv_heads, p.kv_len, p.head_dim, kKeyTile);
+      const at::Tensor vt = transpose_tiles<scalar_t>(in.v, kv_heads, p.kv_len, p.value_dim, kKeyTile);
+      backward_impl<scalar_t>(p, in.q, in.k, qt, kt, vt, go, got, delta, l, dq, dk, dv);
+    });
+  }
+  return {output_mask[0] ? dq.to(q.scalar_type()) : at::empty({0}, q.options()),
+          output_mask[1] ? dk.to(k.scalar_type()) : at::empty({0}, k.options()),
+          output_mask[2] ? dv.to(v.scalar_type()) : at::empty({0}, v.options())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyvision_ops, CPU, m) {
+  m.impl("_attention_forward", &attention_forward_cpu);
+  m.impl("_attention_backward", &attention_backward_cpu);
+}
+
+}  // namespace pyvision_ops

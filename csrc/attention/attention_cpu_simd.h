@@ -1,0 +1,84 @@
+// The attention family's CPU tile kernels, selected through one table: the portable templates
+// here (also used for float64; they define the semantics) and the AVX2 float32 entries in
+// attention_cpu_simd.cpp. Torch-free.
+//
+// Every product of the forward and backward is written as C (m x n) (+)= A (m x k) B (k x n) with
+// row-major A and B (leading dimensions lda, ldb): the glue transposes K (and, in the backward, Q
+// and dO) once per head so that each product reads rows contiguously.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/cpu_features.h"
+
+namespace pyvision_ops {
+
+struct AttentionCpuKernels {
+  // c[i * ldc + j] (+)= sum_{p < k} a[i * lda + p] * b[p * ldb + j] for i < m, j < n.
+  void (*gemm)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+               int64_t ldc, bool accumulate);
+  // x[j] = exp(x[j] - shift) for j < n (-inf entries give 0); returns the sum of the results.
+  float (*exp_sum)(float* x, int64_t n, float shift);
+  // The largest of x[0..n) (-inf for n = 0; NaN entries are skipped).
+  float (*row_max)(const float* x, int64_t n);
+};
+
+template <typename T>
+void attention_gemm_portable(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                             T* c, int64_t ldc, bool accumulate) {
+  for (int64_t i = 0; i < m; ++i) {
+    T* row = c + i * ldc;
+    if (!accumulate) {
+      for (int64_t j = 0; j < n; ++j) row[j] = T(0);
+    }
+    for (int64_t p = 0; p < k; ++p) {
+      const T aip = a[i * lda + p];
+      const T* brow = b + p * ldb;
+      for (int64_t j = 0; j < n; ++j) row[j] += aip * brow[j];
+    }
+  }
+}
+
+template <typename T>
+T attention_exp_sum_portable(T* x, int64_t n, T shift) {
+  T sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = x[j] == -INFINITY ? T(0) : std::exp(x[j] - shift);
+    x[j] = v;
+    sum += v;
+  }
+  return sum;
+}
+
+template <typename T>
+T attention_row_max_portable(const T* x, int64_t n) {
+  T best = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) best = x[j] > best ? x[j] : best;
+  return best;
+}
+
+inline void attention_gemm_f32_portable(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                                        int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  attention_gemm_portable<float>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+}
+
+inline float attention_exp_sum_f32_portable(float* x, int64_t n, float shift) {
+  return attention_exp_sum_portable<float>(x, n, shift);
+}
+
+inline float attention_row_max_f32_portable(const float* x, int64_t n) {
+  return attention_row_max_portable<float>(x, n);
+}
+
+// The AVX2 table (attention_cpu_simd.cpp), nullptr where the build has none.
+const AttentionCpuKernels* attention_avx2_kernels();
+
+// The table to use now (see common/cpu_features.h).
+inline const AttentionCpuKernels& attention_cpu_kernels() {
+  static constexpr AttentionCpuKernels portable{&attention_gemm_f32_portable, &attention_exp_sum_f32_portable,
+                                                      &attention_row_max_f32_portable};
+  return select_cpu_kernels(portable, attention_avx2_kernels());
+}
+
+}  // namespace pyvision_ops

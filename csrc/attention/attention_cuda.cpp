@@ -1,0 +1,75 @@
+// CUDA glue of the attention family: the checks and prepared inputs of the CPU path
+// (attention_checks.h), the current stream, allocation, one launch check per launcher.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <tuple>
+
+#include "attention/attention.h"
+#include "attention/attention_checks.h"
+#include "attention/attention_kernel.h"
+#include "common/checks.h"
+#include "common/cuda_launch.h"
+
+namespace pyvision_ops {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                          const at::Tensor& v, const c10::optional<at::Tensor>& mask,
+                                                          double dropout_p, bool is_causal, double scale,
+                                                          int64_t seed) {
+  constexpr const char* op = "scaled_dot_product_attention";
+  const c10::cuda::CUDAGuard guard(q.device());
+  const AttentionInputs in = prepare_attention_inputs(op, q, k, v, mask, dropout_p, is_causal, scale, seed);
+  const AttentionParams& p = in.params;
+  at::Tensor out = at::empty({p.batch, p.heads, p.q_len, p.value_dim}, in.q.options());
+  at::Tensor lse = at::empty({p.batch, p.heads, p.q_len}, in.q.options());
+  if (p.kv_len == 0) {
+    out.zero_();
+    lse.fill_(-std::numeric_limits<double>::infinity());
+  } else {
+    check_cuda_launch(launch_attention_forward(scalar_kind(in.q.scalar_type()), p, in.q.const_data_ptr(),
+                                               in.k.const_data_ptr(), in.v.const_data_ptr(), out.mutable_data_ptr(),
+                                               lse.mutable_data_ptr(), at::cuda::getCurrentCUDAStream()),
+                      op, "attention_forward_kernel");
+  }
+  return {out.to(q.scalar_type()), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& mask, const at::Tensor& out, const at::Tensor& lse, double dropout_p,
+    bool is_causal, double scale, int64_t seed, std::array<bool, 3> output_mask) {
+  constexpr const char* op = "scaled_dot_product_attention_backward";
+  const c10::cuda::CUDAGuard guard(q.device());
+  const AttentionInputs in = prepare_attention_inputs(op, q, k, v, mask, dropout_p, is_causal, scale, seed);
+  const AttentionParams& p = in.params;
+  check_attention_backward_inputs(op, p, grad_out, out, lse);
+  const at::ScalarType compute = in.q.scalar_type();
+  at::Tensor dq = at::zeros({p.batch, p.heads, p.q_len, p.head_dim}, in.q.options());
+  at::Tensor dk = at::zeros({p.batch, p.kv_heads, p.kv_len, p.head_dim}, in.q.options());
+  at::Tensor dv = at::zeros({p.batch, p.kv_heads, p.kv_len, p.value_dim}, in.q.options());
+  const at::Tensor go = grad_out.to(compute).contiguous();
+  const at::Tensor delta = (go * out.to(compute)).sum(-1).contiguous();
+  const at::Tensor l = lse.to(compute).contiguous();
+  check_cuda_launch(launch_attention_backward(scalar_kind(compute), p, in.q.const_data_ptr(), in.k.const_data_ptr(),
+                                              in.v.const_data_ptr(), go.const_data_ptr(), l.const_data_ptr(),
+                                              delta.const_data_ptr(), dq.mutable_data_ptr(), dk.mutable_data_ptr(),
+                                              dv.mutable_data_ptr(), at::cuda::getCurrentCUDAStream()),
+                    op, "attention_backward_kernels");
+  return {output_mask[0] ? dq.to(q.scalar_type()) : at::empty({0}, q.options()),
+          output_mask[1] ? dk.to(k.scalar_type()) : at::empty({0}, k.options()),
+          output_mask[2] ? dv.to(v.scalar_type()) : at::empty({0}, v.options())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyvision_ops, CUDA, m) {
+  m.impl("_attention_forward", &attention_forward_cuda);
+  m.impl("_attention_backward", &attention_backward_cuda);
+}
+
+}  // namespace pyvision_ops

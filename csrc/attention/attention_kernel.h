@@ -1,0 +1,28 @@
+// Launchers of the attention family's CUDA kernels (attention_kernel.cu). Torch-free: the glue
+// (attention_cuda.cpp) passes the inputs prepared by prepare_attention_inputs (compute dtype,
+// float32 or float64, contiguous, layouts of attention.h), the params and the current stream.
+// Each launcher returns the cudaError_t of its launches.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "attention/attention.h"
+#include "common/host_device.h"
+
+namespace pyvision_ops {
+
+// out (B, Hq, L, Ev) and lse (B, Hq, L): one thread per query row, an online softmax over the
+// row's visible keys.
+cudaError_t launch_attention_forward(ScalarKind scalar, const AttentionParams& p, const void* q, const void* k,
+                                     const void* v, void* out, void* lse, cudaStream_t stream);
+
+// dk, dv (B, Hkv, S, E / Ev): one thread per key row, over the queries of every head of its group;
+// dq (B, Hq, L, E): one thread per query row, over its keys. delta (B, Hq, L) = rowsum(dO * O).
+// No atomics: every output element has one writer.
+cudaError_t launch_attention_backward(ScalarKind scalar, const AttentionParams& p, const void* q, const void* k,
+                                      const void* v, const void* grad_out, const void* lse, const void* delta,
+                                      void* dq, void* dk, void* dv, cudaStream_t stream);
+
+}  // namespace pyvision_ops

@@ -43,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
 #: CPU-feature dispatch picks, AVX2 here) and on the portable ones ("portable": forced with
 #: ``_C._set_cpu_simd(False)``, what a CPU without AVX2 runs). One switch covers every family.
 BOTH_CPU_PATHS_MODULES = frozenset(
-    f"test_{family}{suffix}" for family in ("unpool", "gram", "assign", "distance", "metric_learning")
+    f"test_{family}{suffix}" for family in ("unpool", "gram", "assign", "distance", "metric_learning", "attention")
     for suffix in ("", "_nn")
 )
 CPU_PATHS = ("simd", "portable")

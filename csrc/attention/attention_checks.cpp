@@ -81,15 +81,15 @@ AttentionInputs prepare_attention_inputs(const char* op, const at::Tensor& q, co
 }
 
 void check_attention_backward_inputs(const char* op, const AttentionParams& p, const at::Tensor& grad_out,
-                                     const at::Tensor& out, const at::Tensor& lse) {
+                                     const at::Tensor& out, const at::Tensor& stats) {
   const std::vector<int64_t> out_shape{p.batch, p.heads, p.q_len, p.value_dim};
-  const std::vector<int64_t> lse_shape{p.batch, p.heads, p.q_len};
+  const std::vector<int64_t> stats_shape{p.batch, p.heads, p.q_len, 2};
   TORCH_CHECK_VALUE(grad_out.sizes() == c10::IntArrayRef(out_shape), op, ": grad_out must have the output's shape ",
                     shape_string(out_shape), ", got ", shape_string(grad_out.sizes()));
   TORCH_CHECK_VALUE(out.sizes() == c10::IntArrayRef(out_shape), op, ": out must have the output's shape ",
                     shape_string(out_shape), ", got ", shape_string(out.sizes()));
-  TORCH_CHECK_VALUE(lse.sizes() == c10::IntArrayRef(lse_shape), op, ": lse must have shape ", shape_string(lse_shape),
-                    ", got ", shape_string(lse.sizes()));
+  TORCH_CHECK_VALUE(stats.sizes() == c10::IntArrayRef(stats_shape), op, ": stats must have shape ",
+                    shape_string(stats_shape), ", got ", shape_string(stats.sizes()));
 }
 
 }  // namespace pyvision_ops

@@ -25,8 +25,8 @@ AttentionInputs prepare_attention_inputs(const char* op, const at::Tensor& q, co
                                          const c10::optional<at::Tensor>& mask, double dropout_p, bool is_causal,
                                          double scale, int64_t seed);
 
-// The backward's grad_out, out (B, Hq, L, Ev) and lse (B, Hq, L) must match the forward's shapes.
+// The backward's grad_out, out (B, Hq, L, Ev) and stats (B, Hq, L, 2) must match the forward's.
 void check_attention_backward_inputs(const char* op, const AttentionParams& p, const at::Tensor& grad_out,
-                                     const at::Tensor& out, const at::Tensor& lse);
+                                     const at::Tensor& out, const at::Tensor& stats);
 
 }  // namespace pyvision_ops

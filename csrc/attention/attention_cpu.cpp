@@ -119,7 +119,7 @@ inline int64_t visible_keys(const AttentionParams& p, int64_t i0, int64_t rows) 
 
 template <typename T>
 void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tensor& kt, const at::Tensor& v,
-                  at::Tensor& out, at::Tensor& lse) {
+                  at::Tensor& out, at::Tensor& lse, at::Tensor& stats) {
   const AttentionTileOps<T> ops;
   const int64_t L = p.q_len, S = p.kv_len, E = p.head_dim, Ev = p.value_dim;
   const int64_t tiles = (L + kQueryTile - 1) / kQueryTile;
@@ -128,6 +128,7 @@ void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tenso
   const T* vp = v.data_ptr<T>();
   T* op = out.data_ptr<T>();
   T* lp = lse.data_ptr<T>();
+  T* sp = stats.data_ptr<T>();
   at::parallel_for(0, p.batch * p.heads * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> scores(kQueryTile * kKeyTile), acc(kQueryTile * std::max<int64_t>(Ev, 1));
     std::vector<T> m(kQueryTile), l(kQueryTile);
@@ -167,6 +168,8 @@ void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tenso
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = i0 + r;
         lp[bh * L + i] = attention_row_lse(m[r], l[r]);
+        sp[2 * (bh * L + i)] = m[r];
+        sp[2 * (bh * L + i) + 1] = l[r] > T(0) ? std::log(l[r]) : -std::numeric_limits<T>::infinity();
         const T inv = l[r] > T(0) ? T(1) / l[r] : T(0);
         T* o = op + (bh * L + i) * Ev;
         for (int64_t e = 0; e < Ev; ++e) o[e] = acc[r * Ev + e] * inv;
@@ -175,7 +178,7 @@ void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tenso
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
                                                          const at::Tensor& v, const c10::optional<at::Tensor>& mask,
                                                          double dropout_p, bool is_causal, double scale,
                                                          int64_t seed) {
@@ -185,23 +188,25 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, co
   const at::ScalarType compute = in.q.scalar_type();
   at::Tensor out = at::empty({p.batch, p.heads, p.q_len, p.value_dim}, in.q.options());
   at::Tensor lse = at::empty({p.batch, p.heads, p.q_len}, in.q.options());
+  at::Tensor stats = at::empty({p.batch, p.heads, p.q_len, 2}, in.q.options());
   if (out.numel() > 0 || lse.numel() > 0) {
     if (p.kv_len == 0) {
       out.zero_();
       lse.fill_(-std::numeric_limits<double>::infinity());
+      stats.fill_(-std::numeric_limits<double>::infinity());
     } else {
       AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
         const at::Tensor kt = transpose_tiles<scalar_t>(in.k, p.batch * p.kv_heads, p.kv_len, p.head_dim, kKeyTile);
-        forward_impl<scalar_t>(p, in.q, kt, in.v, out, lse);
+        forward_impl<scalar_t>(p, in.q, kt, in.v, out, lse, stats);
       });
     }
   }
-  return {out.to(q.scalar_type()), lse};
+  return {out.to(q.scalar_type()), lse, stats};
 }
 
 // Transposed tiles (see transpose_tiles): kt/vt per key tile (E or Ev x 64), qt/got per query
 // tile. Per (key tile j, head, query tile i), all row-major products:
-//   S = Q_i K_j^T (A = Q_i rows, B = kt tile), masked, P = exp(S - lse);
+//   S = Q_i K_j^T (A = Q_i rows, B = kt tile), masked, P = exp((S - m) - log l) (the row's stats);
 //   dV_j^T += dO_i^T P_dropped (A = got tile, B = P), dP = dO_i V_j^T (B = vt tile);
 //   dS = P * (dP * dropout factor - delta) * scale;
 //   dK_j^T += Q_i^T dS (A = qt tile), dQ_i += dS K_j (B = K_j rows).
@@ -209,7 +214,8 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, co
 template <typename T>
 void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& qt,
                    const at::Tensor& kt, const at::Tensor& vt, const at::Tensor& go, const at::Tensor& got,
-                   const at::Tensor& delta, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+                   const at::Tensor& delta, const at::Tensor& stats, at::Tensor& dq, at::Tensor& dk,
+                   at::Tensor& dv) {
   const AttentionTileOps<T> ops;
   const int64_t L = p.q_len, S = p.kv_len, E = p.head_dim, Ev = p.value_dim, group = p.group();
   const T scale = static_cast<T>(p.scale);
@@ -217,7 +223,7 @@ void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tens
   const int64_t query_tiles = (L + kQueryTile - 1) / kQueryTile, key_tiles = (S + kKeyTile - 1) / kKeyTile;
   const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *qtp = qt.data_ptr<T>(), *ktp = kt.data_ptr<T>();
   const T *vtp = vt.data_ptr<T>(), *gop = go.data_ptr<T>(), *gotp = got.data_ptr<T>();
-  const T *dp = delta.data_ptr<T>(), *lp = lse.data_ptr<T>();
+  const T *dp = delta.data_ptr<T>(), *sp = stats.data_ptr<T>();
   T *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>();
   at::parallel_for(0, p.batch * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> pm(kQueryTile * kKeyTile), dpm(kQueryTile * kKeyTile);
@@ -245,11 +251,13 @@ void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tens
               T* prow = pm.data() + r * kKeyTile;
               T* dprow = dpm.data() + r * kKeyTile;
               mask_score_row(p, b, h, i, j0, cols, prow);
-              const T m = lp[row_id];
+              const T m = sp[2 * row_id], log_l = sp[2 * row_id + 1];
               if (m == -std::numeric_limits<T>::infinity()) {
                 std::fill(prow, prow + cols, T(0));
               } else {
-                ops.exp_sum(prow, cols, m);
+                // exp((s - m) - log l): s - m is exact for scores near the maximum, whatever |m| is.
+                for (int64_t c = 0; c < cols; ++c) prow[c] -= m;
+                ops.exp_sum(prow, cols, log_l);
               }
               if (p.dropout > 0.0) {
                 T* drow = dropped.data() + r * kKeyTile;
@@ -283,12 +291,12 @@ void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const c10::optional<at::Tensor>& mask, const at::Tensor& out, const at::Tensor& lse, double dropout_p,
+    const c10::optional<at::Tensor>& mask, const at::Tensor& out, const at::Tensor& stats, double dropout_p,
     bool is_causal, double scale, int64_t seed, std::array<bool, 3> output_mask) {
   constexpr const char* op = "scaled_dot_product_attention_backward";
   const AttentionInputs in = prepare_attention_inputs(op, q, k, v, mask, dropout_p, is_causal, scale, seed);
   const AttentionParams& p = in.params;
-  check_attention_backward_inputs(op, p, grad_out, out, lse);
+  check_attention_backward_inputs(op, p, grad_out, out, stats);
   const at::ScalarType compute = in.q.scalar_type();
   at::Tensor dq = at::zeros({p.batch, p.heads, p.q_len, p.head_dim}, in.q.options());
   at::Tensor dk = at::zeros({p.batch, p.kv_heads, p.kv_len, p.head_dim}, in.q.options());
@@ -296,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   if (p.batch * p.heads * p.q_len > 0 && p.kv_len > 0) {
     const at::Tensor go = grad_out.to(compute).contiguous();
     const at::Tensor o = out.to(compute);
-    const at::Tensor l = lse.to(compute).contiguous();
+    const at::Tensor l = stats.to(compute).contiguous();
     // delta_i = dO_i . O_i: the softmax backward's row term.
     const at::Tensor delta = (go * o).sum(-1).contiguous();
     AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {

@@ -97,10 +97,12 @@ PVO_TARGET_AVX2 void gemm_avx2(int64_t m, int64_t n, int64_t k, const float* a, 
 
 // exp(x) for float32 lanes: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two for an exact
 // product), a degree-6 polynomial for exp(r) (Cephes' expf coefficients, ~1 ulp), times 2^n via
-// the exponent bits. Lanes below -87.3 (and -inf) give 0.
+// the exponent bits. Lanes below -87.3 (and -inf) give 0, NaN lanes NaN.
 PVO_TARGET_AVX2 inline __m256 exp_ps(__m256 x) {
   const __m256 low = _mm256_set1_ps(-87.3f);
   const __m256 underflow = _mm256_cmp_ps(x, low, _CMP_LT_OQ);
+  const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  const __m256 input = x;
   x = _mm256_min_ps(_mm256_max_ps(x, low), _mm256_set1_ps(88.3f));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -114,8 +116,8 @@ PVO_TARGET_AVX2 inline __m256 exp_ps(__m256 x) {
   poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(5.0000001201e-1f));
   poly = _mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
   const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 result = _mm256_mul_ps(poly, _mm256_castsi256_ps(bits));
-  return _mm256_andnot_ps(underflow, result);
+  const __m256 result = _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, _mm256_castsi256_ps(bits)));
+  return _mm256_blendv_ps(result, input, nan);
 }
 
 PVO_TARGET_AVX2 float exp_sum_avx2(float* x, int64_t n, float shift) {

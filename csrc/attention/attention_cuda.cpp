@@ -17,7 +17,7 @@
 namespace pyvision_ops {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(const at::Tensor& q, const at::Tensor& k,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(const at::Tensor& q, const at::Tensor& k,
                                                           const at::Tensor& v, const c10::optional<at::Tensor>& mask,
                                                           double dropout_p, bool is_causal, double scale,
                                                           int64_t seed) {
@@ -27,34 +27,37 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(const at::Tensor& q, c
   const AttentionParams& p = in.params;
   at::Tensor out = at::empty({p.batch, p.heads, p.q_len, p.value_dim}, in.q.options());
   at::Tensor lse = at::empty({p.batch, p.heads, p.q_len}, in.q.options());
+  at::Tensor stats = at::empty({p.batch, p.heads, p.q_len, 2}, in.q.options());
   if (p.kv_len == 0) {
     out.zero_();
     lse.fill_(-std::numeric_limits<double>::infinity());
+    stats.fill_(-std::numeric_limits<double>::infinity());
   } else {
     check_cuda_launch(launch_attention_forward(scalar_kind(in.q.scalar_type()), p, in.q.const_data_ptr(),
                                                in.k.const_data_ptr(), in.v.const_data_ptr(), out.mutable_data_ptr(),
-                                               lse.mutable_data_ptr(), at::cuda::getCurrentCUDAStream()),
+                                               lse.mutable_data_ptr(), stats.mutable_data_ptr(),
+                                               at::cuda::getCurrentCUDAStream()),
                       op, "attention_forward_kernel");
   }
-  return {out.to(q.scalar_type()), lse};
+  return {out.to(q.scalar_type()), lse, stats};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const c10::optional<at::Tensor>& mask, const at::Tensor& out, const at::Tensor& lse, double dropout_p,
+    const c10::optional<at::Tensor>& mask, const at::Tensor& out, const at::Tensor& stats, double dropout_p,
     bool is_causal, double scale, int64_t seed, std::array<bool, 3> output_mask) {
   constexpr const char* op = "scaled_dot_product_attention_backward";
   const c10::cuda::CUDAGuard guard(q.device());
   const AttentionInputs in = prepare_attention_inputs(op, q, k, v, mask, dropout_p, is_causal, scale, seed);
   const AttentionParams& p = in.params;
-  check_attention_backward_inputs(op, p, grad_out, out, lse);
+  check_attention_backward_inputs(op, p, grad_out, out, stats);
   const at::ScalarType compute = in.q.scalar_type();
   at::Tensor dq = at::zeros({p.batch, p.heads, p.q_len, p.head_dim}, in.q.options());
   at::Tensor dk = at::zeros({p.batch, p.kv_heads, p.kv_len, p.head_dim}, in.q.options());
   at::Tensor dv = at::zeros({p.batch, p.kv_heads, p.kv_len, p.value_dim}, in.q.options());
   const at::Tensor go = grad_out.to(compute).contiguous();
   const at::Tensor delta = (go * out.to(compute)).sum(-1).contiguous();
-  const at::Tensor l = lse.to(compute).contiguous();
+  const at::Tensor l = stats.to(compute).contiguous();
   check_cuda_launch(launch_attention_backward(scalar_kind(compute), p, in.q.const_data_ptr(), in.k.const_data_ptr(),
                                               in.v.const_data_ptr(), go.const_data_ptr(), l.const_data_ptr(),
                                               delta.const_data_ptr(), dq.mutable_data_ptr(), dk.mutable_data_ptr(),

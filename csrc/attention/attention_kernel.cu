@@ -22,6 +22,14 @@ __device__ T score(const AttentionParams& p, const T* qi, const T* kj, int64_t b
   return dot * static_cast<T>(p.scale) + mask;
 }
 
+// The softmax weight of score s in the row with stats (m, log l): exp((s - m) - log l).
+template <typename T>
+__device__ T row_weight(T s, const T* stats) {
+  const T m = stats[0];
+  if (s == -INFINITY || m == -INFINITY) return T(0);
+  return attention_exp((s - m) - stats[1]);
+}
+
 template <typename T>
 __device__ T dropout_factor(const AttentionParams& p, int64_t row, int64_t j) {
   if (p.dropout <= 0.0) return T(1);
@@ -31,7 +39,8 @@ __device__ T dropout_factor(const AttentionParams& p, int64_t row, int64_t j) {
 
 template <typename T>
 __global__ void attention_forward_kernel(const AttentionParams p, const T* __restrict__ q, const T* __restrict__ k,
-                                         const T* __restrict__ v, T* __restrict__ out, T* __restrict__ lse) {
+                                         const T* __restrict__ v, T* __restrict__ out, T* __restrict__ lse,
+                                         T* __restrict__ stats) {
   const int64_t rows = p.batch * p.heads * p.q_len;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
        row += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -55,6 +64,8 @@ __global__ void attention_forward_kernel(const AttentionParams p, const T* __res
     const T inv = l > T(0) ? T(1) / l : T(0);
     for (int64_t e = 0; e < p.value_dim; ++e) o[e] *= inv;
     lse[row] = attention_row_lse(m, l);
+    stats[2 * row] = m;
+    stats[2 * row + 1] = l > T(0) ? attention_log(l) : T(-INFINITY);
   }
 }
 
@@ -62,7 +73,7 @@ __global__ void attention_forward_kernel(const AttentionParams p, const T* __res
 template <typename T>
 __global__ void attention_backward_kv_kernel(const AttentionParams p, const T* __restrict__ q, const T* __restrict__ k,
                                              const T* __restrict__ v, const T* __restrict__ go,
-                                             const T* __restrict__ lse, const T* __restrict__ delta,
+                                             const T* __restrict__ stats, const T* __restrict__ delta,
                                              T* __restrict__ dk, T* __restrict__ dv) {
   const int64_t rows = p.batch * p.kv_heads * p.kv_len;
   for (int64_t key_row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; key_row < rows;
@@ -80,7 +91,7 @@ __global__ void attention_backward_kv_kernel(const AttentionParams p, const T* _
         const int64_t row = bh * p.q_len + i;
         const T* qi = q + row * p.head_dim;
         const T* gi = go + row * p.value_dim;
-        const T w = softmax_weight(score<T>(p, qi, kj, b, h, i, j), lse[row]);
+        const T w = row_weight<T>(score<T>(p, qi, kj, b, h, i, j), stats + 2 * row);
         if (w == T(0)) continue;
         const T f = dropout_factor<T>(p, row, j);
         T dp = 0;
@@ -99,7 +110,7 @@ __global__ void attention_backward_kv_kernel(const AttentionParams p, const T* _
 template <typename T>
 __global__ void attention_backward_q_kernel(const AttentionParams p, const T* __restrict__ q, const T* __restrict__ k,
                                             const T* __restrict__ v, const T* __restrict__ go,
-                                            const T* __restrict__ lse, const T* __restrict__ delta,
+                                            const T* __restrict__ stats, const T* __restrict__ delta,
                                             T* __restrict__ dq) {
   const int64_t rows = p.batch * p.heads * p.q_len;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
@@ -113,7 +124,7 @@ __global__ void attention_backward_q_kernel(const AttentionParams p, const T* __
     const int64_t keys = p.causal ? (i + 1 < p.kv_len ? i + 1 : p.kv_len) : p.kv_len;
     for (int64_t j = 0; j < keys; ++j) {
       const T* kj = k + (kvh * p.kv_len + j) * p.head_dim;
-      const T w = softmax_weight(score<T>(p, qi, kj, b, h, i, j), lse[row]);
+      const T w = row_weight<T>(score<T>(p, qi, kj, b, h, i, j), stats + 2 * row);
       if (w == T(0)) continue;
       const T* vj = v + (kvh * p.kv_len + j) * p.value_dim;
       T dp = 0;
@@ -127,20 +138,20 @@ __global__ void attention_backward_q_kernel(const AttentionParams p, const T* __
 }  // namespace
 
 cudaError_t launch_attention_forward(ScalarKind scalar, const AttentionParams& p, const void* q, const void* k,
-                                     const void* v, void* out, void* lse, cudaStream_t stream) {
+                                     const void* v, void* out, void* lse, void* stats, cudaStream_t stream) {
   const int64_t rows = p.batch * p.heads * p.q_len;
   if (rows <= 0) return cudaSuccess;
   return dispatch_float_double(scalar, [&](auto tag) {
     using T = decltype(tag);
     attention_forward_kernel<T><<<blocks_for(rows, 128), 128, 0, stream>>>(
         p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out),
-        static_cast<T*>(lse));
+        static_cast<T*>(lse), static_cast<T*>(stats));
     PVO_RETURN_LAST_LAUNCH_ERROR();
   });
 }
 
 cudaError_t launch_attention_backward(ScalarKind scalar, const AttentionParams& p, const void* q, const void* k,
-                                      const void* v, const void* grad_out, const void* lse, const void* delta,
+                                      const void* v, const void* grad_out, const void* stats, const void* delta,
                                       void* dq, void* dk, void* dv, cudaStream_t stream) {
   const int64_t q_rows = p.batch * p.heads * p.q_len, kv_rows = p.batch * p.kv_heads * p.kv_len;
   if (q_rows <= 0 || kv_rows <= 0) return cudaSuccess;
@@ -148,13 +159,13 @@ cudaError_t launch_attention_backward(ScalarKind scalar, const AttentionParams& 
     using T = decltype(tag);
     attention_backward_kv_kernel<T><<<blocks_for(kv_rows, 128), 128, 0, stream>>>(
         p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-        static_cast<const T*>(grad_out), static_cast<const T*>(lse), static_cast<const T*>(delta),
+        static_cast<const T*>(grad_out), static_cast<const T*>(stats), static_cast<const T*>(delta),
         static_cast<T*>(dk), static_cast<T*>(dv));
     const cudaError_t status = cudaGetLastError();
     if (status != cudaSuccess) return status;
     attention_backward_q_kernel<T><<<blocks_for(q_rows, 128), 128, 0, stream>>>(
         p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-        static_cast<const T*>(grad_out), static_cast<const T*>(lse), static_cast<const T*>(delta),
+        static_cast<const T*>(grad_out), static_cast<const T*>(stats), static_cast<const T*>(delta),
         static_cast<T*>(dq));
     PVO_RETURN_LAST_LAUNCH_ERROR();
   });

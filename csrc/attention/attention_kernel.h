@@ -13,16 +13,16 @@
 
 namespace pyvision_ops {
 
-// out (B, Hq, L, Ev) and lse (B, Hq, L): one thread per query row, an online softmax over the
-// row's visible keys.
+// out (B, Hq, L, Ev), lse (B, Hq, L) and stats (B, Hq, L, 2) = (m, log l): one thread per query
+// row, an online softmax over the row's visible keys.
 cudaError_t launch_attention_forward(ScalarKind scalar, const AttentionParams& p, const void* q, const void* k,
-                                     const void* v, void* out, void* lse, cudaStream_t stream);
+                                     const void* v, void* out, void* lse, void* stats, cudaStream_t stream);
 
 // dk, dv (B, Hkv, S, E / Ev): one thread per key row, over the queries of every head of its group;
 // dq (B, Hq, L, E): one thread per query row, over its keys. delta (B, Hq, L) = rowsum(dO * O).
 // No atomics: every output element has one writer.
 cudaError_t launch_attention_backward(ScalarKind scalar, const AttentionParams& p, const void* q, const void* k,
-                                      const void* v, const void* grad_out, const void* lse, const void* delta,
+                                      const void* v, const void* grad_out, const void* stats, const void* delta,
                                       void* dq, void* dk, void* dv, cudaStream_t stream);
 
 }  // namespace pyvision_ops

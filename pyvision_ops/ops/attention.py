@@ -26,11 +26,12 @@ def _check_tensor(value, name: str) -> None:
         raise TypeError(f"{name} must be a Tensor, got {type(value).__name__}")
 
 
-def _dropout_seed(dropout_p: float) -> int:
-    """A 63-bit seed from torch's default CPU generator (0 without dropout)."""
+def _dropout_seed(dropout_p: float):
+    """A 62-bit seed from torch's default CPU generator (0 without dropout); under torch.compile a
+    symbolic int (the schema's seed is a SymInt)."""
     if dropout_p <= 0.0:
         return 0
-    return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64).item()
 
 
 def scaled_dot_product_attention(
@@ -90,9 +91,14 @@ def scaled_dot_product_attention(
         )
     if attn_mask is not None and is_causal:
         raise ValueError("attn_mask and is_causal=True cannot be given together")
+    if attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "attn_mask requires grad: the fused kernel gives no gradient for the mask (pass attn_mask.detach(), "
+            "or use torch.nn.functional.scaled_dot_product_attention for a learned bias)"
+        )
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
-    out, _ = ops()._attention_forward(
+    out, _, _ = ops()._attention_forward(
         query, key, value, attn_mask, float(dropout_p), bool(is_causal), float(scale), _dropout_seed(dropout_p)
     )
     return out.squeeze(1) if three_d else out
@@ -107,10 +113,11 @@ def _register() -> None:
         torch._check(q.dim() == 4, lambda: f"scaled_dot_product_attention: query must be 4-D, got {q.dim()}-D")
         lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         out = q.new_empty((q.shape[0], q.shape[1], q.shape[2], v.shape[3]))
-        return out, q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=lse_dtype)
+        lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=lse_dtype)
+        return out, lse, q.new_empty((q.shape[0], q.shape[1], q.shape[2], 2), dtype=lse_dtype)
 
     @torch.library.register_fake("pyvision_ops::_attention_backward")
-    def _backward_fake(grad_out, q, k, v, mask, out, lse, dropout_p, is_causal, scale, seed, output_mask):
+    def _backward_fake(grad_out, q, k, v, mask, out, stats, dropout_p, is_causal, scale, seed, output_mask):
         return (
             torch.empty_like(q, memory_format=torch.contiguous_format) if output_mask[0] else q.new_empty((0,)),
             torch.empty_like(k, memory_format=torch.contiguous_format) if output_mask[1] else k.new_empty((0,)),
@@ -119,18 +126,20 @@ def _register() -> None:
 
     def _setup(ctx, inputs, output):
         q, k, v, mask, dropout_p, is_causal, scale, seed = inputs
-        out, lse = output
-        ctx.save_for_backward(q, k, v, mask, out, lse)
+        out, lse, stats = output
+        # lse and stats are statistics of the forward, not differentiable outputs.
+        ctx.mark_non_differentiable(lse, stats)
+        ctx.save_for_backward(q, k, v, mask, out, stats)
         ctx.args = (dropout_p, is_causal, scale, seed)
 
-    def _backward(ctx, grad_out, grad_lse):
-        q, k, v, mask, out, lse = ctx.saved_tensors
+    def _backward(ctx, grad_out, grad_lse, grad_stats):
+        q, k, v, mask, out, stats = ctx.saved_tensors
         need = [bool(ctx.needs_input_grad[i]) for i in range(3)]
         if not any(need):
             return (None,) * 8
         dropout_p, is_causal, scale, seed = ctx.args
         dq, dk, dv = ops()._attention_backward(
-            grad_out, q, k, v, mask, out, lse, dropout_p, is_causal, scale, seed, need
+            grad_out, q, k, v, mask, out, stats, dropout_p, is_causal, scale, seed, need
         )
         return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None) + (None,) * 5
 

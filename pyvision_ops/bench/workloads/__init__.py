@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: The families, in table order; each is the module ``pyvision_ops.bench.workloads.<name>``.
-FAMILIES: Tuple[str, ...] = ("unpool", "gram", "assign", "distance", "metric_learning", "models")
+FAMILIES: Tuple[str, ...] = ("unpool", "gram", "assign", "distance", "metric_learning", "attention", "models")
 
 declare_families(FAMILIES)
 for _family in FAMILIES:

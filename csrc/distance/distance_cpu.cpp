@@ -174,19 +174,33 @@ T pair_value(const DistanceTileOps<T>& ops, DistanceMetric metric, const Distanc
   return finish_distance(metric, ops.exact_sq(xi, yj, dim));
 }
 
+// Until a row holds k candidates every value is pushed; after that only the positions whose key
+// is strictly below the row's k-th key at the start of the segment (select_below, vectorised),
+// which push() tests again against the k-th key of the moment (it only decreases).
 template <typename T>
 struct TopkSink {
+  const DistanceTileOps<T>* ops;
   std::vector<T> segment = std::vector<T>(kDistanceTileCols);
+  std::vector<int32_t> picked = std::vector<int32_t>(kDistanceTileCols);
   RowSelection<T>* rows;  // kDistanceGroupRows selections, row r0 + i at rows[i]
   int64_t r0;
   bool largest;
   T* target(int64_t, int64_t) { return segment.data(); }
   void consume(int64_t i, int64_t j0, const T* values, int64_t cols) {
     RowSelection<T>& sel = rows[i - r0];
-    for (int64_t j = 0; j < cols; ++j) {
-      T key = largest ? -values[j] : values[j];
-      if (key != key) key = std::numeric_limits<T>::infinity();  // NaN last, as torch.topk
-      sel.push(key, j0 + j);
+    if (static_cast<int64_t>(sel.items.size()) < sel.k) {
+      for (int64_t j = 0; j < cols; ++j) {
+        T key = largest ? -values[j] : values[j];
+        if (key != key) key = std::numeric_limits<T>::infinity();  // NaN last, as torch.topk
+        sel.push(key, j0 + j);
+      }
+      return;
+    }
+    // A NaN key would count as +inf, which is never below the k-th key: select_below drops it.
+    const int64_t count = ops->select_below(values, cols, sel.worst, largest, picked.data());
+    for (int64_t q = 0; q < count; ++q) {
+      const int64_t j = picked[q];
+      sel.push(largest ? -values[j] : values[j], j0 + j);
     }
   }
 };
@@ -219,6 +233,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const 
           const int64_t r0 = g * kDistanceGroupRows, rows = std::min(kDistanceGroupRows, n - r0);
           for (auto& s : sel) s.reset(k, std::max<int64_t>(2 * k, k + 256));
           TopkSink<scalar_t> sink;
+          sink.ops = &ops;
           sink.rows = sel.data();
           sink.r0 = r0;
           sink.largest = largest;

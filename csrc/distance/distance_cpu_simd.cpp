@@ -145,10 +145,43 @@ PVO_TARGET_AVX2 float exact_sq_avx2(const float* x, const float* y, int64_t dim)
   return (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))) + tail;
 }
 
+// Eight values per compare; a block of eight without a key below the bound costs one compare,
+// one movemask and one branch. v > -bound is -v < bound without negating the values.
+PVO_TARGET_AVX2 int64_t select_below_avx2(const float* values, int64_t cols, float bound, bool negate,
+                                          int32_t* picked) {
+  int64_t count = 0;
+  int64_t j = 0;
+  if (negate) {
+    const __m256 limit = _mm256_set1_ps(-bound);
+    for (; j + 8 <= cols; j += 8) {
+      unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + j), limit, _CMP_GT_OQ)));
+      while (mask != 0) {
+        picked[count++] = static_cast<int32_t>(j + __builtin_ctz(mask));
+        mask &= mask - 1;
+      }
+    }
+  } else {
+    const __m256 limit = _mm256_set1_ps(bound);
+    for (; j + 8 <= cols; j += 8) {
+      unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + j), limit, _CMP_LT_OQ)));
+      while (mask != 0) {
+        picked[count++] = static_cast<int32_t>(j + __builtin_ctz(mask));
+        mask &= mask - 1;
+      }
+    }
+  }
+  for (; j < cols; ++j) {
+    const float key = negate ? -values[j] : values[j];
+    if (key < bound) picked[count++] = static_cast<int32_t>(j);
+  }
+  return count;
+}
+
 }  // namespace
 
 const DistanceCpuKernels* distance_avx2_kernels() {
-  static const DistanceCpuKernels table{pack_rows_avx2, dot_tile_avx2, finish_row_avx2, exact_sq_avx2};
+  static const DistanceCpuKernels table{pack_rows_avx2, dot_tile_avx2, finish_row_avx2, exact_sq_avx2,
+                                        select_below_avx2};
   return &table;
 }
 

@@ -38,6 +38,10 @@ struct DistanceCpuKernels {
                         float* out);
   // exact_sq_distance of two rows.
   float (*exact_sq)(const float* x, const float* y, int64_t dim);
+  // The positions j < cols (increasing) whose key is strictly below `bound`, written to `picked`
+  // (room for cols entries); the key is values[j], or -values[j] with `negate`; NaN never
+  // passes. Returns how many were written.
+  int64_t (*select_below)(const float* values, int64_t cols, float bound, bool negate, int32_t* picked);
 };
 
 // --- portable entries (templates: the float64 path uses them too) -------------------------
@@ -101,9 +105,20 @@ T distance_exact_sq_portable(const T* x, const T* y, int64_t dim) {
   return exact_sq_distance<T, T>(x, y, dim);
 }
 
+template <typename T>
+int64_t distance_select_below_portable(const T* values, int64_t cols, T bound, bool negate, int32_t* picked) {
+  int64_t count = 0;
+  for (int64_t j = 0; j < cols; ++j) {
+    const T key = negate ? -values[j] : values[j];
+    if (key < bound) picked[count++] = static_cast<int32_t>(j);
+  }
+  return count;
+}
+
 inline const DistanceCpuKernels& distance_portable_kernels() {
   static const DistanceCpuKernels table{distance_pack_rows_portable<float>, distance_dot_tile_portable<float>,
-                                        distance_finish_row_portable<float>, distance_exact_sq_portable<float>};
+                                        distance_finish_row_portable<float>, distance_exact_sq_portable<float>,
+                                        distance_select_below_portable<float>};
   return table;
 }
 

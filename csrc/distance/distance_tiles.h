@@ -42,6 +42,9 @@ struct DistanceTileOps<float> {
     return k.finish_row(m, dot, cols, nx, ny, out);
   }
   float exact_sq(const float* x, const float* y, int64_t dim) const { return k.exact_sq(x, y, dim); }
+  int64_t select_below(const float* values, int64_t cols, float bound, bool negate, int32_t* picked) const {
+    return k.select_below(values, cols, bound, negate, picked);
+  }
 };
 
 template <>
@@ -58,6 +61,9 @@ struct DistanceTileOps<double> {
     return distance_finish_row_portable(m, dot, cols, nx, ny, out);
   }
   double exact_sq(const double* x, const double* y, int64_t dim) const { return distance_exact_sq_portable(x, y, dim); }
+  int64_t select_below(const double* values, int64_t cols, double bound, bool negate, int32_t* picked) const {
+    return distance_select_below_portable(values, cols, bound, negate, picked);
+  }
 };
 
 inline int64_t distance_panels(int64_t rows) { return (rows + kDistancePanel - 1) / kDistancePanel; }

@@ -124,18 +124,24 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const c10::optional<at::Te
 
 // --- pairwise_topk ---------------------------------------------------------------------------
 
-// The k best (smallest key, then smallest index) of one row, kept in a buffer of up to `cap`
-// candidates that is cut back to k (nth_element) when full; `worst` is then the k-th key, and
-// anything not strictly better is refused without touching the buffer.
+// The k best (smallest key, then smallest index) of one row. Candidates arrive with increasing
+// index, so one that is not strictly below the current k-th key `worst` is refused without
+// touching the storage. Up to kHeapMaxK a max-heap (by key, then index) of the k best keeps
+// `worst` exact at O(log k) per insertion; larger k use a buffer of up to `cap` candidates that
+// is cut back to k (nth_element) when full, `worst` being the k-th key of the last cut.
+constexpr int64_t kHeapMaxK = 64;
+
 template <typename T>
 struct RowSelection {
   std::vector<std::pair<T, int64_t>> items;
   T worst = std::numeric_limits<T>::infinity();
   int64_t k = 0, cap = 0;
+  bool heap = false;
 
   void reset(int64_t k_, int64_t cap_) {
     k = k_;
     cap = cap_;
+    heap = k <= kHeapMaxK;
     items.clear();
     worst = std::numeric_limits<T>::infinity();
   }
@@ -149,10 +155,21 @@ struct RowSelection {
     for (const auto& it : items) worst = std::max(worst, it.first);
   }
   void push(T key, int64_t j) {
-    if (static_cast<int64_t>(items.size()) < k || key < worst) {
-      items.emplace_back(key, j);
-      if (static_cast<int64_t>(items.size()) >= cap) cut();
+    const bool filling = static_cast<int64_t>(items.size()) < k;
+    if (!filling && !(key < worst)) return;
+    if (heap) {
+      if (!filling) {
+        std::pop_heap(items.begin(), items.end(), better);
+        items.back() = {key, j};
+      } else {
+        items.emplace_back(key, j);
+      }
+      std::push_heap(items.begin(), items.end(), better);
+      if (static_cast<int64_t>(items.size()) == k) worst = items.front().first;
+      return;
     }
+    items.emplace_back(key, j);
+    if (static_cast<int64_t>(items.size()) >= cap) cut();
   }
   void finish() {
     std::sort(items.begin(), items.end(), better);
@@ -174,36 +191,50 @@ T pair_value(const DistanceTileOps<T>& ops, DistanceMetric metric, const Distanc
   return finish_distance(metric, ops.exact_sq(xi, yj, dim));
 }
 
-// Until a row holds k candidates every value is pushed; after that only the positions whose key
-// is strictly below the row's k-th key at the start of the segment (select_below, vectorised),
-// which push() tests again against the k-th key of the moment (it only decreases).
+// A selecting sink of the tile engine: until a row holds k candidates every value is consumed;
+// after that the engine offers only the positions whose key is strictly below the row's k-th
+// key at the start of the segment (finish_select, vectorised), which push() tests again against
+// the k-th key of the moment (it only decreases).
 template <typename T>
 struct TopkSink {
-  const DistanceTileOps<T>* ops;
   std::vector<T> segment = std::vector<T>(kDistanceTileCols);
-  std::vector<int32_t> picked = std::vector<int32_t>(kDistanceTileCols);
-  RowSelection<T>* rows;  // kDistanceGroupRows selections, row r0 + i at rows[i]
+  std::vector<int32_t> positions = std::vector<int32_t>(kDistanceTileCols);
+  RowSelection<T>* rows;  // one selection per row of the group, row r0 + i at rows[i]
   int64_t r0;
   bool largest;
   T* target(int64_t, int64_t) { return segment.data(); }
+  int32_t* picked() { return positions.data(); }
+  static T key_of(T value, bool largest) {
+    const T key = largest ? -value : value;
+    return key != key ? std::numeric_limits<T>::infinity() : key;  // NaN last, as torch.topk
+  }
+  bool selective(int64_t i, T& bound, bool& negate) const {
+    const RowSelection<T>& sel = rows[i - r0];
+    if (static_cast<int64_t>(sel.items.size()) < sel.k) return false;
+    bound = sel.worst;  // a NaN key counts as +inf, never below it: finish_select drops it
+    negate = largest;
+    return true;
+  }
+  void offer(int64_t i, int64_t j, T value) { rows[i - r0].push(key_of(value, largest), j); }
   void consume(int64_t i, int64_t j0, const T* values, int64_t cols) {
     RowSelection<T>& sel = rows[i - r0];
-    if (static_cast<int64_t>(sel.items.size()) < sel.k) {
-      for (int64_t j = 0; j < cols; ++j) {
-        T key = largest ? -values[j] : values[j];
-        if (key != key) key = std::numeric_limits<T>::infinity();  // NaN last, as torch.topk
-        sel.push(key, j0 + j);
-      }
-      return;
-    }
-    // A NaN key would count as +inf, which is never below the k-th key: select_below drops it.
-    const int64_t count = ops->select_below(values, cols, sel.worst, largest, picked.data());
-    for (int64_t q = 0; q < count; ++q) {
-      const int64_t j = picked[q];
-      sel.push(largest ? -values[j] : values[j], j0 + j);
-    }
+    for (int64_t j = 0; j < cols; ++j) sel.push(key_of(values[j], largest), j0 + j);
   }
 };
+
+// Rows of x per task of pairwise_topk: a multiple of 16 from kDistanceGroupRows up to
+// kTopkGroupRows, the largest that still gives every thread 4 tasks. A block of y's panels
+// (128 KiB at D = 128) then serves up to 16 panels of x while it is in L2, and all of y is
+// read from memory once per group instead of once per 64 rows.
+constexpr int64_t kTopkGroupRows = 16 * kDistancePanel;
+
+int64_t topk_group_rows(int64_t batch, int64_t n) {
+  const int64_t tasks = 4 * std::max<int64_t>(at::get_num_threads(), 1);
+  const int64_t per_item = std::max<int64_t>((tasks + batch - 1) / batch, 1);
+  const int64_t rows = (n + per_item - 1) / per_item;
+  const int64_t rounded = (rows + kDistancePanel - 1) / kDistancePanel * kDistancePanel;
+  return std::clamp(rounded, kDistanceGroupRows, kTopkGroupRows);
+}
 
 std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const at::Tensor& y, int64_t k,
                                                      c10::string_view metric_name, bool largest) {
@@ -222,18 +253,18 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const 
     AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
       prepare_sides<scalar_t>(metric, x, y, batch, xs, ys);
       const DistanceTileOps<scalar_t> ops;
-      const int64_t groups = (n + kDistanceGroupRows - 1) / kDistanceGroupRows;
+      const int64_t group_rows = topk_group_rows(batch, n);
+      const int64_t groups = (n + group_rows - 1) / group_rows;
       scalar_t* vals = values.data_ptr<scalar_t>();
       int64_t* idx = indices.data_ptr<int64_t>();
       at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> tile(kDistancePanel * kDistanceTileCols);
-        std::vector<RowSelection<scalar_t>> sel(kDistanceGroupRows);
+        std::vector<RowSelection<scalar_t>> sel(group_rows);
         for (int64_t t = begin; t < end; ++t) {
           const int64_t b = t / groups, g = t % groups;
-          const int64_t r0 = g * kDistanceGroupRows, rows = std::min(kDistanceGroupRows, n - r0);
+          const int64_t r0 = g * group_rows, rows = std::min(group_rows, n - r0);
           for (auto& s : sel) s.reset(k, std::max<int64_t>(2 * k, k + 256));
           TopkSink<scalar_t> sink;
-          sink.ops = &ops;
           sink.rows = sel.data();
           sink.r0 = r0;
           sink.largest = largest;

@@ -38,10 +38,13 @@ struct DistanceCpuKernels {
                         float* out);
   // exact_sq_distance of two rows.
   float (*exact_sq)(const float* x, const float* y, int64_t dim);
-  // The positions j < cols (increasing) whose key is strictly below `bound`, written to `picked`
-  // (room for cols entries); the key is values[j], or -values[j] with `negate`; NaN never
-  // passes. Returns how many were written.
-  int64_t (*select_below)(const float* values, int64_t cols, float bound, bool negate, int32_t* picked);
+  // finish_row and a bound in one pass over the tile row: the positions j (increasing) that
+  // need the exact form or whose key is strictly below `bound` go to `picked` (room for cols
+  // entries), and their values (-1 for the exact form, as finish_row) to out[j]; other entries
+  // of `out` are left as they are. The key is the value, or minus the value with `negate`; NaN
+  // never passes. Returns how many positions were picked.
+  int64_t (*finish_select)(DistanceMetric metric, const float* dot, int64_t cols, float norm_x, const float* norm_y,
+                           float bound, bool negate, float* out, int32_t* picked);
 };
 
 // --- portable entries (templates: the float64 path uses them too) -------------------------
@@ -106,11 +109,24 @@ T distance_exact_sq_portable(const T* x, const T* y, int64_t dim) {
 }
 
 template <typename T>
-int64_t distance_select_below_portable(const T* values, int64_t cols, T bound, bool negate, int32_t* picked) {
+int64_t distance_finish_select_portable(DistanceMetric metric, const T* dot, int64_t cols, T norm_x, const T* norm_y,
+                                        T bound, bool negate, T* out, int32_t* picked) {
   int64_t count = 0;
   for (int64_t j = 0; j < cols; ++j) {
-    const T key = negate ? -values[j] : values[j];
-    if (key < bound) picked[count++] = static_cast<int32_t>(j);
+    T value = dot[j];
+    if (metric != DistanceMetric::Dot) {
+      const T d2 = norm_x + norm_y[j] - T(2) * dot[j];
+      if (needs_exact_distance(d2, norm_x, norm_y[j])) {
+        out[j] = T(-1);
+        picked[count++] = static_cast<int32_t>(j);
+        continue;
+      }
+      value = finish_distance(metric, d2);
+    }
+    if ((negate ? -value : value) < bound) {
+      out[j] = value;
+      picked[count++] = static_cast<int32_t>(j);
+    }
   }
   return count;
 }
@@ -118,7 +134,7 @@ int64_t distance_select_below_portable(const T* values, int64_t cols, T bound, b
 inline const DistanceCpuKernels& distance_portable_kernels() {
   static const DistanceCpuKernels table{distance_pack_rows_portable<float>, distance_dot_tile_portable<float>,
                                         distance_finish_row_portable<float>, distance_exact_sq_portable<float>,
-                                        distance_select_below_portable<float>};
+                                        distance_finish_select_portable<float>};
   return table;
 }
 

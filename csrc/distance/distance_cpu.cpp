@@ -597,24 +597,6 @@ struct Buffer {
 };
 
 template <typename T>
-struct BackwardWeights {
-  DistanceMetric metric;
-  const T* G;  // this batch item's gradient, strides gi, gj
-  int64_t gi, gj;
-  const T* O;  // this batch item's (N, M) values, contiguous
-  int64_t m;
-  T operator()(int64_t i, int64_t j) const {
-    const T g = G[i * gi + j * gj];
-    if (metric == DistanceMetric::SqEuclidean) return T(2) * g;
-    if (metric == DistanceMetric::Euclidean) {
-      const T o = O[i * m + j];
-      return o > T(0) ? g / o : T(0);
-    }
-    return g;
-  }
-};
-
-template <typename T>
 void distance_backward_kernel(DistanceMetric metric, const T* G, std::array<int64_t, 3> gs, const T* O, const T* X,
                               const T* Y, int64_t batch, int64_t n, int64_t m, int64_t dim, bool need_x, bool need_y,
                               T* gx, T* gy) {
@@ -626,7 +608,7 @@ void distance_backward_kernel(DistanceMetric metric, const T* G, std::array<int6
   constexpr int64_t kChunk = kDistanceChunk;
   Buffer<T> x_cols(need_y ? pd * n * kDistancePanel : 0), y_cols(need_x ? pd * m * kDistancePanel : 0);
   for (int64_t b = 0; b < batch; ++b) {
-    const BackwardWeights<T> w{metric, G + b * gs[0], gs[1], gs[2], O + b * n * m, m};
+    const DistanceBackwardWeights<T> w{metric, G + b * gs[0], gs[1], gs[2], O + b * n * m, m};
     const T* Xb = X + b * n * dim;
     const T* Yb = Y + b * m * dim;
     if (need_x) pack_columns(Yb, m, dim, y_cols.data());
@@ -646,47 +628,16 @@ void distance_backward_kernel(DistanceMetric metric, const T* G, std::array<int6
         std::fill(sums.begin(), sums.end(), T(0));
         for (int64_t k0 = 0; k0 < k_len; k0 += kChunk) {
           const int64_t kc = std::min(kChunk, k_len - k0);
-          if (for_x) {
-            // Rows of W, panel by panel: each row's chunk is contiguous in G and O.
-            for (int64_t p = p_begin; p < p_end; ++p) {
-              T* a = panels.data() + (p - p_begin) * kChunk * kDistancePanel;
-              T* sum = sums.data() + (p - p_begin) * kDistancePanel;
-              for (int64_t r = 0; r < kDistancePanel; ++r) {
-                const int64_t e = p * kDistancePanel + r;
-                if (e >= rows_total) {
-                  for (int64_t k = 0; k < kc; ++k) a[k * kDistancePanel + r] = T(0);
-                  continue;
-                }
-                T s = T(0);
-                for (int64_t k = 0; k < kc; ++k) {
-                  const T v = w(e, k0 + k);
-                  a[k * kDistancePanel + r] = v;
-                  s += v;
-                }
-                sum[r] += s;
-              }
-            }
-          } else {
-            // Columns of W, panel by panel and column by column: a column's chunk is strided
-            // in G and O, but the 16 columns of a panel share their cache lines, which stay in
-            // L1 from one column to the next.
-            for (int64_t p = p_begin; p < p_end; ++p) {
-              T* a = panels.data() + (p - p_begin) * kChunk * kDistancePanel;
-              T* sum = sums.data() + (p - p_begin) * kDistancePanel;
-              for (int64_t r = 0; r < kDistancePanel; ++r) {
-                const int64_t e = p * kDistancePanel + r;
-                if (e >= rows_total) {
-                  for (int64_t k = 0; k < kc; ++k) a[k * kDistancePanel + r] = T(0);
-                  continue;
-                }
-                T s = T(0);
-                for (int64_t k = 0; k < kc; ++k) {
-                  const T v = w(k0 + k, e);
-                  a[k * kDistancePanel + r] = v;
-                  s += v;
-                }
-                sum[r] += s;
-              }
+          // Rows of W (for x: each row's chunk is contiguous in G and O) or columns of W (for
+          // y: row i of W holds position k = i of all 16 columns of a panel), panel by panel.
+          for (int64_t p = p_begin; p < p_end; ++p) {
+            T* a = panels.data() + (p - p_begin) * kChunk * kDistancePanel;
+            T* sum = sums.data() + (p - p_begin) * kDistancePanel;
+            const int64_t e0 = p * kDistancePanel, count = std::min(kDistancePanel, rows_total - e0);
+            if (for_x) {
+              ops.weight_rows(w, e0, count, k0, kc, a, sum);
+            } else {
+              ops.weight_cols(w, e0, count, k0, kc, a, sum);
             }
           }
           for (int64_t p = p_begin; p < p_end; ++p) {

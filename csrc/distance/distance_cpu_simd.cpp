@@ -237,11 +237,102 @@ PVO_TARGET_AVX2 int64_t finish_select_avx2(DistanceMetric metric, const float* d
                 : finish_select_sign<false>(metric, dot, cols, norm_x, norm_y, bound, out, picked);
 }
 
+// w(i, j .. j + 7) of one row i: O's row is contiguous; G is loaded, broadcast (an expanded
+// gradient, gj = 0) or gathered. The weights of DistanceBackwardWeights, lane by lane.
+template <DistanceMetric M>
+PVO_TARGET_AVX2 inline __m256 row_weights8(const DistanceBackwardWeights<float>& w, int64_t i, int64_t j) {
+  const float* gp = w.G + i * w.gi + j * w.gj;
+  __m256 g;
+  if (w.gj == 1) {
+    g = _mm256_loadu_ps(gp);
+  } else if (w.gj == 0) {
+    g = _mm256_broadcast_ss(gp);
+  } else {
+    const int64_t s = w.gj;
+    g = _mm256_setr_ps(gp[0], gp[s], gp[2 * s], gp[3 * s], gp[4 * s], gp[5 * s], gp[6 * s], gp[7 * s]);
+  }
+  if constexpr (M == DistanceMetric::SqEuclidean) return _mm256_mul_ps(_mm256_set1_ps(2.0f), g);
+  if constexpr (M == DistanceMetric::Euclidean) {
+    const __m256 o = _mm256_loadu_ps(w.O + i * w.ldo + j);
+    return _mm256_and_ps(_mm256_cmp_ps(o, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_div_ps(g, o));
+  }
+  return g;
+}
+
+// Full panels: each half (8 rows) by blocks of 8 positions, computed along the rows and stored
+// k-major with one 8x8 transpose; the row sums run over the stored positions in order of k, then
+// over the last kc % 8 positions (scalar), as the portable loop adds them.
+template <DistanceMetric M>
+PVO_TARGET_AVX2 void weight_rows_metric(const DistanceBackwardWeights<float>& w, int64_t row0, int64_t k0, int64_t kc,
+                                        float* a, float* sums) {
+  const int64_t kc8 = kc - kc % 8;
+  for (int64_t half = 0; half < 2; ++half) {
+    const int64_t r0 = row0 + 8 * half;
+    float* dst = a + 8 * half;
+    __m256 s = _mm256_setzero_ps();
+    for (int64_t kb = 0; kb < kc8; kb += 8) {
+      __m256 r[8];
+      for (int q = 0; q < 8; ++q) r[q] = row_weights8<M>(w, r0 + q, k0 + kb);
+      transpose8_store(r, dst + kb * P);
+      for (int64_t kk = 0; kk < 8; ++kk) s = _mm256_add_ps(s, _mm256_load_ps(dst + (kb + kk) * P));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, s);
+    for (int q = 0; q < 8; ++q) {
+      for (int64_t k = kc8; k < kc; ++k) {
+        const float v = w(r0 + q, k0 + k);
+        dst[k * P + q] = v;
+        lanes[q] += v;
+      }
+      sums[8 * half + q] += lanes[q];
+    }
+  }
+}
+
+// Full panels: position k of the 16 columns is 16 consecutive weights of row k0 + k of W.
+template <DistanceMetric M>
+PVO_TARGET_AVX2 void weight_cols_metric(const DistanceBackwardWeights<float>& w, int64_t col0, int64_t k0, int64_t kc,
+                                        float* a, float* sums) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 v0 = row_weights8<M>(w, k0 + k, col0), v1 = row_weights8<M>(w, k0 + k, col0 + 8);
+    _mm256_storeu_ps(a + k * P, v0);
+    _mm256_storeu_ps(a + k * P + 8, v1);
+    s0 = _mm256_add_ps(s0, v0);
+    s1 = _mm256_add_ps(s1, v1);
+  }
+  _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_loadu_ps(sums), s0));
+  _mm256_storeu_ps(sums + 8, _mm256_add_ps(_mm256_loadu_ps(sums + 8), s1));
+}
+
+// `a` must be 32-byte aligned (the transposes store aligned).
+PVO_TARGET_AVX2 void weight_rows_avx2(const DistanceBackwardWeights<float>& w, int64_t row0, int64_t rows, int64_t k0,
+                                      int64_t kc, float* a, float* sums) {
+  if (rows < P) return distance_weight_rows_portable(w, row0, rows, k0, kc, a, sums);
+  switch (w.metric) {
+    case DistanceMetric::SqEuclidean:
+      return weight_rows_metric<DistanceMetric::SqEuclidean>(w, row0, k0, kc, a, sums);
+    case DistanceMetric::Euclidean: return weight_rows_metric<DistanceMetric::Euclidean>(w, row0, k0, kc, a, sums);
+    default: return weight_rows_metric<DistanceMetric::Dot>(w, row0, k0, kc, a, sums);
+  }
+}
+
+PVO_TARGET_AVX2 void weight_cols_avx2(const DistanceBackwardWeights<float>& w, int64_t col0, int64_t cols, int64_t k0,
+                                      int64_t kc, float* a, float* sums) {
+  if (cols < P) return distance_weight_cols_portable(w, col0, cols, k0, kc, a, sums);
+  switch (w.metric) {
+    case DistanceMetric::SqEuclidean:
+      return weight_cols_metric<DistanceMetric::SqEuclidean>(w, col0, k0, kc, a, sums);
+    case DistanceMetric::Euclidean: return weight_cols_metric<DistanceMetric::Euclidean>(w, col0, k0, kc, a, sums);
+    default: return weight_cols_metric<DistanceMetric::Dot>(w, col0, k0, kc, a, sums);
+  }
+}
+
 }  // namespace
 
 const DistanceCpuKernels* distance_avx2_kernels() {
   static const DistanceCpuKernels table{pack_rows_avx2, dot_tile_avx2, finish_row_avx2, exact_sq_avx2,
-                                        finish_select_avx2};
+                                        finish_select_avx2, weight_rows_avx2, weight_cols_avx2};
   return &table;
 }
 

@@ -46,6 +46,14 @@ struct DistanceTileOps<float> {
                         bool negate, float* out, int32_t* picked) const {
     return k.finish_select(m, dot, cols, nx, ny, bound, negate, out, picked);
   }
+  void weight_rows(const DistanceBackwardWeights<float>& w, int64_t row0, int64_t rows, int64_t k0, int64_t kc,
+                   float* a, float* sums) const {
+    k.weight_rows(w, row0, rows, k0, kc, a, sums);
+  }
+  void weight_cols(const DistanceBackwardWeights<float>& w, int64_t col0, int64_t cols, int64_t k0, int64_t kc,
+                   float* a, float* sums) const {
+    k.weight_cols(w, col0, cols, k0, kc, a, sums);
+  }
 };
 
 template <>
@@ -65,6 +73,14 @@ struct DistanceTileOps<double> {
   int64_t finish_select(DistanceMetric m, const double* dot, int64_t cols, double nx, const double* ny, double bound,
                         bool negate, double* out, int32_t* picked) const {
     return distance_finish_select_portable(m, dot, cols, nx, ny, bound, negate, out, picked);
+  }
+  void weight_rows(const DistanceBackwardWeights<double>& w, int64_t row0, int64_t rows, int64_t k0, int64_t kc,
+                   double* a, double* sums) const {
+    distance_weight_rows_portable(w, row0, rows, k0, kc, a, sums);
+  }
+  void weight_cols(const DistanceBackwardWeights<double>& w, int64_t col0, int64_t cols, int64_t k0, int64_t kc,
+                   double* a, double* sums) const {
+    distance_weight_cols_portable(w, col0, cols, k0, kc, a, sums);
   }
 };
 

@@ -154,12 +154,13 @@ def kmeans(
     x = x.detach()
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite, got NaN or infinite values")
-    # scikit-learn's _tolerance: tol times the mean of the per-feature variances.
-    threshold = float(x.to(torch.float64).var(dim=0, unbiased=False).mean()) * float(tol)
+    # scikit-learn's _tolerance: tol times the mean of the per-feature variances (in x's dtype,
+    # as scikit-learn).
+    variance, mean = torch.var_mean(x, dim=0, correction=0)
+    threshold = float(variance.to(torch.float64).mean()) * float(tol)
     centroids = _initial_centroids(x, k, init, generator)
     # As scikit-learn, iterate on data shifted by its mean (the mean is added back at the end):
     # a cluster emptied by a re-seeding gets the origin of the shifted data, the mean.
-    mean = x.to(torch.float64).mean(0).to(x.dtype)
     x = x - mean
     centroids = centroids - mean
     compute = x.dtype  # sums in x's dtype, as scikit-learn's

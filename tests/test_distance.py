@@ -709,9 +709,9 @@ def test_pairwise_topk_equals_brute_force_without_near_ties(mode, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", TOPK_MODES, ids=lambda m: f"{m[0]}-{'largest' if m[1] else 'smallest'}")
 def test_pairwise_topk_k1_agrees_with_the_candidate_buffer(mode, device):
-    """k = 1 has its own sink (a running best per row): it must pick what k = 2's candidate
-    buffer puts first, on exact ties (duplicate rows: the smaller index), NaN rows of y (never
-    chosen while a number is there) and a NaN query (every key NaN: index 0)."""
+    """k = 1 (the k-means assignment step) must pick what k = 2 puts first, on exact ties
+    (duplicate rows: the smaller index), NaN rows of y (never chosen while a number is there) and
+    a NaN query (every key NaN: index 0)."""
     metric, largest = mode
     y = points(300, 5, device=device)
     y[7] = y[3]

@@ -125,18 +125,24 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const c10::optional<at::Te
 
 // --- pairwise_topk ---------------------------------------------------------------------------
 
-// The k best (smallest key, then smallest index) of one row, kept in a buffer of up to `cap`
-// candidates that is cut back to k (nth_element) when full; `worst` is then the k-th key, and
-// anything not strictly better is refused without touching the buffer.
+// The k best (smallest key, then smallest index) of one row. Candidates arrive with increasing
+// index, so one that is not strictly below the current k-th key `worst` is refused without
+// touching the storage. Up to kHeapMaxK a max-heap (by key, then index) of the k best keeps
+// `worst` exact at O(log k) per insertion; larger k use a buffer of up to `cap` candidates that
+// is cut back to k (nth_element) when full, `worst` being the k-th key of the last cut.
+constexpr int64_t kHeapMaxK = 64;
+
 template <typename T>
 struct RowSelection {
   std::vector<std::pair<T, int64_t>> items;
   T worst = std::numeric_limits<T>::infinity();
   int64_t k = 0, cap = 0;
+  bool heap = false;
 
   void reset(int64_t k_, int64_t cap_) {
     k = k_;
     cap = cap_;
+    heap = k <= kHeapMaxK;
     items.clear();
     worst = std::numeric_limits<T>::infinity();
   }
@@ -150,10 +156,21 @@ struct RowSelection {
     for (const auto& it : items) worst = std::max(worst, it.first);
   }
   void push(T key, int64_t j) {
-    if (static_cast<int64_t>(items.size()) < k || key < worst) {
-      items.emplace_back(key, j);
-      if (static_cast<int64_t>(items.size()) >= cap) cut();
+    const bool filling = static_cast<int64_t>(items.size()) < k;
+    if (!filling && !(key < worst)) return;
+    if (heap) {
+      if (!filling) {
+        std::pop_heap(items.begin(), items.end(), better);
+        items.back() = {key, j};
+      } else {
+        items.emplace_back(key, j);
+      }
+      std::push_heap(items.begin(), items.end(), better);
+      if (static_cast<int64_t>(items.size()) == k) worst = items.front().first;
+      return;
     }
+    items.emplace_back(key, j);
+    if (static_cast<int64_t>(items.size()) >= cap) cut();
   }
   void finish() {
     std::sort(items.begin(), items.end(), better);
@@ -175,78 +192,49 @@ T pair_value(const DistanceTileOps<T>& ops, DistanceMetric metric, const Distanc
   return finish_distance(metric, ops.exact_sq(xi, yj, dim));
 }
 
+// A selecting sink of the tile engine: until a row holds k candidates every value is consumed;
+// after that the engine offers only the positions whose key is strictly below the row's k-th
+// key at the start of the segment (finish_select, vectorised), which push() tests again against
+// the k-th key of the moment (it only decreases).
 template <typename T>
 struct TopkSink {
   std::vector<T> segment = std::vector<T>(kDistanceTileCols);
-  RowSelection<T>* rows;  // kDistanceGroupRows selections, row r0 + i at rows[i]
+  std::vector<int32_t> positions = std::vector<int32_t>(kDistanceTileCols);
+  RowSelection<T>* rows;  // one selection per row of the group, row r0 + i at rows[i]
   int64_t r0;
   bool largest;
   T* target(int64_t, int64_t) { return segment.data(); }
+  int32_t* picked() { return positions.data(); }
+  static T key_of(T value, bool largest) {
+    const T key = largest ? -value : value;
+    return key != key ? std::numeric_limits<T>::infinity() : key;  // NaN last, as torch.topk
+  }
+  bool selective(int64_t i, T& bound, bool& negate) const {
+    const RowSelection<T>& sel = rows[i - r0];
+    if (static_cast<int64_t>(sel.items.size()) < sel.k) return false;
+    bound = sel.worst;  // a NaN key counts as +inf, never below it: finish_select drops it
+    negate = largest;
+    return true;
+  }
+  void offer(int64_t i, int64_t j, T value) { rows[i - r0].push(key_of(value, largest), j); }
   void consume(int64_t i, int64_t j0, const T* values, int64_t cols) {
     RowSelection<T>& sel = rows[i - r0];
-    for (int64_t j = 0; j < cols; ++j) {
-      T key = largest ? -values[j] : values[j];
-      if (key != key) key = std::numeric_limits<T>::infinity();  // NaN last, as torch.topk
-      sel.push(key, j0 + j);
-    }
+    for (int64_t j = 0; j < cols; ++j) sel.push(key_of(values[j], largest), j0 + j);
   }
 };
 
-// k = 1 (the nearest-centroid search of metric_learning.kmeans): a running best per row instead
-// of a candidate buffer. Keys as TopkSink (NaN -> +inf); the first of equal keys wins.
-template <typename T>
-struct NearestSink {
-  std::vector<T> segment = std::vector<T>(kDistanceTileCols);
-  T* best_key;        // kDistanceGroupRows entries, row r0 + i at [i]
-  int64_t* best_col;  // -1 until a row has seen a column
-  int64_t r0;
-  bool largest;
-  T* target(int64_t, int64_t) { return segment.data(); }
-  void consume(int64_t i, int64_t j0, const T* values, int64_t cols) {
-    T best = best_key[i - r0];
-    int64_t col = best_col[i - r0];
-    for (int64_t j = 0; j < cols; ++j) {
-      T key = largest ? -values[j] : values[j];
-      if (key != key) key = std::numeric_limits<T>::infinity();
-      if (key < best || col < 0) {
-        best = key;
-        col = j0 + j;
-      }
-    }
-    best_key[i - r0] = best;
-    best_col[i - r0] = col;
-  }
-};
+// Rows of x per task of pairwise_topk: a multiple of 16 from kDistanceGroupRows up to
+// kTopkGroupRows, the largest that still gives every thread 4 tasks. A block of y's panels
+// (128 KiB at D = 128) then serves up to 16 panels of x while it is in L2, and all of y is
+// read from memory once per group instead of once per 64 rows.
+constexpr int64_t kTopkGroupRows = 16 * kDistancePanel;
 
-template <typename T>
-void nearest_rows(const DistanceTileOps<T>& ops, DistanceMetric metric, const PackedRows& xs, const PackedRows& ys,
-                  int64_t batch, int64_t n, bool largest, T* vals, int64_t* idx) {
-  const int64_t groups = (n + kDistanceGroupRows - 1) / kDistanceGroupRows;
-  at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> tile(kDistancePanel * kDistanceTileCols);
-    std::array<T, kDistanceGroupRows> best_key;
-    std::array<int64_t, kDistanceGroupRows> best_col;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / groups, g = t % groups;
-      const int64_t r0 = g * kDistanceGroupRows, rows = std::min(kDistanceGroupRows, n - r0);
-      best_key.fill(std::numeric_limits<T>::infinity());
-      best_col.fill(-1);
-      NearestSink<T> sink;
-      sink.best_key = best_key.data();
-      sink.best_col = best_col.data();
-      sink.r0 = r0;
-      sink.largest = largest;
-      const DistanceSide<T> x_side = side_of<T>(xs, b), y_side = side_of<T>(ys, b);
-      distance_row_group(ops, metric, x_side, y_side, xs.dim, r0, rows, tile.data(), sink);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t i = r0 + r, j = best_col[r];
-        const T key = best_key[r];
-        idx[b * n + i] = j;
-        // An infinite key may stand for a NaN value: take the pair's value again.
-        vals[b * n + i] = std::isinf(key) ? pair_value(ops, metric, x_side, y_side, xs.dim, i, j) : (largest ? -key : key);
-      }
-    }
-  });
+int64_t topk_group_rows(int64_t batch, int64_t n) {
+  const int64_t tasks = 4 * std::max<int64_t>(at::get_num_threads(), 1);
+  const int64_t per_item = std::max<int64_t>((tasks + batch - 1) / batch, 1);
+  const int64_t rows = (n + per_item - 1) / per_item;
+  const int64_t rounded = (rows + kDistancePanel - 1) / kDistancePanel * kDistancePanel;
+  return std::clamp(rounded, kDistanceGroupRows, kTopkGroupRows);
 }
 
 std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const at::Tensor& y, int64_t k,
@@ -266,19 +254,16 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const 
     AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
       prepare_sides<scalar_t>(metric, x, y, batch, xs, ys);
       const DistanceTileOps<scalar_t> ops;
-      const int64_t groups = (n + kDistanceGroupRows - 1) / kDistanceGroupRows;
+      const int64_t group_rows = topk_group_rows(batch, n);
+      const int64_t groups = (n + group_rows - 1) / group_rows;
       scalar_t* vals = values.data_ptr<scalar_t>();
       int64_t* idx = indices.data_ptr<int64_t>();
-      if (k == 1) {
-        nearest_rows<scalar_t>(ops, metric, xs, ys, batch, n, largest, vals, idx);
-        return;
-      }
       at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> tile(kDistancePanel * kDistanceTileCols);
-        std::vector<RowSelection<scalar_t>> sel(kDistanceGroupRows);
+        std::vector<RowSelection<scalar_t>> sel(group_rows);
         for (int64_t t = begin; t < end; ++t) {
           const int64_t b = t / groups, g = t % groups;
-          const int64_t r0 = g * kDistanceGroupRows, rows = std::min(kDistanceGroupRows, n - r0);
+          const int64_t r0 = g * group_rows, rows = std::min(group_rows, n - r0);
           for (auto& s : sel) s.reset(k, std::max<int64_t>(2 * k, k + 256));
           TopkSink<scalar_t> sink;
           sink.rows = sel.data();
@@ -613,24 +598,6 @@ struct Buffer {
 };
 
 template <typename T>
-struct BackwardWeights {
-  DistanceMetric metric;
-  const T* G;  // this batch item's gradient, strides gi, gj
-  int64_t gi, gj;
-  const T* O;  // this batch item's (N, M) values, contiguous
-  int64_t m;
-  T operator()(int64_t i, int64_t j) const {
-    const T g = G[i * gi + j * gj];
-    if (metric == DistanceMetric::SqEuclidean) return T(2) * g;
-    if (metric == DistanceMetric::Euclidean) {
-      const T o = O[i * m + j];
-      return o > T(0) ? g / o : T(0);
-    }
-    return g;
-  }
-};
-
-template <typename T>
 void distance_backward_kernel(DistanceMetric metric, const T* G, std::array<int64_t, 3> gs, const T* O, const T* X,
                               const T* Y, int64_t batch, int64_t n, int64_t m, int64_t dim, bool need_x, bool need_y,
                               T* gx, T* gy) {
@@ -642,7 +609,7 @@ void distance_backward_kernel(DistanceMetric metric, const T* G, std::array<int6
   constexpr int64_t kChunk = kDistanceChunk;
   Buffer<T> x_cols(need_y ? pd * n * kDistancePanel : 0), y_cols(need_x ? pd * m * kDistancePanel : 0);
   for (int64_t b = 0; b < batch; ++b) {
-    const BackwardWeights<T> w{metric, G + b * gs[0], gs[1], gs[2], O + b * n * m, m};
+    const DistanceBackwardWeights<T> w{metric, G + b * gs[0], gs[1], gs[2], O + b * n * m, m};
     const T* Xb = X + b * n * dim;
     const T* Yb = Y + b * m * dim;
     if (need_x) pack_columns(Yb, m, dim, y_cols.data());
@@ -662,47 +629,16 @@ void distance_backward_kernel(DistanceMetric metric, const T* G, std::array<int6
         std::fill(sums.begin(), sums.end(), T(0));
         for (int64_t k0 = 0; k0 < k_len; k0 += kChunk) {
           const int64_t kc = std::min(kChunk, k_len - k0);
-          if (for_x) {
-            // Rows of W, panel by panel: each row's chunk is contiguous in G and O.
-            for (int64_t p = p_begin; p < p_end; ++p) {
-              T* a = panels.data() + (p - p_begin) * kChunk * kDistancePanel;
-              T* sum = sums.data() + (p - p_begin) * kDistancePanel;
-              for (int64_t r = 0; r < kDistancePanel; ++r) {
-                const int64_t e = p * kDistancePanel + r;
-                if (e >= rows_total) {
-                  for (int64_t k = 0; k < kc; ++k) a[k * kDistancePanel + r] = T(0);
-                  continue;
-                }
-                T s = T(0);
-                for (int64_t k = 0; k < kc; ++k) {
-                  const T v = w(e, k0 + k);
-                  a[k * kDistancePanel + r] = v;
-                  s += v;
-                }
-                sum[r] += s;
-              }
-            }
-          } else {
-            // Columns of W, panel by panel and column by column: a column's chunk is strided
-            // in G and O, but the 16 columns of a panel share their cache lines, which stay in
-            // L1 from one column to the next.
-            for (int64_t p = p_begin; p < p_end; ++p) {
-              T* a = panels.data() + (p - p_begin) * kChunk * kDistancePanel;
-              T* sum = sums.data() + (p - p_begin) * kDistancePanel;
-              for (int64_t r = 0; r < kDistancePanel; ++r) {
-                const int64_t e = p * kDistancePanel + r;
-                if (e >= rows_total) {
-                  for (int64_t k = 0; k < kc; ++k) a[k * kDistancePanel + r] = T(0);
-                  continue;
-                }
-                T s = T(0);
-                for (int64_t k = 0; k < kc; ++k) {
-                  const T v = w(k0 + k, e);
-                  a[k * kDistancePanel + r] = v;
-                  s += v;
-                }
-                sum[r] += s;
-              }
+          // Rows of W (for x: each row's chunk is contiguous in G and O) or columns of W (for
+          // y: row i of W holds position k = i of all 16 columns of a panel), panel by panel.
+          for (int64_t p = p_begin; p < p_end; ++p) {
+            T* a = panels.data() + (p - p_begin) * kChunk * kDistancePanel;
+            T* sum = sums.data() + (p - p_begin) * kDistancePanel;
+            const int64_t e0 = p * kDistancePanel, count = std::min(kDistancePanel, rows_total - e0);
+            if (for_x) {
+              ops.weight_rows(w, e0, count, k0, kc, a, sum);
+            } else {
+              ops.weight_cols(w, e0, count, k0, kc, a, sum);
             }
           }
           for (int64_t p = p_begin; p < p_end; ++p) {

@@ -22,6 +22,27 @@ constexpr int64_t kDistancePanel = 16;      // rows per panel
 constexpr int64_t kDistanceBlockPanels = 16;  // y panels per tile (256 columns)
 constexpr int64_t kDistanceChunk = 384;      // positions k per micro-kernel pass
 
+// The weights W of the fused backward (design/distance.md): w(i, j) = 2 G_ij (sqeuclidean),
+// G_ij / O_ij where O_ij > 0 and 0 elsewhere (euclidean), G_ij (dot); G is read in its own
+// strides (gi, gj; 0 for an expanded gradient), O (the forward's values) with row stride ldo.
+template <typename T>
+struct DistanceBackwardWeights {
+  DistanceMetric metric;
+  const T* G;
+  int64_t gi, gj;
+  const T* O;
+  int64_t ldo;
+  T operator()(int64_t i, int64_t j) const {
+    const T g = G[i * gi + j * gj];
+    if (metric == DistanceMetric::SqEuclidean) return T(2) * g;
+    if (metric == DistanceMetric::Euclidean) {
+      const T o = O[i * ldo + j];
+      return o > T(0) ? g / o : T(0);
+    }
+    return g;
+  }
+};
+
 struct DistanceCpuKernels {
   // Packs `rows` contiguous rows of length dim into ceil(rows / 16) panels (16 * dim each).
   void (*pack_rows)(const float* src, int64_t rows, int64_t dim, float* packed);
@@ -38,6 +59,21 @@ struct DistanceCpuKernels {
                         float* out);
   // exact_sq_distance of two rows.
   float (*exact_sq)(const float* x, const float* y, int64_t dim);
+  // finish_row and a bound in one pass over the tile row: the positions j (increasing) that
+  // need the exact form or whose key is strictly below `bound` go to `picked` (room for cols
+  // entries), and their values (-1 for the exact form, as finish_row) to out[j]; other entries
+  // of `out` are left as they are. The key is the value, or minus the value with `negate`; NaN
+  // never passes. Returns how many positions were picked.
+  int64_t (*finish_select)(DistanceMetric metric, const float* dot, int64_t cols, float norm_x, const float* norm_y,
+                           float bound, bool negate, float* out, int32_t* picked);
+  // One panel of W's rows over a chunk of its columns, packed k-major for dot_tile:
+  // a[k * 16 + r] = w(row0 + r, k0 + k) for r < rows (<= 16; 0 for the other rows of the
+  // panel) and k < kc; sums[r] += the sum over k of those weights, added in order of k.
+  void (*weight_rows)(const DistanceBackwardWeights<float>& w, int64_t row0, int64_t rows, int64_t k0, int64_t kc,
+                      float* a, float* sums);
+  // The same for W's columns (a panel of W^T's rows): a[k * 16 + r] = w(k0 + k, col0 + r).
+  void (*weight_cols)(const DistanceBackwardWeights<float>& w, int64_t col0, int64_t cols, int64_t k0, int64_t kc,
+                      float* a, float* sums);
 };
 
 // --- portable entries (templates: the float64 path uses them too) -------------------------
@@ -101,9 +137,70 @@ T distance_exact_sq_portable(const T* x, const T* y, int64_t dim) {
   return exact_sq_distance<T, T>(x, y, dim);
 }
 
+template <typename T>
+int64_t distance_finish_select_portable(DistanceMetric metric, const T* dot, int64_t cols, T norm_x, const T* norm_y,
+                                        T bound, bool negate, T* out, int32_t* picked) {
+  int64_t count = 0;
+  for (int64_t j = 0; j < cols; ++j) {
+    T value = dot[j];
+    if (metric != DistanceMetric::Dot) {
+      const T d2 = norm_x + norm_y[j] - T(2) * dot[j];
+      if (needs_exact_distance(d2, norm_x, norm_y[j])) {
+        out[j] = T(-1);
+        picked[count++] = static_cast<int32_t>(j);
+        continue;
+      }
+      value = finish_distance(metric, d2);
+    }
+    if ((negate ? -value : value) < bound) {
+      out[j] = value;
+      picked[count++] = static_cast<int32_t>(j);
+    }
+  }
+  return count;
+}
+
+template <typename T>
+void distance_weight_rows_portable(const DistanceBackwardWeights<T>& w, int64_t row0, int64_t rows, int64_t k0,
+                                   int64_t kc, T* a, T* sums) {
+  for (int64_t r = 0; r < kDistancePanel; ++r) {
+    if (r >= rows) {
+      for (int64_t k = 0; k < kc; ++k) a[k * kDistancePanel + r] = T(0);
+      continue;
+    }
+    T s = T(0);
+    for (int64_t k = 0; k < kc; ++k) {
+      const T v = w(row0 + r, k0 + k);
+      a[k * kDistancePanel + r] = v;
+      s += v;
+    }
+    sums[r] += s;
+  }
+}
+
+template <typename T>
+void distance_weight_cols_portable(const DistanceBackwardWeights<T>& w, int64_t col0, int64_t cols, int64_t k0,
+                                   int64_t kc, T* a, T* sums) {
+  for (int64_t r = 0; r < kDistancePanel; ++r) {
+    if (r >= cols) {
+      for (int64_t k = 0; k < kc; ++k) a[k * kDistancePanel + r] = T(0);
+      continue;
+    }
+    T s = T(0);
+    for (int64_t k = 0; k < kc; ++k) {
+      const T v = w(k0 + k, col0 + r);
+      a[k * kDistancePanel + r] = v;
+      s += v;
+    }
+    sums[r] += s;
+  }
+}
+
 inline const DistanceCpuKernels& distance_portable_kernels() {
   static const DistanceCpuKernels table{distance_pack_rows_portable<float>, distance_dot_tile_portable<float>,
-                                        distance_finish_row_portable<float>, distance_exact_sq_portable<float>};
+                                        distance_finish_row_portable<float>, distance_exact_sq_portable<float>,
+                                        distance_finish_select_portable<float>, distance_weight_rows_portable<float>,
+                                        distance_weight_cols_portable<float>};
   return table;
 }
 

@@ -1,5 +1,5 @@
-// The CPU tile engine of the distance family: walks x's rows in groups of kDistanceGroupRows
-// against all of y's rows, one tile (a 16-row panel of x times 256 columns of y) at a time, and
+// The CPU tile engine of the distance family: walks x's rows in groups (kDistanceGroupRows, or
+// up to 256 rows for pairwise_topk) against all of y's rows, one tile (a 16-row panel of x times 256 columns of y) at a time, and
 // hands each finished row segment (metric values, exact where needed; distance.h) to a sink.
 // Nothing of size N x M is formed unless the sink asks for it. Torch-free: the float32 tiles go
 // through the kernel table (distance_cpu_simd.h), float64 through the portable templates.
@@ -42,6 +42,18 @@ struct DistanceTileOps<float> {
     return k.finish_row(m, dot, cols, nx, ny, out);
   }
   float exact_sq(const float* x, const float* y, int64_t dim) const { return k.exact_sq(x, y, dim); }
+  int64_t finish_select(DistanceMetric m, const float* dot, int64_t cols, float nx, const float* ny, float bound,
+                        bool negate, float* out, int32_t* picked) const {
+    return k.finish_select(m, dot, cols, nx, ny, bound, negate, out, picked);
+  }
+  void weight_rows(const DistanceBackwardWeights<float>& w, int64_t row0, int64_t rows, int64_t k0, int64_t kc,
+                   float* a, float* sums) const {
+    k.weight_rows(w, row0, rows, k0, kc, a, sums);
+  }
+  void weight_cols(const DistanceBackwardWeights<float>& w, int64_t col0, int64_t cols, int64_t k0, int64_t kc,
+                   float* a, float* sums) const {
+    k.weight_cols(w, col0, cols, k0, kc, a, sums);
+  }
 };
 
 template <>
@@ -58,15 +70,31 @@ struct DistanceTileOps<double> {
     return distance_finish_row_portable(m, dot, cols, nx, ny, out);
   }
   double exact_sq(const double* x, const double* y, int64_t dim) const { return distance_exact_sq_portable(x, y, dim); }
+  int64_t finish_select(DistanceMetric m, const double* dot, int64_t cols, double nx, const double* ny, double bound,
+                        bool negate, double* out, int32_t* picked) const {
+    return distance_finish_select_portable(m, dot, cols, nx, ny, bound, negate, out, picked);
+  }
+  void weight_rows(const DistanceBackwardWeights<double>& w, int64_t row0, int64_t rows, int64_t k0, int64_t kc,
+                   double* a, double* sums) const {
+    distance_weight_rows_portable(w, row0, rows, k0, kc, a, sums);
+  }
+  void weight_cols(const DistanceBackwardWeights<double>& w, int64_t col0, int64_t cols, int64_t k0, int64_t kc,
+                   double* a, double* sums) const {
+    distance_weight_cols_portable(w, col0, cols, k0, kc, a, sums);
+  }
 };
 
 inline int64_t distance_panels(int64_t rows) { return (rows + kDistancePanel - 1) / kDistancePanel; }
 
-// Rows [row_begin, row_begin + rows) of x (row_begin a multiple of 16, rows <= kDistanceGroupRows)
-// against every row of y. For each x row r and each tile of columns [j0, j0 + cols) the engine
+// Rows [row_begin, row_begin + rows) of x (row_begin a multiple of 16) against every row of y,
+// one block of 16 panels of y (kDistanceTileCols columns) against all the rows at a time. For each x row r and each tile of columns [j0, j0 + cols) the engine
 // writes the metric values into sink.target(r, j0) (at least kDistanceTileCols elements) and
 // then calls sink.consume(r, j0, values, cols); rows arrive with increasing j0. `tile` is
 // scratch of kDistancePanel * kDistanceTileCols elements.
+// A selecting sink (one with offer()) may instead take only the values below a bound: where
+// sink.selective(r, bound, negate) is true, the values of row r whose key (the value, or minus
+// the value with `negate`) is below `bound` arrive one by one as sink.offer(r, j, value) with
+// increasing j (others may arrive too: offer() tests again), and consume() is not called.
 template <typename T, typename Sink>
 void distance_row_group(const DistanceTileOps<T>& ops, DistanceMetric metric, const DistanceSide<T>& x,
                         const DistanceSide<T>& y, int64_t dim, int64_t row_begin, int64_t rows, T* tile, Sink& sink) {
@@ -82,6 +110,25 @@ void distance_row_group(const DistanceTileOps<T>& ops, DistanceMetric metric, co
                    y.packed + jb * dim * kDistancePanel, nb, dim, dim * kDistancePanel, false, tile, kDistanceTileCols);
       for (int64_t r = 0; r < rows_a; ++r) {
         const int64_t i = r0 + r;
+        if constexpr (requires { sink.offer(i, j0, T(0)); }) {
+          T bound;
+          bool negate;
+          if (sink.selective(i, bound, negate)) {
+            T* values = sink.target(i, j0);
+            int32_t* picked = sink.picked();
+            const int64_t count = ops.finish_select(metric, tile + r * kDistanceTileCols, cols, x.norms[i], y.norms + j0,
+                                                    bound, negate, values, picked);
+            for (int64_t q = 0; q < count; ++q) {
+              const int64_t j = picked[q];
+              T v = values[j];
+              if (metric != DistanceMetric::Dot && v < T(0)) {
+                v = finish_distance(metric, ops.exact_sq(x.orig + i * dim, y.orig + (j0 + j) * dim, dim));
+              }
+              sink.offer(i, j0 + j, v);
+            }
+            continue;
+          }
+        }
         T* out = sink.target(i, j0);
         const int64_t flagged = ops.finish_row(metric, tile + r * kDistanceTileCols, cols, x.norms[i], y.norms + j0, out);
         if (flagged > 0) {

@@ -2,8 +2,9 @@
 triplet loss (Ge et al., ECCV 2018) and its batch sampler.
 
 ``kmeans`` runs Lloyd iterations with scikit-learn's semantics (``KMeans(algorithm="lloyd")``);
-its assignment step is the fused nearest-centroid search ``pairwise_topk(x, centroids, 1)``, so
-no N x K matrix exists beyond one tile. ``ClassTree`` clusters the classes of a set of
+its assignment step is a fused nearest-centroid kernel (the distance family's dot-product tiles
+with a running argmin per row; ``pairwise_topk(x, centroids, 1)`` off the CPU), so no N x K matrix
+exists beyond one tile. ``ClassTree`` clusters the classes of a set of
 embeddings with SciPy's ``linkage`` on ``class_distance_matrix``; ``HierarchicalBatchSampler``
 draws batches of neighbouring classes from it; ``hierarchical_triplet_loss`` is the fused loss
 over every valid triplet of a batch with the tree's dynamic margin.
@@ -18,7 +19,7 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Union
 import torch
 
 from pyvision_ops._extension import ops
-from pyvision_ops.ops.distance import class_distance_matrix, pairwise_distance, pairwise_topk
+from pyvision_ops.ops.distance import class_distance_matrix, pairwise_distance
 
 __all__ = ["KMeansResult", "kmeans", "ClassTree", "HierarchicalBatchSampler", "hierarchical_triplet_loss"]
 
@@ -55,9 +56,8 @@ def _randperm(generator: Optional[torch.Generator], n: int, device: torch.device
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor):
     """Labels (N,) int64 and squared distances (N,) of every row's nearest centroid (the first of
-    equally near ones), from the fused search."""
-    values, indices = pairwise_topk(x, centroids, 1)
-    return indices[:, 0], values[:, 0]
+    equally near ones), from the fused assignment kernel."""
+    return ops()._kmeans_assign(x, centroids)
 
 
 def _kmeans_plusplus(x: torch.Tensor, k: int, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -110,8 +110,8 @@ def kmeans(
 ) -> KMeansResult:
     """Lloyd's k-means with scikit-learn's semantics (``KMeans(algorithm="lloyd", n_init=1)``).
 
-    Each iteration assigns every row to its nearest centroid (``pairwise_topk`` with k=1: the
-    fused search, never an N x K matrix) and moves each centroid to the mean of its rows. An
+    Each iteration assigns every row to its nearest centroid (a fused kernel: never an N x K
+    matrix) and moves each centroid to the mean of its rows. An
     empty cluster is re-seeded with the row farthest from its centroid (the farthest rows go,
     in decreasing distance, to the empty clusters in increasing index; each leaves its old
     cluster; as in scikit-learn, the rows are shifted by their mean while iterating, so a cluster
@@ -152,16 +152,19 @@ def kmeans(
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     x = x.detach()
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x must be finite, got NaN or infinite values")
-    # scikit-learn's _tolerance: tol times the mean of the per-feature variances (in x's dtype,
-    # as scikit-learn).
-    variance, mean = torch.var_mean(x, dim=0, correction=0)
-    threshold = float(variance.to(torch.float64).mean()) * float(tol)
-    centroids = _initial_centroids(x, k, init, generator)
     # As scikit-learn, iterate on data shifted by its mean (the mean is added back at the end):
     # a cluster emptied by a re-seeding gets the origin of the shifted data, the mean.
-    x = x - mean
+    mean = x.mean(0)
+    shifted = x - mean
+    # scikit-learn's _tolerance: tol times the mean of the per-feature variances (x's dtype).
+    variance = shifted.square().mean(0)
+    # NaN or inf anywhere in x makes the mean or the variance non-finite (the full scan runs only
+    # then, to tell an overflow of the variance from a bad input).
+    if not bool(torch.isfinite(variance).all()) and not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be finite, got NaN or infinite values")
+    threshold = float(variance.to(torch.float64).mean()) * float(tol)
+    centroids = _initial_centroids(x, k, init, generator)
+    x = shifted
     centroids = centroids - mean
     compute = x.dtype  # sums in x's dtype, as scikit-learn's
     labels_old = None

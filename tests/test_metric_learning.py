@@ -1174,3 +1174,59 @@ def test_example_runs_and_writes_its_picture(tmp_path, hierarchical: bool) -> No
     assert "after 3 steps" in run.stdout
     assert out.exists() and out.stat().st_size > 10_000
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# the fused assignment step
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (17, 3, 5), (300, 64, 256), (257, 7, 300), (40, 129, 33)], ids=str)
+def test_kmeans_assign_is_the_nearest_centroid(shape, dtype, device):
+    """_kmeans_assign against a float64 brute force: the nearest centroid (the first of equally
+    near ones) and the exact squared distance to it; rows with near ties, duplicate centroids
+    (exact ties) and rows sitting on a centroid far from the origin included."""
+    n, d, k = shape
+    g = torch.Generator().manual_seed(n * 31 + k)
+    c = torch.randn(k, d, generator=g, dtype=torch.float64) + 1e3
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) + 1e3
+    if k > 2:
+        c[2] = c[1]  # exact tie: index 1 must win
+        x[: min(n, 3)] = c[1]
+    xd, cd = x.to(dtype).to(device), c.to(dtype).to(device)
+    labels, dist = torch.ops.pyvision_ops._kmeans_assign(xd, cd)
+    ref = ((xd.double().cpu()[:, None, :] - cd.double().cpu()[None, :, :]) ** 2).sum(-1)
+    best = ref.min(1).values
+    chosen = ref.gather(1, labels.cpu()[:, None])[:, 0]
+    # the chosen centroid is a nearest one (within the rounding of the inputs' dtype) ...
+    slack = 1e-12 if dtype == torch.float64 else 1e-4
+    assert bool((chosen <= best + slack * (1 + best)).all())
+    # ... and exactly the brute force's first nearest wherever the nearest is separated
+    second = ref.sort(1).values[:, 1] if k > 1 else torch.full_like(best, float("inf"))
+    separated = (second - best) > 1e-3 * (1 + best)
+    assert torch.equal(labels.cpu()[separated], ref.argmin(1)[separated])
+    if k > 2:
+        assert labels[: min(n, 3)].tolist() == [1] * min(n, 3)
+        assert bool((dist[: min(n, 3)] == 0).all())
+    torch.testing.assert_close(dist.double().cpu(), chosen, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+
+
+def test_kmeans_assign_rejects_bad_input():
+    op = torch.ops.pyvision_ops._kmeans_assign
+    x = torch.randn(5, 3)
+    with pytest.raises(ValueError, match="centroids"):
+        op(x, torch.randn(0, 3))
+    with pytest.raises(ValueError, match="centroids"):
+        op(x, torch.randn(2, 4))
+    with pytest.raises(RuntimeError, match="dtype"):
+        op(x, torch.randn(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="x"):
+        op(torch.randn(5), torch.randn(2, 5))
+
+
+def test_kmeans_assign_opcheck():
+    x, c = torch.randn(70, 5), torch.randn(9, 5)
+    torch.library.opcheck(torch.ops.pyvision_ops._kmeans_assign.default, (x, c))
+    torch.library.opcheck(torch.ops.pyvision_ops._kmeans_assign.default, (x.double(), c.double()))

@@ -90,6 +90,18 @@ void check_indexed_triplets(const char* op, const at::Tensor& embeddings, const 
   }
 }
 
+void check_kmeans_assign_inputs(const char* op, const at::Tensor& x, const at::Tensor& centroids) {
+  check_dim(x, 2, op, "x", "(N, D)");
+  check_dim(centroids, 2, op, "centroids", "(K, D)");
+  check_floating(x, op, "x");
+  TORCH_CHECK(centroids.scalar_type() == x.scalar_type(), op, ": x and centroids must have the same dtype, got ",
+              x.scalar_type(), " and ", centroids.scalar_type());
+  check_same_device(x, centroids, op, "x", "centroids");
+  TORCH_CHECK_VALUE(centroids.size(0) >= 1 && centroids.size(1) == x.size(1), op,
+                    ": centroids must be (K >= 1, D) with x's D = ", x.size(1), ", got shape ",
+                    shape_string(centroids.sizes()));
+}
+
 HierarchicalInputs check_hierarchical_inputs(const char* op, const at::Tensor& distances, const at::Tensor& classes,
                                              const at::Tensor& margins) {
   check_dim(distances, 2, op, "distances", "(N, N)");

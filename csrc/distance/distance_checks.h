@@ -62,6 +62,9 @@ void check_finite_embeddings(const char* op, const at::Tensor& embeddings);
 // labels as contiguous int64.
 at::Tensor check_mining_inputs(const char* op, const at::Tensor& embeddings, const at::Tensor& labels);
 
+// The k-means assignment's inputs: x (N, D) and centroids (K >= 1, D) floating, one dtype and device.
+void check_kmeans_assign_inputs(const char* op, const at::Tensor& x, const at::Tensor& centroids);
+
 // The hierarchical triplet loss's inputs (distance_hierarchical.h): distances (N, N) floating,
 // classes (N,) int64 with every value in [0, P), margins (P, P) floating, all on one device.
 // Returns them contiguous in the compute dtype (classes as int64) with the number of valid

@@ -364,7 +364,24 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward(const at::Tensor& g
 
 }  // namespace
 
+namespace {
+
+// The k-means assignment on any device: pairwise_topk(x, centroids, 1) through the dispatcher
+// (on CUDA the family's fused top-k kernel). The CPU kernel (distance_cpu.cpp) takes precedence.
+std::tuple<at::Tensor, at::Tensor> kmeans_assign_composite(const at::Tensor& x, const at::Tensor& centroids) {
+  check_kmeans_assign_inputs("kmeans", x, centroids);
+  static const auto topk = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("pyvision_ops::pairwise_topk", "")
+                               .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
+                                                                        c10::string_view, bool)>();
+  auto [values, indices] = topk.call(x, centroids, 1, "sqeuclidean", false);
+  return {indices.squeeze(-1), values.squeeze(-1)};
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(pyvision_ops, CompositeExplicitAutograd, m) {
+  m.impl("_kmeans_assign", &kmeans_assign_composite);
   m.impl("_pairwise_distance_backward", &pairwise_distance_backward_composite);
   m.impl("_pairwise_topk_backward", &pairwise_topk_backward);
   m.impl("_triplet_loss", &triplet_loss);

@@ -838,6 +838,97 @@ at::Tensor triplet_loss_indexed_backward_cpu(const at::Tensor& grad, const at::T
   return g.to(embeddings.scalar_type());
 }
 
+// --- k-means assignment ------------------------------------------------------------------------
+
+// Rows of x in panels of 16 against the packed centroids: the dot-product tile of the family's
+// kernels gives q_j = |c_j|^2 - 2 x.c_j for 256 centroids at a time (|x - c_j|^2 - |x|^2, the form
+// scikit-learn's Lloyd step compares), and a row keeps its best and second-best q. Where the two
+// are closer than the rounding of that form can tell apart (64 eps (|x|^2 + max |c|^2)), the row
+// is decided again from the exact sums of squared differences. The returned distance is always
+// the exact form for the chosen centroid.
+template <typename T>
+void kmeans_assign_impl(const at::Tensor& x, const at::Tensor& c, int64_t* labels, T* distances) {
+  const DistanceTileOps<T> ops;
+  const int64_t n = x.size(0), dim = x.size(1), k = c.size(0);
+  const int64_t c_panels = distance_panels(k);
+  const int64_t width = std::max<int64_t>(dim, 1);
+  at::Tensor packed = at::empty({c_panels * kDistancePanel * width}, x.options());
+  const T* cp = c.data_ptr<T>();
+  const T* xp = x.data_ptr<T>();
+  ops.pack(cp, k, dim, packed.data_ptr<T>());
+  const T* pc = packed.data_ptr<T>();
+  std::vector<T> cn(k);
+  T cmax = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    double s = 0;
+    for (int64_t e = 0; e < dim; ++e) s += static_cast<double>(cp[j * dim + e]) * cp[j * dim + e];
+    cn[j] = static_cast<T>(s);
+    cmax = std::max(cmax, cn[j]);
+  }
+  const T eps = std::numeric_limits<T>::epsilon();
+  const int64_t x_panels = distance_panels(n);
+  at::parallel_for(0, x_panels, 4, [&](int64_t begin, int64_t end) {
+    // Aligned scratch (the AVX2 kernels use aligned loads on packed panels).
+    at::Tensor scratch = at::empty({kDistancePanel * width + kDistancePanel * kDistanceTileCols}, x.options());
+    T* xpanel = scratch.data_ptr<T>();
+    T* tile = xpanel + kDistancePanel * width;
+    std::array<T, kDistancePanel> best, second;
+    std::array<int64_t, kDistancePanel> arg;
+    for (int64_t panel = begin; panel < end; ++panel) {
+      const int64_t r0 = panel * kDistancePanel, rows = std::min(kDistancePanel, n - r0);
+      ops.pack(xp + r0 * dim, rows, dim, xpanel);
+      best.fill(std::numeric_limits<T>::infinity());
+      second.fill(std::numeric_limits<T>::infinity());
+      arg.fill(0);
+      for (int64_t jb = 0; jb < c_panels; jb += kDistanceBlockPanels) {
+        const int64_t nb = std::min(kDistanceBlockPanels, c_panels - jb);
+        const int64_t j0 = jb * kDistancePanel, cols = std::min(nb * kDistancePanel, k - j0);
+        ops.dot_tile(xpanel, rows, pc + jb * kDistancePanel * width, nb, dim, kDistancePanel * width, false, tile,
+                     kDistanceTileCols);
+        for (int64_t r = 0; r < rows; ++r) {
+          ops.argmin_row(tile + r * kDistanceTileCols, cn.data() + j0, cols, j0, &best[r], &second[r], &arg[r]);
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = r0 + r;
+        const T* xi = xp + i * dim;
+        int64_t label = arg[r];
+        T xn = 0;
+        for (int64_t e = 0; e < dim; ++e) xn += xi[e] * xi[e];
+        // Not finite (NaN or inf in x or c) or too close to call: decide from the exact form.
+        if (!(second[r] - best[r] > T(64) * eps * (xn + cmax))) {
+          T exact_best = std::numeric_limits<T>::infinity();
+          label = 0;
+          for (int64_t j = 0; j < k; ++j) {
+            const T d = ops.exact_sq(xi, cp + j * dim, dim);
+            if (d < exact_best) {
+              exact_best = d;
+              label = j;
+            }
+          }
+        }
+        labels[i] = label;
+        distances[i] = ops.exact_sq(xi, cp + label * dim, dim);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_in, const at::Tensor& c_in) {
+  constexpr const char* op = "kmeans";
+  check_kmeans_assign_inputs(op, x_in, c_in);
+  const at::ScalarType compute = distance_compute_dtype(x_in.scalar_type());
+  const at::Tensor x = x_in.to(compute).contiguous(), c = c_in.to(compute).contiguous();
+  at::Tensor labels = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  at::Tensor distances = at::empty({x.size(0)}, x.options());
+  if (x.size(0) > 0) {
+    AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
+      kmeans_assign_impl<scalar_t>(x, c, labels.data_ptr<int64_t>(), distances.data_ptr<scalar_t>());
+    });
+  }
+  return {labels, distances.to(x_in.scalar_type())};
+}
+
 // --- hierarchical triplet loss (distance_hierarchical.h) ---------------------------------------
 
 // Row a of d compacted: the distances to a's positives and the shifted distances e_an to its
@@ -966,6 +1057,7 @@ TORCH_LIBRARY_IMPL(pyvision_ops, CPU, m) {
   m.impl("_pairwise_distance_backward", &pairwise_distance_backward_cpu);
   m.impl("_triplet_loss_indexed", &triplet_loss_indexed_cpu);
   m.impl("_triplet_loss_indexed_backward", &triplet_loss_indexed_backward_cpu);
+  m.impl("_kmeans_assign", &kmeans_assign_cpu);
   m.impl("_hierarchical_triplet_loss", &hierarchical_triplet_loss_cpu);
   m.impl("_hierarchical_triplet_loss_backward", &hierarchical_triplet_loss_backward_cpu);
 }

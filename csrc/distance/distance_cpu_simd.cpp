@@ -3,6 +3,9 @@
 // architectures.
 #include "distance/distance_cpu_simd.h"
 
+#include <algorithm>
+#include <cmath>
+
 #if PVO_X86
 #include <immintrin.h>
 
@@ -328,11 +331,69 @@ PVO_TARGET_AVX2 void weight_cols_avx2(const DistanceBackwardWeights<float>& w, i
   }
 }
 
+// Eight lanes each keep their best and second-best q and the best's column; lanes see columns
+// in increasing order, so the first of equal values wins within a lane, and the merge below takes
+// the smallest column among lanes with the same best. The second best overall is the smallest of
+// the other lanes' bests and every lane's second.
+PVO_TARGET_AVX2 void argmin_row_avx2(const float* dot, const float* norm_c, int64_t cols, int64_t j0, float* best,
+                                     float* second, int64_t* arg) {
+  int64_t j = 0;
+  if (cols >= 8) {
+    const __m256 two = _mm256_set1_ps(2.0f);
+    __m256 b = _mm256_set1_ps(INFINITY), s = _mm256_set1_ps(INFINITY);
+    __m256i a = _mm256_setzero_si256();
+    __m256i col = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i step = _mm256_set1_epi32(8);
+    for (; j + 8 <= cols; j += 8) {
+      const __m256 q = _mm256_fnmadd_ps(two, _mm256_loadu_ps(dot + j), _mm256_loadu_ps(norm_c + j));
+      const __m256 lower = _mm256_cmp_ps(q, b, _CMP_LT_OQ);
+      s = _mm256_blendv_ps(_mm256_min_ps(s, q), b, lower);
+      b = _mm256_blendv_ps(b, q, lower);
+      a = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(col), lower));
+      col = _mm256_add_epi32(col, step);
+    }
+    alignas(32) float lb[8], ls[8];
+    alignas(32) int32_t la[8];
+    _mm256_store_ps(lb, b);
+    _mm256_store_ps(ls, s);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(la), a);
+    int winner = -1;
+    for (int l = 0; l < 8; ++l) {
+      if (!(lb[l] < INFINITY)) continue;
+      if (winner < 0 || lb[l] < lb[winner] || (lb[l] == lb[winner] && la[l] < la[winner])) winner = l;
+    }
+    float bb = *best, ss = *second;
+    int64_t aa = *arg;
+    if (winner >= 0) {
+      float other = INFINITY;
+      for (int l = 0; l < 8; ++l) {
+        other = std::min(other, ls[l]);
+        if (l != winner) other = std::min(other, lb[l]);
+      }
+      const float lane_best = lb[winner];
+      if (lane_best < bb) {
+        ss = std::min(bb, other);
+        bb = lane_best;
+        aa = j0 + la[winner];
+      } else {
+        ss = std::min(ss, std::min(lane_best, other));
+      }
+    } else {
+      for (int l = 0; l < 8; ++l) ss = std::min(ss, ls[l]);
+    }
+    *best = bb;
+    *second = ss;
+    *arg = aa;
+  }
+  if (j < cols) distance_argmin_row_portable<float>(dot + j, norm_c + j, cols - j, j0 + j, best, second, arg);
+}
+
 }  // namespace
 
 const DistanceCpuKernels* distance_avx2_kernels() {
-  static const DistanceCpuKernels table{pack_rows_avx2, dot_tile_avx2, finish_row_avx2, exact_sq_avx2,
-                                        finish_select_avx2, weight_rows_avx2, weight_cols_avx2};
+  static const DistanceCpuKernels table{pack_rows_avx2, dot_tile_avx2,     finish_row_avx2,
+                                        exact_sq_avx2,  finish_select_avx2, weight_rows_avx2,
+                                        weight_cols_avx2, argmin_row_avx2};
   return &table;
 }
 

@@ -74,6 +74,11 @@ struct DistanceCpuKernels {
   // The same for W's columns (a panel of W^T's rows): a[k * 16 + r] = w(k0 + k, col0 + r).
   void (*weight_cols)(const DistanceBackwardWeights<float>& w, int64_t col0, int64_t cols, int64_t k0, int64_t kc,
                       float* a, float* sums);
+  // The k-means assignment's row scan: over j < cols, q_j = norm_c[j] - 2 dot[j]; *best / *arg
+  // become the smallest q seen so far and its column j0 + j (the first of equal ones), *second
+  // the second smallest (ties included).
+  void (*argmin_row)(const float* dot, const float* norm_c, int64_t cols, int64_t j0, float* best, float* second,
+                     int64_t* arg);
 };
 
 // --- portable entries (templates: the float64 path uses them too) -------------------------
@@ -196,11 +201,31 @@ void distance_weight_cols_portable(const DistanceBackwardWeights<T>& w, int64_t 
   }
 }
 
+template <typename T>
+void distance_argmin_row_portable(const T* dot, const T* norm_c, int64_t cols, int64_t j0, T* best, T* second,
+                                  int64_t* arg) {
+  T b = *best, s = *second;
+  int64_t a = *arg;
+  for (int64_t j = 0; j < cols; ++j) {
+    const T q = norm_c[j] - T(2) * dot[j];
+    if (q < b) {
+      s = b;
+      b = q;
+      a = j0 + j;
+    } else if (q < s) {
+      s = q;
+    }
+  }
+  *best = b;
+  *second = s;
+  *arg = a;
+}
+
 inline const DistanceCpuKernels& distance_portable_kernels() {
   static const DistanceCpuKernels table{distance_pack_rows_portable<float>, distance_dot_tile_portable<float>,
                                         distance_finish_row_portable<float>, distance_exact_sq_portable<float>,
                                         distance_finish_select_portable<float>, distance_weight_rows_portable<float>,
-                                        distance_weight_cols_portable<float>};
+                                        distance_weight_cols_portable<float>, distance_argmin_row_portable<float>};
   return table;
 }
 

@@ -28,6 +28,9 @@ TORCH_LIBRARY_FRAGMENT(pyvision_ops, m) {
         "str metric, bool soft) -> Tensor");
   m.def("_triplet_loss_indexed_backward(Tensor grad, Tensor embeddings, Tensor anchor, Tensor positive, "
         "Tensor negative, float margin, str metric, bool soft) -> Tensor");
+  // The k-means assignment step: for every row of x (N, D) the index of its nearest centroid
+  // (K, D) (the first of equally near ones) and the squared distance to it. Not differentiable.
+  m.def("_kmeans_assign(Tensor x, Tensor centroids) -> (Tensor labels, Tensor distances)");
   // The hierarchical triplet loss from the euclidean distances (N, N) of a batch, the class
   // position of every row (N,) int64 and the margin table (P, P) (distance_hierarchical.h).
   m.def("_hierarchical_triplet_loss(Tensor distances, Tensor classes, Tensor margins) -> Tensor");

@@ -42,6 +42,10 @@ struct DistanceTileOps<float> {
     return k.finish_row(m, dot, cols, nx, ny, out);
   }
   float exact_sq(const float* x, const float* y, int64_t dim) const { return k.exact_sq(x, y, dim); }
+  void argmin_row(const float* dot, const float* norm_c, int64_t cols, int64_t j0, float* best, float* second,
+                  int64_t* arg) const {
+    k.argmin_row(dot, norm_c, cols, j0, best, second, arg);
+  }
   int64_t finish_select(DistanceMetric m, const float* dot, int64_t cols, float nx, const float* ny, float bound,
                         bool negate, float* out, int32_t* picked) const {
     return k.finish_select(m, dot, cols, nx, ny, bound, negate, out, picked);
@@ -70,6 +74,10 @@ struct DistanceTileOps<double> {
     return distance_finish_row_portable(m, dot, cols, nx, ny, out);
   }
   double exact_sq(const double* x, const double* y, int64_t dim) const { return distance_exact_sq_portable(x, y, dim); }
+  void argmin_row(const double* dot, const double* norm_c, int64_t cols, int64_t j0, double* best, double* second,
+                  int64_t* arg) const {
+    distance_argmin_row_portable<double>(dot, norm_c, cols, j0, best, second, arg);
+  }
   int64_t finish_select(DistanceMetric m, const double* dot, int64_t cols, double nx, const double* ny, double bound,
                         bool negate, double* out, int32_t* picked) const {
     return distance_finish_select_portable(m, dot, cols, nx, ny, bound, negate, out, picked);

@@ -420,6 +420,10 @@ def _register() -> None:
     def _triplet_loss_backward_fake(grad, anchor, positive, negative, margin, metric, eps, swap, soft, reduction):
         return torch.empty_like(anchor), torch.empty_like(positive), torch.empty_like(negative)
 
+    @torch.library.register_fake("pyvision_ops::_kmeans_assign")
+    def _kmeans_assign_fake(x, centroids):
+        return x.new_empty((x.shape[0],), dtype=torch.long), x.new_empty((x.shape[0],))
+
     @torch.library.register_fake("pyvision_ops::_hierarchical_triplet_loss")
     def _hierarchical_fake(distances, classes, margins):
         return distances.new_empty(())

@@ -1,6 +1,7 @@
 #include "attention/attention_checks.h"
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "common/checks.h"
@@ -70,11 +71,17 @@ AttentionInputs prepare_attention_inputs(const char* op, const at::Tensor& q, co
     }
     TORCH_CHECK_VALUE(ok, op, ": attn_mask must be broadcastable to (B, Hq, L, S) = ", shape_string(full), ", got ",
                       shape_string(m.sizes()));
-    // Converted before broadcasting, so a (B, 1, 1, S) mask stays that size in memory.
-    in.mask = m.scalar_type() == at::kBool ? m.to(at::kByte) : m.to(compute);
+    // Converted before broadcasting, so a (B, 1, 1, S) mask stays that size in memory; a boolean
+    // mask becomes the additive 0 / -inf mask of its shape (one vectorised add in the kernels).
+    if (m.scalar_type() == at::kBool) {
+      in.mask = at::zeros(m.sizes(), m.options().dtype(compute))
+                    .masked_fill_(m.logical_not(), -std::numeric_limits<double>::infinity());
+    } else {
+      in.mask = m.to(compute);
+    }
     const at::Tensor view = in.mask.expand(full);
     for (int d = 0; d < 4; ++d) p.mask_stride[d] = view.size(d) == 1 ? 0 : view.stride(d);
-    p.mask_kind = m.scalar_type() == at::kBool ? AttentionMask::Bool : AttentionMask::Additive;
+    p.mask_kind = AttentionMask::Additive;
     p.mask = in.mask.data_ptr();
   }
   return in;

@@ -83,19 +83,23 @@ at::Tensor transpose_tiles(const at::Tensor& src, int64_t count, int64_t rows, i
 template <typename T>
 void mask_score_row(const AttentionParams& p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t cols, T* row) {
   const T scale = static_cast<T>(p.scale);
-  for (int64_t c = 0; c < cols; ++c) row[c] *= scale;
-  if (p.mask_kind != AttentionMask::None) {
-    const int64_t base = b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2];
-    const int64_t step = p.mask_stride[3];
-    if (p.mask_kind == AttentionMask::Bool) {
-      const uint8_t* m = static_cast<const uint8_t*>(p.mask) + base + j0 * step;
-      for (int64_t c = 0; c < cols; ++c) {
-        if (!m[c * step]) row[c] = -std::numeric_limits<T>::infinity();
-      }
-    } else {
-      const T* m = static_cast<const T*>(p.mask) + base + j0 * step;
-      for (int64_t c = 0; c < cols; ++c) row[c] += m[c * step];
+  const int64_t base = b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2];
+  const int64_t step = p.mask_stride[3];
+  if (p.mask_kind == AttentionMask::Bool) {  // (the glue passes boolean masks as additive ones)
+    for (int64_t c = 0; c < cols; ++c) row[c] *= scale;
+    const uint8_t* m = static_cast<const uint8_t*>(p.mask) + base + j0 * step;
+    for (int64_t c = 0; c < cols; ++c) {
+      if (!m[c * step]) row[c] = -std::numeric_limits<T>::infinity();
     }
+  } else if (p.mask_kind == AttentionMask::Additive) {
+    const T* m = static_cast<const T*>(p.mask) + base + j0 * step;
+    if (step == 1) {
+      for (int64_t c = 0; c < cols; ++c) row[c] = row[c] * scale + m[c];
+    } else {
+      for (int64_t c = 0; c < cols; ++c) row[c] = row[c] * scale + m[c * step];
+    }
+  } else {
+    for (int64_t c = 0; c < cols; ++c) row[c] *= scale;
   }
   if (p.causal) {
     for (int64_t c = std::max<int64_t>(0, i + 1 - j0); c < cols; ++c) row[c] = -std::numeric_limits<T>::infinity();
@@ -103,13 +107,36 @@ void mask_score_row(const AttentionParams& p, int64_t b, int64_t h, int64_t i, i
 }
 
 // Dropout of one tile row of weights, in place: kept weights scaled by 1 / (1 - p).
+// One Philox call gives the numbers of four consecutive keys (attention.h).
+template <typename T, typename F>
+void for_dropout_factors(const AttentionParams& p, int64_t row_id, int64_t j0, int64_t cols, F&& use) {
+  const T keep_scale = p.dropout >= 1.0 ? T(0) : static_cast<T>(1.0 / (1.0 - p.dropout));
+  for (int64_t c = 0; c < cols;) {
+    const int64_t j = j0 + c;
+    float u[4];
+    dropout_uniforms(p.seed, row_id, j / 4, u);
+    for (int64_t lane = j % 4; lane < 4 && c < cols; ++lane, ++c) {
+      use(c, static_cast<double>(u[lane]) >= p.dropout ? keep_scale : T(0));  // as dropout_keep
+    }
+  }
+}
+
 template <typename T>
 void dropout_row(const AttentionParams& p, int64_t row_id, int64_t j0, int64_t cols, T* row) {
   if (p.dropout <= 0.0) return;
-  const T keep_scale = p.dropout >= 1.0 ? T(0) : static_cast<T>(1.0 / (1.0 - p.dropout));
+  for_dropout_factors<T>(p, row_id, j0, cols, [&](int64_t c, T factor) { row[c] *= factor; });
+}
+
+// Whether every key of [j0, j0 + cols) is masked for every query (a mask that does not depend
+// on the query, e.g. key padding, whose entries there are all -inf): the tile can be skipped.
+template <typename T>
+bool key_tile_masked(const AttentionParams& p, int64_t b, int64_t h, int64_t j0, int64_t cols) {
+  if (p.mask_kind != AttentionMask::Additive || p.mask_stride[2] != 0) return false;
+  const T* m = static_cast<const T*>(p.mask) + b * p.mask_stride[0] + h * p.mask_stride[1] + j0 * p.mask_stride[3];
   for (int64_t c = 0; c < cols; ++c) {
-    row[c] = dropout_keep(p.seed, p.dropout, row_id, j0 + c) ? row[c] * keep_scale : T(0);
+    if (!(m[c * p.mask_stride[3]] == -std::numeric_limits<T>::infinity())) return false;
   }
+  return true;
 }
 
 // The key range a query tile [i0, i0 + rows) can see: all keys, or (causal) keys < i0 + rows.
@@ -146,6 +173,7 @@ void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tenso
       const int64_t keys = visible_keys(p, i0, rows);
       for (int64_t j0 = 0; j0 < keys; j0 += kKeyTile) {
         const int64_t cols = std::min(kKeyTile, keys - j0);
+        if (key_tile_masked<T>(p, b, h, j0, cols)) continue;
         ops.gemm(rows, cols, E, qb, E, ktb + (j0 / kKeyTile) * E * kKeyTile, kKeyTile, scores.data(), kKeyTile, false);
         for (int64_t r = 0; r < rows; ++r) {
           T* row = scores.data() + r * kKeyTile;
@@ -219,7 +247,6 @@ void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tens
   const AttentionTileOps<T> ops;
   const int64_t L = p.q_len, S = p.kv_len, E = p.head_dim, Ev = p.value_dim, group = p.group();
   const T scale = static_cast<T>(p.scale);
-  const T keep_scale = p.dropout >= 1.0 ? T(0) : static_cast<T>(1.0 / (1.0 - p.dropout));
   const int64_t query_tiles = (L + kQueryTile - 1) / kQueryTile, key_tiles = (S + kKeyTile - 1) / kKeyTile;
   const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *qtp = qt.data_ptr<T>(), *ktp = kt.data_ptr<T>();
   const T *vtp = vt.data_ptr<T>(), *gop = go.data_ptr<T>(), *gotp = got.data_ptr<T>();
@@ -239,6 +266,7 @@ void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tens
         std::fill(dvt.begin(), dvt.end(), T(0));
         for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
           const int64_t bh = b * p.heads + h;
+          if (key_tile_masked<T>(p, b, h, j0, cols)) continue;
           // Causal: query tiles that end before key j0 see none of this key tile.
           for (int64_t it = p.causal ? j0 / kQueryTile : 0; it < query_tiles; ++it) {
             const int64_t i0 = it * kQueryTile, rows = std::min(kQueryTile, L - i0);
@@ -261,11 +289,10 @@ void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tens
               }
               if (p.dropout > 0.0) {
                 T* drow = dropped.data() + r * kKeyTile;
-                for (int64_t c = 0; c < cols; ++c) {
-                  const T keep = dropout_keep(p.seed, p.dropout, row_id, j0 + c) ? keep_scale : T(0);
+                for_dropout_factors<T>(p, row_id, j0, cols, [&](int64_t c, T keep) {
                   drow[c] = prow[c] * keep;
                   dprow[c] *= keep;
-                }
+                });
               }
               const T d = dp[row_id];
               // dprow becomes dS.

@@ -6,5 +6,7 @@ from pyvision_ops.models.segnet import SegNet
 from pyvision_ops.models.deconvnet import deconvnet_project
 from pyvision_ops.models.vgg import VGGFeatures, imagenet_normalize
 from pyvision_ops.models.style_transfer import style_transfer
+from pyvision_ops.models.transformer import TransformerEncoder
 
-__all__ = ["SegNet", "deconvnet_project", "VGGFeatures", "imagenet_normalize", "style_transfer", "DETR", "EmbeddingNet"]
+__all__ = ["SegNet", "deconvnet_project", "VGGFeatures", "imagenet_normalize", "style_transfer", "DETR", "EmbeddingNet",
+           "TransformerEncoder"]

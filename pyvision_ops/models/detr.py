@@ -3,8 +3,8 @@
 Carion, Massa, Synnaeve, Usunier, Kirillov and Zagoruyko, "End-to-End Object Detection with
 Transformers" (ECCV 2020). The backbone turns the image into a grid of features; a 1x1
 convolution projects them to the transformer width and a 2-D positional encoding (sine or
-learned) is added; ``torch.nn.Transformer`` encodes the grid and decodes a fixed set of learned
-object queries; each decoded query becomes class logits (``num_classes`` + 1, the last is "no
+learned) is added; a transformer encodes the grid and decodes a fixed set of learned object
+queries; each decoded query becomes class logits (``num_classes`` + 1, the last is "no
 object") and a box (cx, cy, w, h) in [0, 1] through a 3-layer MLP and a sigmoid. Training
 matches the queries to the targets with ``pyvision_ops.nn.HungarianMatcher`` (the library's
 assignment solver) and scores them with ``pyvision_ops.nn.SetCriterion``.
@@ -12,7 +12,11 @@ assignment solver) and scores them with ``pyvision_ops.nn.SetCriterion``.
 This version is sized for toy data and CPUs (a ResNet-50 backbone and 6 + 6 layers of width 256
 are the paper's). The positional encoding is added once, to the encoder input, and the queries
 are the decoder's input, rather than added to the attention inputs of every layer as in the
-paper: that is what lets the stock ``torch.nn.Transformer`` be used.
+paper. The transformer is a ``torch.nn.Transformer`` whose encoder and decoder are
+``pyvision_ops.nn.TransformerEncoder`` / ``TransformerDecoder`` (layers on the library's
+``MultiheadAttention``), so every attention runs in the fused ``scaled_dot_product_attention``
+kernel; its parameter names, initialisation and ``state_dict`` are those of the stock
+``torch.nn.Transformer``, whose checkpoints load unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from pyvision_ops.nn.attention import (
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 
 __all__ = ["DETR"]
 
@@ -75,6 +86,20 @@ def sine_position_encoding(height: int, width: int, dim: int, temperature: float
     return torch.cat([rows, columns], dim=-1).reshape(height * width, dim).to(dtype)
 
 
+def _fused_transformer(d_model: int, nhead: int, num_encoder_layers: int, num_decoder_layers: int,
+                       dim_feedforward: int, dropout: float) -> nn.Transformer:
+    """``torch.nn.Transformer(d_model, nhead, ..., batch_first=True)`` with the library's encoder and
+    decoder: the same modules, parameter names and initialisation (built in the same order, so
+    a given seed gives the same weights), with attention on the fused kernel."""
+    encoder_layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True)
+    encoder = TransformerEncoder(encoder_layer, num_encoder_layers, nn.LayerNorm(d_model))
+    decoder_layer = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True)
+    decoder = TransformerDecoder(decoder_layer, num_decoder_layers, nn.LayerNorm(d_model))
+    # torch.nn.Transformer then re-initialises every matrix with xavier_uniform_, as for its own layers.
+    return nn.Transformer(d_model, nhead, num_encoder_layers, num_decoder_layers, dim_feedforward, dropout,
+                          custom_encoder=encoder, custom_decoder=decoder, batch_first=True)
+
+
 class _BoxHead(nn.Sequential):
     """3-layer MLP to (cx, cy, w, h) in (0, 1)."""
 
@@ -125,7 +150,7 @@ class DETR(nn.Module):
     ----------
     backbone : nn.Sequential
     input_proj : nn.Conv2d (1x1, to ``hidden_dim``)
-    transformer : nn.Transformer (batch_first)
+    transformer : nn.Transformer (batch_first) with the library's encoder and decoder
     query_embed : nn.Embedding (num_queries, hidden_dim)
     class_embed : nn.Linear (hidden_dim -> num_classes + 1)
     bbox_embed : nn.Sequential (3-layer MLP -> 4, sigmoid)
@@ -192,15 +217,8 @@ class DETR(nn.Module):
         if position_embedding == "learned":
             self.row_embed = nn.Embedding(max_grid_size, hidden_dim // 2)
             self.col_embed = nn.Embedding(max_grid_size, hidden_dim // 2)
-        self.transformer = nn.Transformer(
-            d_model=hidden_dim,
-            nhead=num_heads,
-            num_encoder_layers=num_encoder_layers,
-            num_decoder_layers=num_decoder_layers,
-            dim_feedforward=dim_feedforward,
-            dropout=dropout,
-            batch_first=True,
-        )
+        self.transformer = _fused_transformer(hidden_dim, num_heads, num_encoder_layers, num_decoder_layers,
+                                              dim_feedforward, dropout)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = _BoxHead(hidden_dim)

@@ -11,8 +11,8 @@ kept fraction of weights, seen through a value matrix of ones (every output entr
 row's sum of kept weights / (1 - p), whose mean is 1), must average 1 within 1%.
 
 Notes: the check of the main rows times ours a few more times and writes its GFLOP/s (4 B H L S E
-flops forward, half of the pairs for causal) next to ``torch.mm``'s rate on (4096x128)@(128x4096)
-measured in the same run, and the extra resident memory of one call (the kernel's high-water mark
+flops forward, half of the pairs for causal) next to ``torch.mm``'s rate on a square product
+(2048^3 on the CPU, 8192^3 in bfloat16 on CUDA) measured in the same run, and the extra resident memory of one call (the kernel's high-water mark
 reset through ``/proc/self/clear_refs``; 0 where the kernel offers no such counter).
 """
 
@@ -102,10 +102,11 @@ def _matmul_gflops(device: torch.device) -> float:
     key = (str(device), torch.get_num_threads())
     if key not in _MM_CACHE:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-        a = torch.randn(4096, 128, device=device, dtype=dtype)
-        b = torch.randn(128, 4096, device=device, dtype=dtype)
+        n = 2048 if device.type == "cpu" else 8192  # square: bound by the multiply, not by memory
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
         a @ b
-        _MM_CACHE[key] = 2 * 4096 * 4096 * 128 / _median_seconds(lambda: a @ b, device, 7) / 1e9
+        _MM_CACHE[key] = 2.0 * n**3 / _median_seconds(lambda: a @ b, device, 5) / 1e9
     return _MM_CACHE[key]
 
 

@@ -19,8 +19,6 @@ reset through ``/proc/self/clear_refs``; 0 where the kernel offers no such count
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -33,9 +31,11 @@ from pyvision_ops.bench.workloads.core import (
     MODE_FORWARD,
     CheckFailed,
     Inputs,
+    LiveNotes as _LiveNotes,
     Workload,
     assert_close,
     library,
+    median_seconds as _median_seconds,
     register,
     sum_backward,
 )
@@ -58,41 +58,9 @@ SPEED_GOALS = {
 }
 
 
-class _LiveNotes:
-    """A row's static notes plus what its check measured (Workload is frozen; the report reads
-    ``workload.notes`` after every check ran)."""
-
-    def __init__(self, static: str) -> None:
-        self.static = static
-        self.workload: Optional[Workload] = None
-        self.measured: Dict[str, str] = {}
-
-    def set(self, key: str, text: str) -> None:
-        self.measured[key] = text
-        if self.workload is not None:
-            parts = [self.static] + list(self.measured.values())
-            object.__setattr__(self.workload, "notes", "; ".join(part for part in parts if part))
-
-
 def _register(live: _LiveNotes, **fields: Any) -> None:
     fields.setdefault("notes", live.static)
     live.workload = register(Workload(family=FAMILY, **fields))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _median_seconds(fn: Callable[[], Any], device: torch.device, calls: int) -> float:
-    samples = []
-    for _ in range(calls):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 _MM_CACHE: Dict[Tuple[str, int], float] = {}

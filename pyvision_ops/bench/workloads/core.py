@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import statistics
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -36,6 +38,8 @@ __all__ = [
     "families",
     "register",
     "sum_backward",
+    "LiveNotes",
+    "median_seconds",
     "all_workloads",
     "select_workloads",
     "library",
@@ -271,6 +275,40 @@ def sum_backward(leaf: torch.Tensor, forward: Callable[[], Any]) -> Tuple[Any, t
     first = out[0] if isinstance(out, tuple) else out
     (first if first.dim() == 0 else first.sum()).backward()
     return out, leaf.grad
+
+
+class LiveNotes:
+    """A row's static notes plus what its check measured.
+
+    :class:`Workload` is frozen and has no column for rates or memory; the report reads
+    ``workload.notes`` when it prints, after every check ran, so a check rewrites them here
+    (``live.workload`` is set to the registered row).
+    """
+
+    def __init__(self, static: str) -> None:
+        self.static = static
+        self.workload: Optional[Workload] = None
+        self.measured: Dict[str, str] = {}
+
+    def set(self, key: str, text: str) -> None:
+        self.measured[key] = text
+        if self.workload is not None:
+            parts = [self.static] + list(self.measured.values())
+            object.__setattr__(self.workload, "notes", "; ".join(part for part in parts if part))
+
+
+def median_seconds(function: Callable[[], Any], device: torch.device, calls: int) -> float:
+    """Median wall time of ``calls`` calls, synchronising CUDA around each."""
+    samples = []
+    for _ in range(calls):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
 
 
 def random_normal(

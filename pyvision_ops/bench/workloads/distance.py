@@ -47,7 +47,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -63,10 +62,12 @@ from pyvision_ops.bench.workloads.core import (
     MODE_FORWARD,
     CheckFailed,
     Inputs,
+    LiveNotes as _LiveNotes,
     Workload,
     all_workloads,
     assert_close,
     library,
+    median_seconds as _median_seconds,
     random_normal,
     register,
     sum_backward,
@@ -160,25 +161,6 @@ def _mib(size: float) -> str:
     return f"{size / MIB:.0f} MB"
 
 
-class _LiveNotes:
-    """A row's static notes plus what its check measured.
-
-    :class:`Workload` is frozen and has no column for rates or memory; the report reads
-    ``workload.notes`` when it prints, after every check ran, so the check rewrites them here.
-    """
-
-    def __init__(self, static: str) -> None:
-        self.static = static
-        self.workload: Optional[Workload] = None
-        self.measured: Dict[str, str] = {}
-
-    def set(self, key: str, text: str) -> None:
-        self.measured[key] = text
-        if self.workload is not None:
-            parts = [self.static] + list(self.measured.values())
-            object.__setattr__(self.workload, "notes", "; ".join(part for part in parts if part))
-
-
 def _notes(*parts: str) -> str:
     return "; ".join(part for part in parts if part)
 
@@ -206,17 +188,6 @@ def _register(live: Optional[_LiveNotes] = None, small_setup: Optional[Callable[
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _median_seconds(function: Callable[[], Any], device: torch.device, calls: int) -> float:
-    samples = []
-    for _ in range(calls):
-        _synchronize(device)
-        start = time.perf_counter()
-        function()
-        _synchronize(device)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 _MM_SHAPE = (4096, DIM, 4096)

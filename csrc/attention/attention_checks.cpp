@@ -87,8 +87,10 @@ AttentionInputs prepare_attention_inputs(const char* op, const at::Tensor& q, co
   return in;
 }
 
-void check_attention_backward_inputs(const char* op, const AttentionParams& p, const at::Tensor& grad_out,
-                                     const at::Tensor& out, const at::Tensor& stats) {
+AttentionBackwardTensors prepare_attention_backward(const char* op, const AttentionInputs& in,
+                                                    const at::Tensor& grad_out, const at::Tensor& out,
+                                                    const at::Tensor& stats) {
+  const AttentionParams& p = in.params;
   const std::vector<int64_t> out_shape{p.batch, p.heads, p.q_len, p.value_dim};
   const std::vector<int64_t> stats_shape{p.batch, p.heads, p.q_len, 2};
   TORCH_CHECK_VALUE(grad_out.sizes() == c10::IntArrayRef(out_shape), op, ": grad_out must have the output's shape ",
@@ -97,6 +99,27 @@ void check_attention_backward_inputs(const char* op, const AttentionParams& p, c
                     shape_string(out_shape), ", got ", shape_string(out.sizes()));
   TORCH_CHECK_VALUE(stats.sizes() == c10::IntArrayRef(stats_shape), op, ": stats must have shape ",
                     shape_string(stats_shape), ", got ", shape_string(stats.sizes()));
+  check_same_device(in.q, grad_out, op, "query", "grad_out");
+  check_same_device(in.q, out, op, "query", "out");
+  check_same_device(in.q, stats, op, "query", "stats");
+  const at::ScalarType compute = in.q.scalar_type();
+  AttentionBackwardTensors t;
+  t.grad_out = grad_out.to(compute).contiguous();
+  t.stats = stats.to(compute).contiguous();
+  t.delta = (t.grad_out * out.to(compute)).sum(-1).contiguous();
+  t.dq = at::zeros({p.batch, p.heads, p.q_len, p.head_dim}, in.q.options());
+  t.dk = at::zeros({p.batch, p.kv_heads, p.kv_len, p.head_dim}, in.q.options());
+  t.dv = at::zeros({p.batch, p.kv_heads, p.kv_len, p.value_dim}, in.q.options());
+  return t;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_result(const AttentionBackwardTensors& t,
+                                                                         const at::Tensor& q, const at::Tensor& k,
+                                                                         const at::Tensor& v,
+                                                                         std::array<bool, 3> output_mask) {
+  return {output_mask[0] ? t.dq.to(q.scalar_type()) : at::empty({0}, q.options()),
+          output_mask[1] ? t.dk.to(k.scalar_type()) : at::empty({0}, k.options()),
+          output_mask[2] ? t.dv.to(v.scalar_type()) : at::empty({0}, v.options())};
 }
 
 }  // namespace pyvision_ops

@@ -4,6 +4,9 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
+#include <tuple>
+
 #include "attention/attention.h"
 
 namespace pyvision_ops {
@@ -25,8 +28,21 @@ AttentionInputs prepare_attention_inputs(const char* op, const at::Tensor& q, co
                                          const c10::optional<at::Tensor>& mask, double dropout_p, bool is_causal,
                                          double scale, int64_t seed);
 
-// The backward's grad_out, out (B, Hq, L, Ev) and stats (B, Hq, L, 2) must match the forward's.
-void check_attention_backward_inputs(const char* op, const AttentionParams& p, const at::Tensor& grad_out,
-                                     const at::Tensor& out, const at::Tensor& stats);
+// The backward's working tensors, shared by the CPU kernel and the CUDA glue: grad_out, out
+// (B, Hq, L, Ev) and stats (B, Hq, L, 2) are checked against the forward's shapes; dO, the row
+// stats and delta_i = dO_i . O_i (the softmax backward's row term) come back contiguous in the
+// compute dtype, dq, dk, dv zero-filled in it.
+struct AttentionBackwardTensors {
+  at::Tensor grad_out, stats, delta, dq, dk, dv;
+};
+AttentionBackwardTensors prepare_attention_backward(const char* op, const AttentionInputs& in,
+                                                    const at::Tensor& grad_out, const at::Tensor& out,
+                                                    const at::Tensor& stats);
+
+// dq, dk, dv in the dtypes of q, k, v where output_mask asks for them, empty (0,) tensors elsewhere.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_result(const AttentionBackwardTensors& t,
+                                                                         const at::Tensor& q, const at::Tensor& k,
+                                                                         const at::Tensor& v,
+                                                                         std::array<bool, 3> output_mask);
 
 }  // namespace pyvision_ops

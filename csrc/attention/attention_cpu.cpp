@@ -323,30 +323,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   constexpr const char* op = "scaled_dot_product_attention_backward";
   const AttentionInputs in = prepare_attention_inputs(op, q, k, v, mask, dropout_p, is_causal, scale, seed);
   const AttentionParams& p = in.params;
-  check_attention_backward_inputs(op, p, grad_out, out, stats);
-  const at::ScalarType compute = in.q.scalar_type();
-  at::Tensor dq = at::zeros({p.batch, p.heads, p.q_len, p.head_dim}, in.q.options());
-  at::Tensor dk = at::zeros({p.batch, p.kv_heads, p.kv_len, p.head_dim}, in.q.options());
-  at::Tensor dv = at::zeros({p.batch, p.kv_heads, p.kv_len, p.value_dim}, in.q.options());
+  AttentionBackwardTensors t = prepare_attention_backward(op, in, grad_out, out, stats);
   if (p.batch * p.heads * p.q_len > 0 && p.kv_len > 0) {
-    const at::Tensor go = grad_out.to(compute).contiguous();
-    const at::Tensor o = out.to(compute);
-    const at::Tensor l = stats.to(compute).contiguous();
-    // delta_i = dO_i . O_i: the softmax backward's row term.
-    const at::Tensor delta = (go * o).sum(-1).contiguous();
-    AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
+    AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), op, [&] {
       const int64_t heads = p.batch * p.heads;
       const int64_t kv_heads = p.batch * p.kv_heads;
       const at::Tensor qt = transpose_tiles<scalar_t>(in.q, heads, p.q_len, p.head_dim, kQueryTile);
-      const at::Tensor got = transpose_tiles<scalar_t>(go, heads, p.q_len, p.value_dim, kQueryTile);
+      const at::Tensor got = transpose_tiles<scalar_t>(t.grad_out, heads, p.q_len, p.value_dim, kQueryTile);
       const at::Tensor kt = transpose_tiles<scalar_t>(in.k, kv_heads, p.kv_len, p.head_dim, kKeyTile);
       const at::Tensor vt = transpose_tiles<scalar_t>(in.v, kv_heads, p.kv_len, p.value_dim, kKeyTile);
-      backward_impl<scalar_t>(p, in.q, in.k, qt, kt, vt, go, got, delta, l, dq, dk, dv);
+      backward_impl<scalar_t>(p, in.q, in.k, qt, kt, vt, t.grad_out, got, t.delta, t.stats, t.dq, t.dk, t.dv);
     });
   }
-  return {output_mask[0] ? dq.to(q.scalar_type()) : at::empty({0}, q.options()),
-          output_mask[1] ? dk.to(k.scalar_type()) : at::empty({0}, k.options()),
-          output_mask[2] ? dv.to(v.scalar_type()) : at::empty({0}, v.options())};
+  return attention_backward_result(t, q, k, v, output_mask);
 }
 
 }  // namespace

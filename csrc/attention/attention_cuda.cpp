@@ -50,22 +50,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   const c10::cuda::CUDAGuard guard(q.device());
   const AttentionInputs in = prepare_attention_inputs(op, q, k, v, mask, dropout_p, is_causal, scale, seed);
   const AttentionParams& p = in.params;
-  check_attention_backward_inputs(op, p, grad_out, out, stats);
-  const at::ScalarType compute = in.q.scalar_type();
-  at::Tensor dq = at::zeros({p.batch, p.heads, p.q_len, p.head_dim}, in.q.options());
-  at::Tensor dk = at::zeros({p.batch, p.kv_heads, p.kv_len, p.head_dim}, in.q.options());
-  at::Tensor dv = at::zeros({p.batch, p.kv_heads, p.kv_len, p.value_dim}, in.q.options());
-  const at::Tensor go = grad_out.to(compute).contiguous();
-  const at::Tensor delta = (go * out.to(compute)).sum(-1).contiguous();
-  const at::Tensor l = stats.to(compute).contiguous();
-  check_cuda_launch(launch_attention_backward(scalar_kind(compute), p, in.q.const_data_ptr(), in.k.const_data_ptr(),
-                                              in.v.const_data_ptr(), go.const_data_ptr(), l.const_data_ptr(),
-                                              delta.const_data_ptr(), dq.mutable_data_ptr(), dk.mutable_data_ptr(),
-                                              dv.mutable_data_ptr(), at::cuda::getCurrentCUDAStream()),
+  AttentionBackwardTensors t = prepare_attention_backward(op, in, grad_out, out, stats);
+  check_cuda_launch(launch_attention_backward(scalar_kind(in.q.scalar_type()), p, in.q.const_data_ptr(),
+                                              in.k.const_data_ptr(), in.v.const_data_ptr(), t.grad_out.const_data_ptr(),
+                                              t.stats.const_data_ptr(), t.delta.const_data_ptr(),
+                                              t.dq.mutable_data_ptr(), t.dk.mutable_data_ptr(), t.dv.mutable_data_ptr(),
+                                              at::cuda::getCurrentCUDAStream()),
                     op, "attention_backward_kernels");
-  return {output_mask[0] ? dq.to(q.scalar_type()) : at::empty({0}, q.options()),
-          output_mask[1] ? dk.to(k.scalar_type()) : at::empty({0}, k.options()),
-          output_mask[2] ? dv.to(v.scalar_type()) : at::empty({0}, v.options())};
+  return attention_backward_result(t, q, k, v, output_mask);
 }
 
 }  // namespace

@@ -37,8 +37,11 @@ struct AttentionTileOps<float> {
             int64_t ldc, bool accumulate) const {
     k.gemm(m, n, kk, a, lda, b, ldb, c, ldc, accumulate);
   }
-  float exp_sum(float* x, int64_t n, float shift) const { return k.exp_sum(x, n, shift); }
+  float exp_sum(float* x, int64_t n, float scale, float shift) const { return k.exp_sum(x, n, scale, shift); }
   float row_max(const float* x, int64_t n) const { return k.row_max(x, n); }
+  float scale_add_max(float* x, int64_t n, float scale, const float* add) const {
+    return k.scale_add_max(x, n, scale, add);
+  }
 };
 
 template <>
@@ -47,8 +50,13 @@ struct AttentionTileOps<double> {
             int64_t ldc, bool accumulate) const {
     attention_gemm_portable<double>(m, n, kk, a, lda, b, ldb, c, ldc, accumulate);
   }
-  double exp_sum(double* x, int64_t n, double shift) const { return attention_exp_sum_portable<double>(x, n, shift); }
+  double exp_sum(double* x, int64_t n, double scale, double shift) const {
+    return attention_exp_sum_portable<double>(x, n, scale, shift);
+  }
   double row_max(const double* x, int64_t n) const { return attention_row_max_portable<double>(x, n); }
+  double scale_add_max(double* x, int64_t n, double scale, const double* add) const {
+    return attention_scale_add_max_portable<double>(x, n, scale, add);
+  }
 };
 
 // (rows, cols) row-major blocks of `count` matrices -> for each, ceil(rows / tile) transposed
@@ -156,6 +164,7 @@ void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tenso
   T* op = out.data_ptr<T>();
   T* lp = lse.data_ptr<T>();
   T* sp = stats.data_ptr<T>();
+  const T scale = static_cast<T>(p.scale);
   at::parallel_for(0, p.batch * p.heads * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> scores(kQueryTile * kKeyTile), acc(kQueryTile * std::max<int64_t>(Ev, 1));
     std::vector<T> m(kQueryTile), l(kQueryTile);
@@ -171,6 +180,8 @@ void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tenso
       std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
       std::fill(l.begin(), l.end(), T(0));
       const int64_t keys = visible_keys(p, i0, rows);
+      const bool fused = scale > T(0) && (p.mask_kind == AttentionMask::None ||
+                                          (p.mask_kind == AttentionMask::Additive && p.mask_stride[3] == 1));
       for (int64_t j0 = 0; j0 < keys; j0 += kKeyTile) {
         const int64_t cols = std::min(kKeyTile, keys - j0);
         if (key_tile_masked<T>(p, b, h, j0, cols)) continue;
@@ -178,13 +189,36 @@ void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tenso
         for (int64_t r = 0; r < rows; ++r) {
           T* row = scores.data() + r * kKeyTile;
           const int64_t i = i0 + r;
-          mask_score_row(p, b, h, i, j0, cols, row);
-          const T factor = online_softmax_rescale(&m[r], ops.row_max(row, cols));
+          // Fused paths (scale > 0, so -inf * scale stays -inf and max(scale s) = scale max(s)):
+          // the causal rule on the raw scores, then the scale folded into the exp (no mask) or
+          // applied with a contiguous additive mask in the pass that takes the maximum.
+          // Anything else goes through mask_score_row first.
+          T block_max;
+          T exp_scale = T(1);
+          if (fused) {
+            if (p.causal) {
+              for (int64_t c = std::max<int64_t>(0, i + 1 - j0); c < cols; ++c) {
+                row[c] = -std::numeric_limits<T>::infinity();
+              }
+            }
+            if (p.mask_kind == AttentionMask::Additive) {
+              const T* add = static_cast<const T*>(p.mask) + b * p.mask_stride[0] + h * p.mask_stride[1] +
+                             i * p.mask_stride[2] + j0;
+              block_max = ops.scale_add_max(row, cols, scale, add);
+            } else {
+              block_max = ops.row_max(row, cols) * scale;
+              exp_scale = scale;
+            }
+          } else {
+            mask_score_row(p, b, h, i, j0, cols, row);
+            block_max = ops.row_max(row, cols);
+          }
+          const T factor = online_softmax_rescale(&m[r], block_max);
           if (m[r] == -std::numeric_limits<T>::infinity()) {
             std::fill(row, row + cols, T(0));
             continue;
           }
-          l[r] = l[r] * factor + ops.exp_sum(row, cols, m[r]);
+          l[r] = l[r] * factor + ops.exp_sum(row, cols, exp_scale, m[r]);
           if (factor != T(1)) {
             T* a = acc.data() + r * Ev;
             for (int64_t e = 0; e < Ev; ++e) a[e] *= factor;
@@ -285,7 +319,7 @@ void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tens
               } else {
                 // exp((s - m) - log l): s - m is exact for scores near the maximum, whatever |m| is.
                 for (int64_t c = 0; c < cols; ++c) prow[c] -= m;
-                ops.exp_sum(prow, cols, log_l);
+                ops.exp_sum(prow, cols, T(1), log_l);
               }
               if (p.dropout > 0.0) {
                 T* drow = dropped.data() + r * kKeyTile;

@@ -120,12 +120,12 @@ PVO_TARGET_AVX2 inline __m256 exp_ps(__m256 x) {
   return _mm256_blendv_ps(result, input, nan);
 }
 
-PVO_TARGET_AVX2 float exp_sum_avx2(float* x, int64_t n, float shift) {
-  const __m256 s = _mm256_set1_ps(shift);
+PVO_TARGET_AVX2 float exp_sum_avx2(float* x, int64_t n, float scale, float shift) {
+  const __m256 s = _mm256_set1_ps(shift), g = _mm256_set1_ps(scale);
   __m256 sum = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    const __m256 v = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
+    const __m256 v = exp_ps(_mm256_fmsub_ps(_mm256_loadu_ps(x + j), g, s));
     _mm256_storeu_ps(x + j, v);
     sum = _mm256_add_ps(sum, v);
   }
@@ -135,7 +135,7 @@ PVO_TARGET_AVX2 float exp_sum_avx2(float* x, int64_t n, float shift) {
   if (j < n) {
     alignas(32) float tail[8];
     const int64_t rest = n - j;
-    for (int64_t t = 0; t < 8; ++t) tail[t] = t < rest ? x[j + t] - shift : -INFINITY;
+    for (int64_t t = 0; t < 8; ++t) tail[t] = t < rest ? std::fma(x[j + t], scale, -shift) : -INFINITY;
     _mm256_store_ps(tail, exp_ps(_mm256_load_ps(tail)));
     for (int64_t t = 0; t < rest; ++t) {
       x[j + t] = tail[t];
@@ -158,10 +158,32 @@ PVO_TARGET_AVX2 float row_max_avx2(const float* x, int64_t n) {
   return total;
 }
 
+PVO_TARGET_AVX2 float scale_add_max_avx2(float* x, int64_t n, float scale, const float* add) {
+  const __m256 g = _mm256_set1_ps(scale);
+  __m256 best = _mm256_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + j), g);
+    if (add) v = _mm256_add_ps(v, _mm256_loadu_ps(add + j));
+    _mm256_storeu_ps(x + j, v);
+    best = _mm256_max_ps(v, best);  // NaN lanes skipped, as in row_max_avx2
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, best);
+  float total = lanes[0];
+  for (int t = 1; t < 8; ++t) total = lanes[t] > total ? lanes[t] : total;
+  for (; j < n; ++j) {
+    const float v = add ? x[j] * scale + add[j] : x[j] * scale;
+    x[j] = v;
+    total = v > total ? v : total;
+  }
+  return total;
+}
+
 }  // namespace
 
 const AttentionCpuKernels* attention_avx2_kernels() {
-  static const AttentionCpuKernels table{&gemm_avx2, &exp_sum_avx2, &row_max_avx2};
+  static const AttentionCpuKernels table{&gemm_avx2, &exp_sum_avx2, &row_max_avx2, &scale_add_max_avx2};
   return &table;
 }
 

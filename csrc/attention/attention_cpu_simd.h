@@ -18,10 +18,14 @@ struct AttentionCpuKernels {
   // c[i * ldc + j] (+)= sum_{p < k} a[i * lda + p] * b[p * ldb + j] for i < m, j < n.
   void (*gemm)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                int64_t ldc, bool accumulate);
-  // x[j] = exp(x[j] - shift) for j < n (-inf entries give 0); returns the sum of the results.
-  float (*exp_sum)(float* x, int64_t n, float shift);
+  // x[j] = exp(x[j] * scale - shift) for j < n, with x[j] * scale - shift rounded once (-inf
+  // entries give 0 for scale > 0); returns the sum of the results.
+  float (*exp_sum)(float* x, int64_t n, float scale, float shift);
   // The largest of x[0..n) (-inf for n = 0; NaN entries are skipped).
   float (*row_max)(const float* x, int64_t n);
+  // x[j] = x[j] * scale + add[j] for j < n (add[j] = 0 where add is null); returns the largest
+  // result as row_max does.
+  float (*scale_add_max)(float* x, int64_t n, float scale, const float* add);
 };
 
 template <typename T>
@@ -41,10 +45,10 @@ void attention_gemm_portable(int64_t m, int64_t n, int64_t k, const T* a, int64_
 }
 
 template <typename T>
-T attention_exp_sum_portable(T* x, int64_t n, T shift) {
+T attention_exp_sum_portable(T* x, int64_t n, T scale, T shift) {
   T sum = 0;
   for (int64_t j = 0; j < n; ++j) {
-    const T v = x[j] == -INFINITY ? T(0) : std::exp(x[j] - shift);
+    const T v = x[j] == -INFINITY ? T(0) : std::exp(std::fma(x[j], scale, -shift));
     x[j] = v;
     sum += v;
   }
@@ -58,17 +62,32 @@ T attention_row_max_portable(const T* x, int64_t n) {
   return best;
 }
 
+template <typename T>
+T attention_scale_add_max_portable(T* x, int64_t n, T scale, const T* add) {
+  T best = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = add ? x[j] * scale + add[j] : x[j] * scale;
+    x[j] = v;
+    best = v > best ? v : best;
+  }
+  return best;
+}
+
 inline void attention_gemm_f32_portable(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                                         int64_t ldb, float* c, int64_t ldc, bool accumulate) {
   attention_gemm_portable<float>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
 }
 
-inline float attention_exp_sum_f32_portable(float* x, int64_t n, float shift) {
-  return attention_exp_sum_portable<float>(x, n, shift);
+inline float attention_exp_sum_f32_portable(float* x, int64_t n, float scale, float shift) {
+  return attention_exp_sum_portable<float>(x, n, scale, shift);
 }
 
 inline float attention_row_max_f32_portable(const float* x, int64_t n) {
   return attention_row_max_portable<float>(x, n);
+}
+
+inline float attention_scale_add_max_f32_portable(float* x, int64_t n, float scale, const float* add) {
+  return attention_scale_add_max_portable<float>(x, n, scale, add);
 }
 
 // The AVX2 table (attention_cpu_simd.cpp), nullptr where the build has none.
@@ -77,7 +96,8 @@ const AttentionCpuKernels* attention_avx2_kernels();
 // The table to use now (see common/cpu_features.h).
 inline const AttentionCpuKernels& attention_cpu_kernels() {
   static constexpr AttentionCpuKernels portable{&attention_gemm_f32_portable, &attention_exp_sum_f32_portable,
-                                                      &attention_row_max_f32_portable};
+                                                      &attention_row_max_f32_portable,
+                                                      &attention_scale_add_max_f32_portable};
   return select_cpu_kernels(portable, attention_avx2_kernels());
 }
 

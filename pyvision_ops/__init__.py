@@ -15,6 +15,7 @@ from pyvision_ops import data  # noqa: F401
 from pyvision_ops import nn  # noqa: F401
 from pyvision_ops import models  # noqa: F401
 from pyvision_ops import metric_learning  # noqa: F401
+from pyvision_ops import visualize  # noqa: F401
 from pyvision_ops.metric_learning import (  # noqa: F401
     ClassTree,
     HierarchicalBatchSampler,
@@ -24,4 +25,5 @@ from pyvision_ops.metric_learning import (  # noqa: F401
 )
 
 __all__ = ["__version__", "build_info", "has_cuda", "has_ops", "box_ops", "data", "nn", "models", "metric_learning",
-           "kmeans", "KMeansResult", "ClassTree", "HierarchicalBatchSampler", "hierarchical_triplet_loss", *_ops_all]
+           "visualize", "kmeans", "KMeansResult",
+           "ClassTree", "HierarchicalBatchSampler", "hierarchical_triplet_loss", *_ops_all]

@@ -521,6 +521,23 @@ def test_row_masked_by_big_finite_values_is_the_plain_softmax():
         assert_close_scaled(a, e, 1e-5, name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("scale", [0.7, 0.0, -0.4])
+@pytest.mark.parametrize("mask_kind,causal", [("none", False), ("none", True), ("float_LS", False),
+                                              ("pad_B11S", False), ("float_transposed", False)])
+def test_scale_sign_paths(dtype, scale, mask_kind, causal):
+    """The forward folds a positive scale into the exp and takes the maximum of the raw scores
+    (no mask, or a mask contiguous along the keys); zero and negative scales, and masks strided
+    along the keys, scale first. Every combination over several key tiles (S = 150) against
+    the float64 reference."""
+    B, H, L, S, E, Ev = 2, 2, 70, 150, 16, 8
+    q, k, v = qkv(B, H, H, L, S, E, Ev, dtype=dtype, scale=2.0)
+    mask = make_mask(mask_kind, B, H, L, S)
+    if mask is not None and mask.is_floating_point():
+        mask = mask.to(dtype)
+    check_case(q, k, v, mask, causal, scale, False, TOL[dtype], GRAD_TOL[dtype], f"scale {scale} {mask_kind}")
+
+
 # --------------------------------------------------------------------------------------------
 # gradcheck (float64, finite differences on the op itself)
 # --------------------------------------------------------------------------------------------

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Dict, Iterable, Iterator, List, Tuple
+from typing import Dict, Iterable, Iterator, List
 
 import torch
 
 import pyvision_ops
 from pyvision_ops import metric_learning
+from pyvision_ops.data import load_digits_split
 from pyvision_ops.models import EmbeddingNet
 
 try:
@@ -59,27 +60,6 @@ def progress_bar(iterable: Iterable, total: int, desc: str):
     if tqdm is None:
         return _PlainProgress(iterable, total)
     return tqdm(iterable, total=total, desc=desc, unit="step")
-
-
-def load_digits_split(held_out: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train images, train labels, held-out images, held-out labels); images (N, 1, 8, 8) in
-    [0, 1], a per-digit split so both parts hold every digit in the same proportion."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.as_tensor(digits.target, dtype=torch.int64)
-    generator = torch.Generator().manual_seed(seed)
-    train_idx: List[torch.Tensor] = []
-    test_idx: List[torch.Tensor] = []
-    for digit in range(10):
-        members = torch.nonzero(labels == digit).flatten()
-        members = members[torch.randperm(members.numel(), generator=generator)]
-        cut = int(round(members.numel() * held_out))
-        test_idx.append(members[:cut])
-        train_idx.append(members[cut:])
-    train, test = torch.cat(train_idx), torch.cat(test_idx)
-    return images[train], labels[train], images[test], labels[test]
 
 
 @torch.no_grad()

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyvision_ops import visualize
+from pyvision_ops.data import load_digits_split
 
 try:
     from tqdm import tqdm
@@ -92,23 +93,7 @@ def progress_bar(iterable: Iterable, total: int, desc: str):
 def load_digits_32(held_out: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train images, train labels, test images, test labels); images (N, 1, 32, 32) in [0, 1],
     each digit split in the same proportion."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = F.interpolate(images, size=(SIZE, SIZE), mode="bilinear", align_corners=False).clamp(0, 1)
-    labels = torch.as_tensor(digits.target, dtype=torch.int64)
-    generator = torch.Generator().manual_seed(seed)
-    train_idx: List[torch.Tensor] = []
-    test_idx: List[torch.Tensor] = []
-    for digit in range(10):
-        members = torch.nonzero(labels == digit).flatten()
-        members = members[torch.randperm(members.numel(), generator=generator)]
-        cut = int(round(members.numel() * held_out))
-        test_idx.append(members[:cut])
-        train_idx.append(members[cut:])
-    train, test = torch.cat(train_idx), torch.cat(test_idx)
-    return images[train], labels[train], images[test], labels[test]
+    return load_digits_split(held_out, seed, size=SIZE)
 
 
 def shift(images: torch.Tensor, generator: torch.Generator, most: int = 2) -> torch.Tensor:

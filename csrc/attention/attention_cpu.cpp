@@ -42,6 +42,14 @@ struct AttentionTileOps<float> {
   float scale_add_max(float* x, int64_t n, float scale, const float* add) const {
     return k.scale_add_max(x, n, scale, add);
   }
+  void gemm_row_max(int64_t m, int64_t n, int64_t kk, const float* a, int64_t lda, const float* b, int64_t ldb,
+                    float* c, int64_t ldc, float* row_max) const {
+    k.gemm_row_max(m, n, kk, a, lda, b, ldb, c, ldc, row_max);
+  }
+  void softmax_tile(float* s, int64_t rows, int64_t cols, int64_t lds, float scale, const float* raw_max, float* m,
+                    float* l, float* acc, int64_t ev) const {
+    k.softmax_tile(s, rows, cols, lds, scale, raw_max, m, l, acc, ev);
+  }
 };
 
 template <>
@@ -56,6 +64,14 @@ struct AttentionTileOps<double> {
   double row_max(const double* x, int64_t n) const { return attention_row_max_portable<double>(x, n); }
   double scale_add_max(double* x, int64_t n, double scale, const double* add) const {
     return attention_scale_add_max_portable<double>(x, n, scale, add);
+  }
+  void gemm_row_max(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb,
+                    double* c, int64_t ldc, double* row_max) const {
+    attention_gemm_row_max_portable<double>(m, n, kk, a, lda, b, ldb, c, ldc, row_max);
+  }
+  void softmax_tile(double* s, int64_t rows, int64_t cols, int64_t lds, double scale, const double* raw_max,
+                    double* m, double* l, double* acc, int64_t ev) const {
+    attention_softmax_tile_portable<double>(s, rows, cols, lds, scale, raw_max, m, l, acc, ev);
   }
 };
 
@@ -147,6 +163,19 @@ bool key_tile_masked(const AttentionParams& p, int64_t b, int64_t h, int64_t j0,
   return true;
 }
 
+// Whether the mask adds nothing to [j0, j0 + cols) for every query (a query-independent additive
+// mask that is 0 there, e.g. the unpadded keys of a key-padding mask): the tile is unmasked.
+template <typename T>
+bool key_tile_clear(const AttentionParams& p, int64_t b, int64_t h, int64_t j0, int64_t cols) {
+  if (p.mask_kind == AttentionMask::None) return true;
+  if (p.mask_kind != AttentionMask::Additive || p.mask_stride[2] != 0) return false;
+  const T* m = static_cast<const T*>(p.mask) + b * p.mask_stride[0] + h * p.mask_stride[1] + j0 * p.mask_stride[3];
+  for (int64_t c = 0; c < cols; ++c) {
+    if (!(m[c * p.mask_stride[3]] == T(0))) return false;
+  }
+  return true;
+}
+
 // The key range a query tile [i0, i0 + rows) can see: all keys, or (causal) keys < i0 + rows.
 inline int64_t visible_keys(const AttentionParams& p, int64_t i0, int64_t rows) {
   return p.causal ? std::min(p.kv_len, i0 + rows) : p.kv_len;
@@ -167,7 +196,7 @@ void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tenso
   const T scale = static_cast<T>(p.scale);
   at::parallel_for(0, p.batch * p.heads * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> scores(kQueryTile * kKeyTile), acc(kQueryTile * std::max<int64_t>(Ev, 1));
-    std::vector<T> m(kQueryTile), l(kQueryTile);
+    std::vector<T> m(kQueryTile), l(kQueryTile), raw_max(kQueryTile);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / tiles, i0 = (task % tiles) * kQueryTile;
       const int64_t b = bh / p.heads, h = bh % p.heads, kvh = h / p.group();
@@ -185,7 +214,21 @@ void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tenso
       for (int64_t j0 = 0; j0 < keys; j0 += kKeyTile) {
         const int64_t cols = std::min(kKeyTile, keys - j0);
         if (key_tile_masked<T>(p, b, h, j0, cols)) continue;
-        ops.gemm(rows, cols, E, qb, E, ktb + (j0 / kKeyTile) * E * kKeyTile, kKeyTile, scores.data(), kKeyTile, false);
+        const T* kt_tile = ktb + (j0 / kKeyTile) * E * kKeyTile;
+        if (fused && (!p.causal || j0 + cols <= i0 + 1) && key_tile_clear<T>(p, b, h, j0, cols)) {
+          // Every row sees every key of the tile: the product folds the raw row maxima, one call
+          // does the online-softmax step of all rows (scale folded into the exp).
+          std::fill(raw_max.begin(), raw_max.end(), -std::numeric_limits<T>::infinity());
+          ops.gemm_row_max(rows, cols, E, qb, E, kt_tile, kKeyTile, scores.data(), kKeyTile, raw_max.data());
+          ops.softmax_tile(scores.data(), rows, cols, kKeyTile, scale, raw_max.data(), m.data(), l.data(), acc.data(),
+                           Ev);
+          if (p.dropout > 0.0) {
+            for (int64_t r = 0; r < rows; ++r) dropout_row(p, bh * L + i0 + r, j0, cols, scores.data() + r * kKeyTile);
+          }
+          ops.gemm(rows, Ev, cols, scores.data(), kKeyTile, vb + j0 * Ev, Ev, acc.data(), Ev, true);
+          continue;
+        }
+        ops.gemm(rows, cols, E, qb, E, kt_tile, kKeyTile, scores.data(), kKeyTile, false);
         for (int64_t r = 0; r < rows; ++r) {
           T* row = scores.data() + r * kKeyTile;
           const int64_t i = i0 + r;

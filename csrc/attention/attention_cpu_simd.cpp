@@ -15,12 +15,21 @@ namespace pyvision_ops {
 
 namespace {
 
+// The largest lane of v (no NaN lanes: callers fold NaN away before).
+PVO_TARGET_AVX2 inline float hmax_ps(__m256 v) {
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+
 // C[MR x 8 NV] (+)= A[MR x k] B[k x 8 NV]: MR broadcasts of A's rows and NV loads of B's row feed
 // MR * NV FMAs per position; the accumulators are named variables so that they stay in registers
-// over all of k (MR = 6, NV = 2: 12 accumulators, 2 loads + 6 broadcasts per 12 FMAs).
-template <int MR, int NV>
+// over all of k (MR = 6, NV = 2: 12 accumulators, 2 loads + 6 broadcasts per 12 FMAs). With MAX,
+// the largest entry of each of the MR result rows is folded into row_max[r] from the registers.
+template <int MR, int NV, bool MAX = false>
 PVO_TARGET_AVX2 inline void gemm_block(int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                                       int64_t ldc, bool accumulate) {
+                                       int64_t ldc, bool accumulate, float* row_max = nullptr) {
   static_assert(MR >= 1 && MR <= 6 && (NV == 1 || NV == 2), "gemm block shape");
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
   __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
@@ -70,29 +79,60 @@ PVO_TARGET_AVX2 inline void gemm_block(int64_t k, const float* a, int64_t lda, c
       _mm256_storeu_ps(dst, accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), sums[r][v]) : sums[r][v]);
     }
   }
+  if constexpr (MAX) {
+    for (int r = 0; r < MR; ++r) {
+      // max_ps returns its second operand when either is NaN: NaN lanes of the sums are skipped.
+      __m256 best = _mm256_max_ps(sums[r][0], _mm256_set1_ps(-INFINITY));
+      if constexpr (NV == 2) best = _mm256_max_ps(sums[r][1], best);
+      const float h = hmax_ps(best);
+      row_max[r] = h > row_max[r] ? h : row_max[r];
+    }
+  }
 }
 
-template <int NV>
+template <int NV, bool MAX>
 PVO_TARGET_AVX2 void gemm_columns(int64_t m, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
-                                  float* c, int64_t ldc, bool accumulate) {
+                                  float* c, int64_t ldc, bool accumulate, float* row_max) {
   int64_t i = 0;
-  for (; i + 6 <= m; i += 6) gemm_block<6, NV>(k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
+  for (; i + 6 <= m; i += 6) {
+    gemm_block<6, NV, MAX>(k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate, row_max + (MAX ? i : 0));
+  }
+  a += i * lda;
+  c += i * ldc;
+  float* rm = row_max + (MAX ? i : 0);
   switch (m - i) {
-    case 5: gemm_block<5, NV>(k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate); break;
-    case 4: gemm_block<4, NV>(k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate); break;
-    case 3: gemm_block<3, NV>(k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate); break;
-    case 2: gemm_block<2, NV>(k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate); break;
-    case 1: gemm_block<1, NV>(k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate); break;
+    case 5: gemm_block<5, NV, MAX>(k, a, lda, b, ldb, c, ldc, accumulate, rm); break;
+    case 4: gemm_block<4, NV, MAX>(k, a, lda, b, ldb, c, ldc, accumulate, rm); break;
+    case 3: gemm_block<3, NV, MAX>(k, a, lda, b, ldb, c, ldc, accumulate, rm); break;
+    case 2: gemm_block<2, NV, MAX>(k, a, lda, b, ldb, c, ldc, accumulate, rm); break;
+    case 1: gemm_block<1, NV, MAX>(k, a, lda, b, ldb, c, ldc, accumulate, rm); break;
     default: break;
+  }
+}
+
+template <bool MAX>
+PVO_TARGET_AVX2 void gemm_any(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                              int64_t ldb, float* c, int64_t ldc, bool accumulate, float* row_max) {
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) gemm_columns<2, MAX>(m, k, a, lda, b + j, ldb, c + j, ldc, accumulate, row_max);
+  for (; j + 8 <= n; j += 8) gemm_columns<1, MAX>(m, k, a, lda, b + j, ldb, c + j, ldc, accumulate, row_max);
+  if (j < n) {
+    if constexpr (MAX) {
+      attention_gemm_row_max_portable<float>(m, n - j, k, a, lda, b + j, ldb, c + j, ldc, row_max);
+    } else {
+      attention_gemm_portable<float>(m, n - j, k, a, lda, b + j, ldb, c + j, ldc, accumulate);
+    }
   }
 }
 
 PVO_TARGET_AVX2 void gemm_avx2(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                                int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) gemm_columns<2>(m, k, a, lda, b + j, ldb, c + j, ldc, accumulate);
-  for (; j + 8 <= n; j += 8) gemm_columns<1>(m, k, a, lda, b + j, ldb, c + j, ldc, accumulate);
-  if (j < n) attention_gemm_portable<float>(m, n - j, k, a, lda, b + j, ldb, c + j, ldc, accumulate);
+  gemm_any<false>(m, n, k, a, lda, b, ldb, c, ldc, accumulate, nullptr);
+}
+
+PVO_TARGET_AVX2 void gemm_row_max_avx2(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                                       int64_t ldb, float* c, int64_t ldc, float* row_max) {
+  gemm_any<true>(m, n, k, a, lda, b, ldb, c, ldc, false, row_max);
 }
 
 // exp(x) for float32 lanes: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two for an exact
@@ -118,6 +158,29 @@ PVO_TARGET_AVX2 inline __m256 exp_ps(__m256 x) {
   const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   const __m256 result = _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, _mm256_castsi256_ps(bits)));
   return _mm256_blendv_ps(result, input, nan);
+}
+
+// exp_ps for the softmax's arguments x = s * scale - m <= 0 (up to rounding): the same reduction
+// and polynomial, with fewer instructions around them. max(low, x) keeps NaN lanes (max_ps returns
+// its second operand when either is NaN) and clamps everything below -87.9 so that n = -127, whose
+// exponent field (n + 127) << 23 is 0: those lanes (and -inf) give +0 without a compare. NaN stays
+// NaN through the polynomial (the exponent bits of a NaN n are finite, NaN * finite = NaN).
+// Arguments above 88.3 are clamped there (exp = 2^127-ish, finite).
+PVO_TARGET_AVX2 inline __m256 exp_softmax_ps(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(_mm256_set1_ps(-87.9f), x), _mm256_set1_ps(88.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 poly = _mm256_set1_ps(1.9875691500e-4f);
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.3981999507e-3f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(8.3334519073e-3f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.1665795894e-2f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.6666665459e-1f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(5.0000001201e-1f));
+  poly = _mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(poly, _mm256_castsi256_ps(bits));
 }
 
 PVO_TARGET_AVX2 float exp_sum_avx2(float* x, int64_t n, float scale, float shift) {
@@ -180,10 +243,70 @@ PVO_TARGET_AVX2 float scale_add_max_avx2(float* x, int64_t n, float scale, const
   return total;
 }
 
+// attention_softmax_tile_portable with the exp and the sums in AVX2: the new maxima and the
+// rescale factors exp(m_old - m_new) of 8 rows at a time in one vector, then the rows.
+PVO_TARGET_AVX2 void softmax_tile_avx2(float* s, int64_t rows, int64_t cols, int64_t lds, float scale,
+                                       const float* raw_max, float* m, float* l, float* acc, int64_t ev) {
+  const __m256 g = _mm256_set1_ps(scale);
+  alignas(32) float m_new[8], factor[8], old[8], raw[8];
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    const int64_t nr = std::min<int64_t>(8, rows - r0);
+    for (int64_t t = 0; t < 8; ++t) {
+      old[t] = t < nr ? m[r0 + t] : -INFINITY;
+      raw[t] = t < nr ? raw_max[r0 + t] : -INFINITY;
+    }
+    // raw maxima are never NaN (NaN scores are skipped), so max_ps is the scalar rule's max.
+    const __m256 o = _mm256_load_ps(old);
+    const __m256 mn = _mm256_max_ps(o, _mm256_mul_ps(_mm256_load_ps(raw), g));
+    _mm256_store_ps(m_new, mn);
+    // exp(0) = 1 exactly and exp(-inf) = 0; rows whose maximum is still -inf are skipped below.
+    _mm256_store_ps(factor, exp_softmax_ps(_mm256_sub_ps(o, mn)));
+    for (int64_t t = 0; t < nr; ++t) {
+      const int64_t r = r0 + t;
+      float* row = s + r * lds;
+      if (m_new[t] == -INFINITY) {
+        std::fill(row, row + cols, 0.0f);
+        continue;
+      }
+      m[r] = m_new[t];
+      float sum;
+      if (cols % 16 == 0) {
+        const __m256 shift = _mm256_set1_ps(m_new[t]);
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+        for (int64_t j = 0; j < cols; j += 16) {
+          const __m256 v0 = exp_softmax_ps(_mm256_fmsub_ps(_mm256_loadu_ps(row + j), g, shift));
+          const __m256 v1 = exp_softmax_ps(_mm256_fmsub_ps(_mm256_loadu_ps(row + j + 8), g, shift));
+          _mm256_storeu_ps(row + j, v0);
+          _mm256_storeu_ps(row + j + 8, v1);
+          s0 = _mm256_add_ps(s0, v0);
+          s1 = _mm256_add_ps(s1, v1);
+        }
+        __m128 x = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+        x = _mm_add_ps(x, _mm_add_ps(_mm256_castps256_ps128(s1), _mm256_extractf128_ps(s1, 1)));
+        x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+        sum = _mm_cvtss_f32(x);
+      } else {
+        sum = exp_sum_avx2(row, cols, scale, m_new[t]);
+      }
+      const float f = factor[t];
+      l[r] = l[r] * f + sum;
+      if (f != 1.0f) {
+        float* a = acc + r * ev;
+        const __m256 fv = _mm256_set1_ps(f);
+        int64_t e = 0;
+        for (; e + 8 <= ev; e += 8) _mm256_storeu_ps(a + e, _mm256_mul_ps(_mm256_loadu_ps(a + e), fv));
+        for (; e < ev; ++e) a[e] *= f;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 const AttentionCpuKernels* attention_avx2_kernels() {
-  static const AttentionCpuKernels table{&gemm_avx2, &exp_sum_avx2, &row_max_avx2, &scale_add_max_avx2};
+  static const AttentionCpuKernels table{&gemm_avx2,          &exp_sum_avx2,     &row_max_avx2, &scale_add_max_avx2,
+                                         &gemm_row_max_avx2, &softmax_tile_avx2};
   return &table;
 }
 

@@ -26,6 +26,13 @@ struct AttentionCpuKernels {
   // x[j] = x[j] * scale + add[j] for j < n (add[j] = 0 where add is null); returns the largest
   // result as row_max does.
   float (*scale_add_max)(float* x, int64_t n, float scale, const float* add);
+  // gemm with accumulate = false that also folds the largest entry of each row i of the result
+  // into row_max[i] (NaN entries skipped), so the softmax needs no separate pass for it.
+  void (*gemm_row_max)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                       float* c, int64_t ldc, float* row_max);
+  // The online-softmax step of one tile without a mask (attention_softmax_tile_portable).
+  void (*softmax_tile)(float* s, int64_t rows, int64_t cols, int64_t lds, float scale, const float* raw_max, float* m,
+                       float* l, float* acc, int64_t ev);
 };
 
 template <typename T>
@@ -73,6 +80,41 @@ T attention_scale_add_max_portable(T* x, int64_t n, T scale, const T* add) {
   return best;
 }
 
+template <typename T>
+void attention_gemm_row_max_portable(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                                     int64_t ldb, T* c, int64_t ldc, T* row_max) {
+  attention_gemm_portable<T>(m, n, k, a, lda, b, ldb, c, ldc, false);
+  for (int64_t i = 0; i < m; ++i) row_max[i] = std::fmax(row_max[i], attention_row_max_portable<T>(c + i * ldc, n));
+}
+
+// One key tile's online-softmax step for rows that see every key of the tile (no mask, scale > 0):
+// s (rows x cols, leading dimension lds) holds the raw scores q . k and raw_max their row maxima.
+// Per row r: the running maximum m[r] becomes max(m[r], raw_max[r] * scale); s becomes
+// exp(s * scale - m[r]) (0 for the whole row while m[r] is -inf); l[r] (the running sum of
+// weights) and the row of acc (rows x ev, the running P V) are rescaled by exp(m_old - m_new), and
+// l[r] gains the row's new weights.
+template <typename T>
+void attention_softmax_tile_portable(T* s, int64_t rows, int64_t cols, int64_t lds, T scale, const T* raw_max, T* m,
+                                     T* l, T* acc, int64_t ev) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = s + r * lds;
+    const T block_max = raw_max[r] * scale;
+    const T old = m[r];
+    const T m_new = old > block_max ? old : block_max;
+    if (m_new == -INFINITY) {
+      for (int64_t c = 0; c < cols; ++c) row[c] = T(0);
+      continue;
+    }
+    const T factor = old == m_new ? T(1) : (old == -INFINITY ? T(0) : std::exp(old - m_new));
+    m[r] = m_new;
+    l[r] = l[r] * factor + attention_exp_sum_portable<T>(row, cols, scale, m_new);
+    if (factor != T(1)) {
+      T* a = acc + r * ev;
+      for (int64_t e = 0; e < ev; ++e) a[e] *= factor;
+    }
+  }
+}
+
 inline void attention_gemm_f32_portable(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                                         int64_t ldb, float* c, int64_t ldc, bool accumulate) {
   attention_gemm_portable<float>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
@@ -90,6 +132,16 @@ inline float attention_scale_add_max_f32_portable(float* x, int64_t n, float sca
   return attention_scale_add_max_portable<float>(x, n, scale, add);
 }
 
+inline void attention_gemm_row_max_f32_portable(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                                                const float* b, int64_t ldb, float* c, int64_t ldc, float* row_max) {
+  attention_gemm_row_max_portable<float>(m, n, k, a, lda, b, ldb, c, ldc, row_max);
+}
+
+inline void attention_softmax_tile_f32_portable(float* s, int64_t rows, int64_t cols, int64_t lds, float scale,
+                                                const float* raw_max, float* m, float* l, float* acc, int64_t ev) {
+  attention_softmax_tile_portable<float>(s, rows, cols, lds, scale, raw_max, m, l, acc, ev);
+}
+
 // The AVX2 table (attention_cpu_simd.cpp), nullptr where the build has none.
 const AttentionCpuKernels* attention_avx2_kernels();
 
@@ -97,7 +149,9 @@ const AttentionCpuKernels* attention_avx2_kernels();
 inline const AttentionCpuKernels& attention_cpu_kernels() {
   static constexpr AttentionCpuKernels portable{&attention_gemm_f32_portable, &attention_exp_sum_f32_portable,
                                                       &attention_row_max_f32_portable,
-                                                      &attention_scale_add_max_f32_portable};
+                                                      &attention_scale_add_max_f32_portable,
+                                                      &attention_gemm_row_max_f32_portable,
+                                                      &attention_softmax_tile_f32_portable};
   return select_cpu_kernels(portable, attention_avx2_kernels());
 }
 

@@ -838,6 +838,39 @@ def test_deterministic_and_independent_of_thread_count(dtype):
             assert torch.equal(x, y), "gradients depend on the thread count or the run"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("mode", ["plain", "causal", "float_pad_B11S", "gqa_bool", "dropout"])
+def test_backward_schedules_give_the_same_bits(mode, dtype):
+    """One (batch, kv head) pair: on 1 thread the backward runs its one-pass schedule, on 2 and 4
+    threads the two-pass one (dK, dV over key tiles, then dQ over query tiles). Both give the same
+    bits, and the reference's gradients."""
+    Hq, Hkv = (4, 1) if mode == "gqa_bool" else (1, 1)
+    L, S, E, Ev = 200, 197, 16, 12  # several query and key tiles, neither a multiple of 64
+    q, k, v = qkv(1, Hq, Hkv, L, S, E, Ev, dtype=dtype)
+    mask = {"float_pad_B11S": lambda: make_mask("float_pad_B11S", 1, Hq, L, S, dtype=dtype),
+            "gqa_bool": lambda: make_mask("bool", 1, Hq, L, S)}.get(mode, lambda: None)()
+    causal, dropout_p = mode == "causal", 0.3 if mode == "dropout" else 0.0
+    g = torch.randn(1, Hq, L, Ev, dtype=dtype)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            results.append(with_seed(5, lambda: run_op(q, k, v, mask, causal, None, Hq != Hkv, g, dropout_p)))
+    finally:
+        torch.set_num_threads(threads)
+    (out, grads), *rest = results
+    for other_out, other_grads in rest:
+        assert torch.equal(out, other_out)
+        for a, b in zip(grads, other_grads):
+            assert torch.equal(a, b), "the two backward schedules differ"
+    if dropout_p == 0.0:
+        tol = 1e-9 if dtype == torch.float64 else 1e-4
+        _, _, ref_grads = reference_and_grads(q, k, v, mask, causal, None, Hq != Hkv, g)
+        for a, b in zip(grads, ref_grads):
+            assert_close_scaled(a, b, tol)
+
+
 def test_backward_output_mask():
     """_attention_backward computes only the gradients output_mask asks for; the others are
     empty, and the asked-for ones equal those of the full call."""

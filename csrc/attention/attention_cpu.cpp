@@ -2,9 +2,10 @@
 // kernels). Forward: parallel over (batch, head, tile of 64 queries); each task walks the key
 // tiles of 64 keys with an online softmax (score tile, mask, exp, rescale, P V), skipping the
 // tiles a causal mask hides entirely, so memory is O(64 x (64 + Ev)) per thread beyond inputs and
-// outputs. Backward: parallel over (batch, kv head); each task recomputes the score tiles of its
-// heads key tile by key tile, accumulates dK and dV of the key tile in local buffers and adds to
-// dQ of the query tile, in a fixed order (deterministic, independent of the thread count). Every
+// outputs. Backward: parallel over (batch, kv head), or (fewer such pairs than threads) over
+// (batch, kv head, key tile) for dK, dV and then (batch, head, query tile) for dQ; the score tiles
+// are recomputed key tile by key tile, dK and dV of a key tile accumulate in local buffers, dQ in
+// key-tile order, in a fixed order either way (deterministic, independent of the thread count). Every
 // product is a row-major tile product (the glue transposes K, V, Q and dO into 64-wide tiles
 // once), so no tile is transposed inside the loops.
 #include <ATen/ATen.h>
@@ -316,6 +317,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cpu(const at::T
 //   dS = P * (dP * dropout factor - delta) * scale;
 //   dK_j^T += Q_i^T dS (A = qt tile), dQ_i += dS K_j (B = K_j rows).
 // dK_j^T and dV_j^T live in local buffers and are transposed into dk, dv once per key tile.
+//
+// Two schedules with the same sums in the same order (so the same bits): with at least as many
+// (batch, kv head) pairs as threads, one pass parallel over them (each walks its key tiles and
+// adds to dQ in key-tile order); with fewer, two passes: dK, dV parallel over (batch, kv head,
+// key tile), then dQ parallel over (batch, head, query tile), each recomputing P and dS of its
+// tiles (two of the five products done twice).
 template <typename T>
 void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& qt,
                    const at::Tensor& kt, const at::Tensor& vt, const at::Tensor& go, const at::Tensor& got,
@@ -329,65 +336,108 @@ void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tens
   const T *vtp = vt.data_ptr<T>(), *gop = go.data_ptr<T>(), *gotp = got.data_ptr<T>();
   const T *dp = delta.data_ptr<T>(), *sp = stats.data_ptr<T>();
   T *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>();
-  at::parallel_for(0, p.batch * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> pm(kQueryTile * kKeyTile), dpm(kQueryTile * kKeyTile);
-    std::vector<T> dropped(p.dropout > 0.0 ? kQueryTile * kKeyTile : 0);
-    std::vector<T> dkt(std::max<int64_t>(E, 1) * kKeyTile), dvt(std::max<int64_t>(Ev, 1) * kKeyTile);
+
+  struct Buffers {
+    std::vector<T> pm, dpm, dropped, dkt, dvt;
+    Buffers(const AttentionParams& p, int64_t E, int64_t Ev)
+        : pm(kQueryTile * kKeyTile), dpm(kQueryTile * kKeyTile),
+          dropped(p.dropout > 0.0 ? kQueryTile * kKeyTile : 0), dkt(std::max<int64_t>(E, 1) * kKeyTile),
+          dvt(std::max<int64_t>(Ev, 1) * kKeyTile) {}
+  };
+  // The first query tile that sees key tile jt (causal: the tiles ending before its first key see none).
+  auto first_query_tile = [&](int64_t jt) { return p.causal ? jt * kKeyTile / kQueryTile : int64_t(0); };
+  // P (or P with dropout: the returned pointer) and dS (in buf.dpm) of (head bh, query tile it,
+  // key tile jt of kv pair kv).
+  auto tile = [&](Buffers& buf, int64_t kv, int64_t bh, int64_t it, int64_t jt) -> const T* {
+    const int64_t b = bh / p.heads, h = bh % p.heads;
+    const int64_t i0 = it * kQueryTile, rows = std::min(kQueryTile, L - i0);
+    const int64_t j0 = jt * kKeyTile, cols = std::min(kKeyTile, S - j0);
+    const T* kt_tile = ktp + (kv * key_tiles + jt) * E * kKeyTile;
+    const T* vt_tile = vtp + (kv * key_tiles + jt) * Ev * kKeyTile;
+    ops.gemm(rows, cols, E, qp + (bh * L + i0) * E, E, kt_tile, kKeyTile, buf.pm.data(), kKeyTile, false);
+    ops.gemm(rows, cols, Ev, gop + (bh * L + i0) * Ev, Ev, vt_tile, kKeyTile, buf.dpm.data(), kKeyTile, false);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r, row_id = bh * L + i;
+      T* prow = buf.pm.data() + r * kKeyTile;
+      T* dprow = buf.dpm.data() + r * kKeyTile;
+      mask_score_row(p, b, h, i, j0, cols, prow);
+      const T m = sp[2 * row_id], log_l = sp[2 * row_id + 1];
+      if (m == -std::numeric_limits<T>::infinity()) {
+        std::fill(prow, prow + cols, T(0));
+      } else {
+        // exp((s - m) - log l): s - m is exact for scores near the maximum, whatever |m| is.
+        for (int64_t c = 0; c < cols; ++c) prow[c] -= m;
+        ops.exp_sum(prow, cols, T(1), log_l);
+      }
+      if (p.dropout > 0.0) {
+        T* drow = buf.dropped.data() + r * kKeyTile;
+        for_dropout_factors<T>(p, row_id, j0, cols, [&](int64_t c, T keep) {
+          drow[c] = prow[c] * keep;
+          dprow[c] *= keep;
+        });
+      }
+      const T d = dp[row_id];
+      // dprow becomes dS.
+      for (int64_t c = 0; c < cols; ++c) dprow[c] = prow[c] * (dprow[c] - d) * scale;
+    }
+    return p.dropout > 0.0 ? buf.dropped.data() : buf.pm.data();
+  };
+  auto add_dq = [&](Buffers& buf, int64_t kv, int64_t bh, int64_t it, int64_t jt) {
+    const int64_t i0 = it * kQueryTile, rows = std::min(kQueryTile, L - i0);
+    const int64_t j0 = jt * kKeyTile, cols = std::min(kKeyTile, S - j0);
+    ops.gemm(rows, E, cols, buf.dpm.data(), kKeyTile, kp + (kv * S + j0) * E, E, dqp + (bh * L + i0) * E, E, true);
+  };
+  // dK, dV of key tile jt of kv pair kv (and, with with_dq, the dQ contributions of its tiles).
+  auto key_tile = [&](Buffers& buf, int64_t kv, int64_t jt, bool with_dq) {
+    const int64_t b = kv / p.kv_heads, kvh = kv % p.kv_heads;
+    const int64_t j0 = jt * kKeyTile, cols = std::min(kKeyTile, S - j0);
+    std::fill(buf.dkt.begin(), buf.dkt.end(), T(0));
+    std::fill(buf.dvt.begin(), buf.dvt.end(), T(0));
+    for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+      const int64_t bh = b * p.heads + h;
+      if (key_tile_masked<T>(p, b, h, j0, cols)) continue;
+      for (int64_t it = first_query_tile(jt); it < query_tiles; ++it) {
+        const int64_t rows = std::min(kQueryTile, L - it * kQueryTile);
+        const T* weights = tile(buf, kv, bh, it, jt);
+        const T* qt_tile = qtp + (bh * query_tiles + it) * E * kQueryTile;
+        const T* got_tile = gotp + (bh * query_tiles + it) * Ev * kQueryTile;
+        ops.gemm(Ev, cols, rows, got_tile, kQueryTile, weights, kKeyTile, buf.dvt.data(), kKeyTile, true);
+        ops.gemm(E, cols, rows, qt_tile, kQueryTile, buf.dpm.data(), kKeyTile, buf.dkt.data(), kKeyTile, true);
+        if (with_dq) add_dq(buf, kv, bh, it, jt);
+      }
+    }
+    for (int64_t c = 0; c < cols; ++c) {
+      T* dk_row = dkp + (kv * S + j0 + c) * E;
+      T* dv_row = dvp + (kv * S + j0 + c) * Ev;
+      for (int64_t e = 0; e < E; ++e) dk_row[e] = buf.dkt[e * kKeyTile + c];
+      for (int64_t e = 0; e < Ev; ++e) dv_row[e] = buf.dvt[e * kKeyTile + c];
+    }
+  };
+
+  const int64_t pairs = p.batch * p.kv_heads;
+  if (pairs >= at::get_num_threads()) {
+    at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+      Buffers buf(p, E, Ev);
+      for (int64_t kv = begin; kv < end; ++kv) {
+        for (int64_t jt = 0; jt < key_tiles; ++jt) key_tile(buf, kv, jt, true);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, pairs * key_tiles, 1, [&](int64_t begin, int64_t end) {
+    Buffers buf(p, E, Ev);
+    for (int64_t task = begin; task < end; ++task) key_tile(buf, task / key_tiles, task % key_tiles, false);
+  });
+  at::parallel_for(0, p.batch * p.heads * query_tiles, 1, [&](int64_t begin, int64_t end) {
+    Buffers buf(p, E, Ev);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / p.kv_heads, kvh = task % p.kv_heads;
+      const int64_t bh = task / query_tiles, it = task % query_tiles;
+      const int64_t b = bh / p.heads, h = bh % p.heads, kv = b * p.kv_heads + h / group;
       for (int64_t jt = 0; jt < key_tiles; ++jt) {
-        const int64_t j0 = jt * kKeyTile, cols = std::min(kKeyTile, S - j0);
-        const T* kt_tile = ktp + (task * key_tiles + jt) * E * kKeyTile;
-        const T* vt_tile = vtp + (task * key_tiles + jt) * Ev * kKeyTile;
-        std::fill(dkt.begin(), dkt.end(), T(0));
-        std::fill(dvt.begin(), dvt.end(), T(0));
-        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
-          const int64_t bh = b * p.heads + h;
-          if (key_tile_masked<T>(p, b, h, j0, cols)) continue;
-          // Causal: query tiles that end before key j0 see none of this key tile.
-          for (int64_t it = p.causal ? j0 / kQueryTile : 0; it < query_tiles; ++it) {
-            const int64_t i0 = it * kQueryTile, rows = std::min(kQueryTile, L - i0);
-            const T* qt_tile = qtp + (bh * query_tiles + it) * E * kQueryTile;
-            const T* got_tile = gotp + (bh * query_tiles + it) * Ev * kQueryTile;
-            ops.gemm(rows, cols, E, qp + (bh * L + i0) * E, E, kt_tile, kKeyTile, pm.data(), kKeyTile, false);
-            ops.gemm(rows, cols, Ev, gop + (bh * L + i0) * Ev, Ev, vt_tile, kKeyTile, dpm.data(), kKeyTile, false);
-            for (int64_t r = 0; r < rows; ++r) {
-              const int64_t i = i0 + r, row_id = bh * L + i;
-              T* prow = pm.data() + r * kKeyTile;
-              T* dprow = dpm.data() + r * kKeyTile;
-              mask_score_row(p, b, h, i, j0, cols, prow);
-              const T m = sp[2 * row_id], log_l = sp[2 * row_id + 1];
-              if (m == -std::numeric_limits<T>::infinity()) {
-                std::fill(prow, prow + cols, T(0));
-              } else {
-                // exp((s - m) - log l): s - m is exact for scores near the maximum, whatever |m| is.
-                for (int64_t c = 0; c < cols; ++c) prow[c] -= m;
-                ops.exp_sum(prow, cols, T(1), log_l);
-              }
-              if (p.dropout > 0.0) {
-                T* drow = dropped.data() + r * kKeyTile;
-                for_dropout_factors<T>(p, row_id, j0, cols, [&](int64_t c, T keep) {
-                  drow[c] = prow[c] * keep;
-                  dprow[c] *= keep;
-                });
-              }
-              const T d = dp[row_id];
-              // dprow becomes dS.
-              for (int64_t c = 0; c < cols; ++c) dprow[c] = prow[c] * (dprow[c] - d) * scale;
-            }
-            const T* weights = p.dropout > 0.0 ? dropped.data() : pm.data();
-            ops.gemm(Ev, cols, rows, got_tile, kQueryTile, weights, kKeyTile, dvt.data(), kKeyTile, true);
-            ops.gemm(E, cols, rows, qt_tile, kQueryTile, dpm.data(), kKeyTile, dkt.data(), kKeyTile, true);
-            ops.gemm(rows, E, cols, dpm.data(), kKeyTile, kp + (task * S + j0) * E, E, dqp + (bh * L + i0) * E, E,
-                     true);
-          }
-        }
-        for (int64_t c = 0; c < cols; ++c) {
-          T* dk_row = dkp + (task * S + j0 + c) * E;
-          T* dv_row = dvp + (task * S + j0 + c) * Ev;
-          for (int64_t e = 0; e < E; ++e) dk_row[e] = dkt[e * kKeyTile + c];
-          for (int64_t e = 0; e < Ev; ++e) dv_row[e] = dvt[e * kKeyTile + c];
-        }
+        if (it < first_query_tile(jt)) break;  // (first_query_tile grows with jt)
+        if (key_tile_masked<T>(p, b, h, jt * kKeyTile, std::min(kKeyTile, S - jt * kKeyTile))) continue;
+        tile(buf, kv, bh, it, jt);
+        add_dq(buf, kv, bh, it, jt);
       }
     }
   });

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -75,6 +76,20 @@ struct AttentionTileOps<double> {
     attention_softmax_tile_portable<double>(s, rows, cols, lds, scale, raw_max, m, l, acc, ev);
   }
 };
+
+// Tasks [0, n) handed out one at a time to the threads from a shared counter (at::parallel_for
+// splits a range into one contiguous chunk per thread, which leaves a thread idle when the tasks
+// differ in cost: masked key tiles skipped, causal rows). run(next) is called once
+// per worker and takes tasks with next() until it returns n. Each task writes its own outputs,
+// so which thread runs it does not change any result.
+template <typename Run>
+void parallel_tasks(int64_t n, Run&& run) {
+  std::atomic<int64_t> counter{0};
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(n, at::get_num_threads()));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    run([&] { return std::min<int64_t>(n, counter.fetch_add(1, std::memory_order_relaxed)); });
+  });
+}
 
 // (rows, cols) row-major blocks of `count` matrices -> for each, ceil(rows / tile) transposed
 // tiles (cols, tile), zero past the last row: tile t of block c starts at ((c * tiles + t) * cols)
@@ -195,10 +210,11 @@ void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tenso
   T* lp = lse.data_ptr<T>();
   T* sp = stats.data_ptr<T>();
   const T scale = static_cast<T>(p.scale);
-  at::parallel_for(0, p.batch * p.heads * tiles, 1, [&](int64_t begin, int64_t end) {
+  const int64_t tasks = p.batch * p.heads * tiles;
+  parallel_tasks(tasks, [&](auto next) {
     std::vector<T> scores(kQueryTile * kKeyTile), acc(kQueryTile * std::max<int64_t>(Ev, 1));
     std::vector<T> m(kQueryTile), l(kQueryTile), raw_max(kQueryTile);
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t task = next(); task < tasks; task = next()) {
       const int64_t bh = task / tiles, i0 = (task % tiles) * kQueryTile;
       const int64_t b = bh / p.heads, h = bh % p.heads, kvh = h / p.group();
       const int64_t rows = std::min(kQueryTile, L - i0);
@@ -416,21 +432,24 @@ void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tens
 
   const int64_t pairs = p.batch * p.kv_heads;
   if (pairs >= at::get_num_threads()) {
-    at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+    parallel_tasks(pairs, [&](auto next) {
       Buffers buf(p, E, Ev);
-      for (int64_t kv = begin; kv < end; ++kv) {
+      for (int64_t kv = next(); kv < pairs; kv = next()) {
         for (int64_t jt = 0; jt < key_tiles; ++jt) key_tile(buf, kv, jt, true);
       }
     });
     return;
   }
-  at::parallel_for(0, pairs * key_tiles, 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(pairs * key_tiles, [&](auto next) {
     Buffers buf(p, E, Ev);
-    for (int64_t task = begin; task < end; ++task) key_tile(buf, task / key_tiles, task % key_tiles, false);
+    for (int64_t task = next(); task < pairs * key_tiles; task = next()) {
+      key_tile(buf, task / key_tiles, task % key_tiles, false);
+    }
   });
-  at::parallel_for(0, p.batch * p.heads * query_tiles, 1, [&](int64_t begin, int64_t end) {
+  const int64_t query_tasks = p.batch * p.heads * query_tiles;
+  parallel_tasks(query_tasks, [&](auto next) {
     Buffers buf(p, E, Ev);
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t task = next(); task < query_tasks; task = next()) {
       const int64_t bh = task / query_tiles, it = task % query_tiles;
       const int64_t b = bh / p.heads, h = bh % p.heads, kv = b * p.kv_heads + h / group;
       for (int64_t jt = 0; jt < key_tiles; ++jt) {

@@ -14,7 +14,7 @@ at::ScalarType attention_compute_dtype(at::ScalarType dtype) {
 
 AttentionInputs prepare_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                          const c10::optional<at::Tensor>& mask, double dropout_p, bool is_causal,
-                                         double scale, int64_t seed) {
+                                         double scale, int64_t seed, bool widen) {
   check_dim(q, 4, op, "query", "(B, Hq, L, E)");
   check_dim(k, 4, op, "key", "(B, Hkv, S, E)");
   check_dim(v, 4, op, "value", "(B, Hkv, S, Ev)");
@@ -42,9 +42,9 @@ AttentionInputs prepare_attention_inputs(const char* op, const at::Tensor& q, co
 
   AttentionInputs in;
   const at::ScalarType compute = attention_compute_dtype(q.scalar_type());
-  in.q = q.to(compute).contiguous();
-  in.k = k.to(compute).contiguous();
-  in.v = v.to(compute).contiguous();
+  in.q = (widen ? q.to(compute) : q).contiguous();
+  in.k = (widen ? k.to(compute) : k).contiguous();
+  in.v = (widen ? v.to(compute) : v).contiguous();
   AttentionParams& p = in.params;
   p.batch = b;
   p.heads = hq;

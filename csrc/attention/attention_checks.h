@@ -15,7 +15,7 @@ namespace pyvision_ops {
 at::ScalarType attention_compute_dtype(at::ScalarType dtype);
 
 struct AttentionInputs {
-  at::Tensor q, k, v;  // contiguous, compute dtype
+  at::Tensor q, k, v;  // contiguous, compute dtype (or the inputs' dtype, see widen below)
   at::Tensor mask;     // the mask in the compute dtype (uint8 for bool) before broadcasting, or undefined
   AttentionParams params;
 };
@@ -23,10 +23,12 @@ struct AttentionInputs {
 // Checks q (B, Hq, L, E), k (B, Hkv, S, E), v (B, Hkv, S, Ev) (floating, one dtype and device, Hq
 // a multiple of Hkv, E and Ev <= 256, k and v of one length), the mask (bool or floating,
 // broadcastable to (B, Hq, L, S), not together with is_causal), dropout_p in [0, 1] and a finite
-// scale; returns the prepared inputs and params (params.mask points into inputs.mask).
+// scale; returns the prepared inputs and params (params.mask points into inputs.mask). With
+// widen = false, q, k and v keep their dtype (contiguous copies only; the mask is still in the
+// compute dtype): the CUDA tensor-core path reads float16 / bfloat16 directly.
 AttentionInputs prepare_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                          const c10::optional<at::Tensor>& mask, double dropout_p, bool is_causal,
-                                         double scale, int64_t seed);
+                                         double scale, int64_t seed, bool widen = true);
 
 // The backward's working tensors, shared by the CPU kernel and the CUDA glue: grad_out, out
 // (B, Hq, L, Ev) and stats (B, Hq, L, 2) are checked against the forward's shapes; dO, the row

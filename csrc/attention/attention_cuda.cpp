@@ -23,6 +23,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(const at::
                                                           int64_t seed) {
   constexpr const char* op = "scaled_dot_product_attention";
   const c10::cuda::CUDAGuard guard(q.device());
+  if (q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16) {
+    // float16 / bfloat16 within the tensor-core kernel's scope: q, k, v stay 16-bit.
+    const AttentionInputs in = prepare_attention_inputs(op, q, k, v, mask, dropout_p, is_causal, scale, seed,
+                                                        /*widen=*/false);
+    const AttentionParams& p = in.params;
+    if (k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
+        attention_mma_supported(scalar_kind(in.q.scalar_type()), p)) {
+      const at::TensorOptions f32 = in.q.options().dtype(at::kFloat);
+      at::Tensor out = at::empty({p.batch, p.heads, p.q_len, p.value_dim}, f32);
+      at::Tensor lse = at::empty({p.batch, p.heads, p.q_len}, f32);
+      at::Tensor stats = at::empty({p.batch, p.heads, p.q_len, 2}, f32);
+      if (p.kv_len == 0) {
+        out.zero_();
+        lse.fill_(-std::numeric_limits<double>::infinity());
+        stats.fill_(-std::numeric_limits<double>::infinity());
+      } else {
+        check_cuda_launch(launch_attention_forward_mma(scalar_kind(in.q.scalar_type()), p, in.q.const_data_ptr(),
+                                                       in.k.const_data_ptr(), in.v.const_data_ptr(),
+                                                       out.mutable_data_ptr<float>(), lse.mutable_data_ptr<float>(),
+                                                       stats.mutable_data_ptr<float>(),
+                                                       at::cuda::getCurrentCUDAStream()),
+                          op, "attention_forward_mma_kernel");
+      }
+      return {out.to(q.scalar_type()), lse, stats};
+    }
+  }
   const AttentionInputs in = prepare_attention_inputs(op, q, k, v, mask, dropout_p, is_causal, scale, seed);
   const AttentionParams& p = in.params;
   at::Tensor out = at::empty({p.batch, p.heads, p.q_len, p.value_dim}, in.q.options());

@@ -18,6 +18,15 @@ namespace pyvision_ops {
 cudaError_t launch_attention_forward(ScalarKind scalar, const AttentionParams& p, const void* q, const void* k,
                                      const void* v, void* out, void* lse, void* stats, cudaStream_t stream);
 
+// Whether launch_attention_forward_mma takes this call: float16 / bfloat16, E == Ev in {64, 128},
+// no dropout, at most 65535 (batch, head) pairs.
+bool attention_mma_supported(ScalarKind scalar, const AttentionParams& p);
+
+// The tensor-core forward (attention_mma_kernel.cu): q, k, v contiguous in their own 16-bit dtype,
+// out (B, Hq, L, Ev), lse and stats in float32, as launch_attention_forward's.
+cudaError_t launch_attention_forward_mma(ScalarKind scalar, const AttentionParams& p, const void* q, const void* k,
+                                         const void* v, float* out, float* lse, float* stats, cudaStream_t stream);
+
 // dk, dv (B, Hkv, S, E / Ev): one thread per key row, over the queries of every head of its group;
 // dq (B, Hq, L, E): one thread per query row, over its keys. delta (B, Hq, L) = rowsum(dO * O).
 // No atomics: every output element has one writer.

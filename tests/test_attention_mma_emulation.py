@@ -1,0 +1,206 @@
+"""The tensor-core forward of csrc/attention/attention_mma_kernel.cu, run on the CPU.
+
+The kernel has not run on a GPU. This file replays its algorithm step by step in Python: the same
+tiles (4 warps x 16 query rows per block, key tiles of 64), the same register contents per lane
+(which element of Q, K, P and V each lane puts into which fragment register, written with the
+kernel's index expressions), an ``mma`` that assembles the 16 x 16, 16 x 8 and 16 x 8 matrices
+from the lanes' registers by the PTX ISA's fragment layouts for ``mma.m16n8k16`` (.row.col,
+16-bit inputs, float32 accumulators) and hands the product back the same way, the two shuffles
+of the row maximum and of the row sum, and the 16-bit rounding of P. Its output, lse and stats
+must match the float64 reference within 16-bit tolerances, for both 16-bit types, head dims 64
+and 128, causal, a key-padding mask, lengths that are not multiples of the tiles and GQA.
+
+What this cannot check: the PTX layouts themselves (taken from the ISA, not measured), shared
+memory, synchronisation and the launch. The CUDA tests of test_attention.py run the kernel on a
+GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from references.attention import reference_attention
+
+LANES = torch.arange(32)
+G, T = LANES // 4, LANES % 4
+NEG_INF = float("-inf")
+
+
+# Per lane, register and half: the (row, column) of the element it holds (PTX ISA layouts).
+_PAIR = torch.arange(2)
+_A_ROWS = torch.stack([G, G + 8, G, G + 8], 1)[:, :, None].expand(32, 4, 2)
+_A_COLS = (torch.stack([2 * T, 2 * T, 2 * T + 8, 2 * T + 8], 1)[:, :, None] + _PAIR).expand(32, 4, 2)
+_B_ROWS = torch.stack([2 * T, 2 * T + 8], 1)[:, :, None] + _PAIR  # k
+_B_COLS = G[:, None, None].expand(32, 2, 2)  # n
+_C_ROWS = torch.stack([G, G, G + 8, G + 8], 1)
+_C_COLS = torch.stack([2 * T, 2 * T + 1, 2 * T, 2 * T + 1], 1)
+
+
+def a_matrix(regs: torch.Tensor) -> torch.Tensor:
+    """regs (32 lanes, 4 registers, 2 halves) -> the 16 x 16 A operand."""
+    a = torch.zeros(16, 16, dtype=torch.float64)
+    a[_A_ROWS, _A_COLS] = regs
+    return a
+
+
+def b_matrix(regs: torch.Tensor) -> torch.Tensor:
+    """regs (32, 2, 2) -> the 16 x 8 B operand (k rows, n columns)."""
+    b = torch.zeros(16, 8, dtype=torch.float64)
+    b[_B_ROWS, _B_COLS] = regs
+    return b
+
+
+def mma(c: torch.Tensor, a_regs: torch.Tensor, b_regs: torch.Tensor) -> None:
+    """c (32, 4) float32 accumulators += A B, by the C layout."""
+    product = a_matrix(a_regs) @ b_matrix(b_regs)
+    c += product[_C_ROWS, _C_COLS].float()
+
+
+def shfl_xor_reduce(values: torch.Tensor, op) -> torch.Tensor:
+    """__shfl_xor_sync over lane masks 1 and 2 (the 4 lanes of a group), as the kernel does."""
+    for mask in (1, 2):
+        values = op(values, values[LANES ^ mask])
+    return values
+
+
+def mask_term(mask, causal, b, h, i, j):
+    if causal and j > i:
+        return NEG_INF
+    if mask is None:
+        return 0.0
+    return float(mask[b if mask.shape[0] > 1 else 0, h if mask.shape[1] > 1 else 0,
+                      i if mask.shape[2] > 1 else 0, j if mask.shape[3] > 1 else 0])
+
+
+def emulate(q, k, v, mask, causal, scale, half):
+    """The kernel's forward for (B, Hq, L, D) 16-bit q and (B, Hkv, S, D) k, v."""
+    B, Hq, L, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    group = Hq // Hkv
+    rnd = lambda x: x.to(half).double()  # noqa: E731  (16-bit rounding of a packed value)
+    out = torch.zeros(B, Hq, L, D)
+    lse = torch.zeros(B, Hq, L)
+    stats = torch.zeros(B, Hq, L, 2)
+    for b in range(B):
+        for h in range(Hq):
+            kvh = h // group
+            for i0 in range(0, L, 64):
+                qs = torch.zeros(64, D, dtype=half)
+                qs[:min(64, L - i0)] = q[b, h, i0:i0 + 64]
+                last_query = min(i0 + 64, L) - 1
+                keys = min(last_query + 1, S) if causal else S
+                for warp in range(4):
+                    r0 = warp * 16
+                    o = torch.zeros(32, D // 8, 4)
+                    m = torch.full((32, 2), NEG_INF)
+                    l = torch.zeros(32, 2)
+                    rows_i = torch.stack([i0 + r0 + G, i0 + r0 + G + 8], 1)
+                    for j0 in range(0, keys, 64):
+                        ks = torch.zeros(64, D, dtype=half)
+                        vs = torch.zeros(64, D, dtype=half)
+                        ks[:min(64, S - j0)] = k[b, kvh, j0:j0 + 64]
+                        vs[:min(64, S - j0)] = v[b, kvh, j0:j0 + 64]
+                        s = torch.zeros(32, 8, 4)
+                        for kk in range(0, D, 16):
+                            # a0..a3: Q rows r0 + g / r0 + g + 8, columns kk + 2t (+ 8), pairs.
+                            a = qs.double()[r0 + _A_ROWS, kk + _A_COLS]
+                            for n in range(8):
+                                # b0, b1: K row n * 8 + g, columns kk + 2t (+ 8), pairs.
+                                bregs = ks.double()[n * 8 + _B_COLS, kk + _B_ROWS]
+                                accumulators = s[:, n, :].clone()
+                                mma(accumulators, a, bregs)
+                                s[:, n, :] = accumulators
+                        block_max = torch.full((32, 2), NEG_INF)
+                        for lane in range(32):
+                            t = int(T[lane])
+                            for n in range(8):
+                                for c in range(4):
+                                    i, j = int(rows_i[lane, c // 2]), j0 + n * 8 + 2 * t + c % 2
+                                    value = NEG_INF
+                                    if j < S and i < L:
+                                        term = mask_term(mask, causal, b, h, i, j)
+                                        value = NEG_INF if term == NEG_INF else float(s[lane, n, c]) * scale + term
+                                    s[lane, n, c] = value
+                                    block_max[lane, c // 2] = max(block_max[lane, c // 2], value)
+                        block_max = shfl_xor_reduce(block_max, torch.maximum)
+                        factor = torch.ones(32, 2)
+                        for lane in range(32):  # online_softmax_rescale (attention.h)
+                            for r in range(2):
+                                m_new = max(float(m[lane, r]), float(block_max[lane, r]))
+                                if m_new == NEG_INF:
+                                    continue
+                                old = float(m[lane, r])
+                                factor[lane, r] = 0.0 if old == NEG_INF else math.exp(old - m_new)
+                                m[lane, r] = m_new
+                        l *= factor
+                        mm = m[:, None, [0, 0, 1, 1]]
+                        w = torch.where((s == NEG_INF) | (mm == NEG_INF), torch.zeros(()), torch.exp(s - mm))
+                        s = w
+                        l += torch.stack([w[:, :, 0:2].sum((1, 2)), w[:, :, 2:4].sum((1, 2))], 1)
+                        o *= factor[:, None, [0, 0, 1, 1]]
+                        for kc in range(4):
+                            a = torch.zeros(32, 4, 2, dtype=torch.float64)
+                            a[:, 0] = rnd(s[:, 2 * kc, 0:2])
+                            a[:, 1] = rnd(s[:, 2 * kc, 2:4])
+                            a[:, 2] = rnd(s[:, 2 * kc + 1, 0:2])
+                            a[:, 3] = rnd(s[:, 2 * kc + 1, 2:4])
+                            for n in range(D // 8):
+                                # b0, b1: V rows kc * 16 + 2t (+ 8), pairs, column n * 8 + g.
+                                bregs = vs.double()[kc * 16 + _B_ROWS, n * 8 + _B_COLS]
+                                accumulators = o[:, n, :].clone()
+                                mma(accumulators, a, bregs)
+                                o[:, n, :] = accumulators
+                    l = shfl_xor_reduce(l, torch.add)
+                    for lane in range(32):
+                        t = int(T[lane])
+                        for r in range(2):
+                            i = int(rows_i[lane, r])
+                            if i >= L:
+                                continue
+                            total = float(l[lane, r])
+                            inv = 1.0 / total if total > 0 else 0.0
+                            for n in range(D // 8):
+                                out[b, h, i, n * 8 + 2 * t] = o[lane, n, 2 * r] * inv
+                                out[b, h, i, n * 8 + 2 * t + 1] = o[lane, n, 2 * r + 1] * inv
+                            mr = float(m[lane, r])
+                            lse[b, h, i] = mr + math.log(total) if total > 0 else NEG_INF
+                            stats[b, h, i, 0] = mr
+                            stats[b, h, i, 1] = math.log(total) if total > 0 else NEG_INF
+    return out, lse, stats
+
+
+CASES = [
+    # name, B, Hq, Hkv, L, S, D, mask kind, causal
+    ("plain_64", 1, 1, 1, 70, 130, 64, "none", False),
+    ("causal_64", 1, 1, 1, 80, 80, 64, "none", True),
+    ("pad_mask_128", 2, 1, 1, 20, 70, 128, "pad", False),
+    ("gqa_64", 1, 2, 1, 17, 65, 64, "none", False),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_mma_forward_emulation_matches_reference(case, half):
+    name, B, Hq, Hkv, L, S, D, mask_kind, causal = case
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(B, Hq, L, D, generator=gen).to(half)
+    k = torch.randn(B, Hkv, S, D, generator=gen).to(half)
+    v = torch.randn(B, Hkv, S, D, generator=gen).to(half)
+    mask = None
+    if mask_kind == "pad":
+        keep = torch.ones(B, 1, 1, S, dtype=torch.bool)
+        keep[0, ..., S - 9:] = False
+        keep[1, ..., :5] = False
+        mask = torch.zeros(B, 1, 1, S).masked_fill(~keep, NEG_INF)
+    scale = 1.0 / math.sqrt(D)
+    out, lse, stats = emulate(q, k, v, mask, causal, scale, half)
+    ref_out, ref_lse = reference_attention(q.double(), k.double(), v.double(), None if mask is None else mask.double(),
+                                           0.0, causal, scale, Hq != Hkv, None)
+    tol = 5e-3 if half == torch.float16 else 4e-2
+    assert (out.double() - ref_out).abs().max() <= tol * ref_out.abs().max(), name
+    assert torch.allclose(lse.double(), ref_lse, atol=1e-4, rtol=1e-5), name
+    assert torch.allclose(stats[..., 0] + stats[..., 1], lse, atol=1e-5), name

@@ -485,23 +485,27 @@ def test_large_logits_stay_finite_and_correct(mode, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize("where", ["key", "value"])
-def test_nan_propagates_as_in_torch(where, dtype):
+def test_nan_propagates_as_in_torch(where, causal, dtype):
     """A NaN in key row j (or value row j) makes every output row that sees key j NaN (in the
     value's column), as F.scaled_dot_product_attention does on every backend -- never a silently
-    dropped key, on either CPU path. Left unspecified: rows that cannot see key j under causal
-    masking (torch's math backend makes them NaN too), and a NaN query row (torch's math backend
-    gives NaN, its CPU flash kernel zeros, as ours)."""
-    B, H, L, S, E = 1, 2, 12, 20, 16
+    dropped key or a NaN turned into a large finite score, on any CPU path (L, S > 64: whole
+    64 x 64 tiles that every row sees take the fused softmax-tile path). Left unspecified: rows
+    that cannot see key j under causal masking (torch's math backend makes them NaN too), and a
+    NaN query row (torch's math backend gives NaN, its CPU flash kernel zeros, as ours)."""
+    B, H, L, S, E = 1, 2, 70, 130, 16
     q, k, v = qkv(B, H, H, L, S, E, 8, dtype=dtype, requires_grad=False)
     j = 5
     (k if where == "key" else v)[0, 1, j, 3] = float("nan")
-    out = sdpa(q, k, v, is_causal=True)
-    expected = torch_sdpa_math(q, k, v, is_causal=True)
-    seeing = out[0, 1, j:] if where == "key" else out[0, 1, j:, 3:4]
-    assert bool(torch.isnan(expected[0, 1, j:]).any(-1).all())  # torch
+    out = sdpa(q, k, v, is_causal=causal)
+    expected = torch_sdpa_math(q, k, v, is_causal=causal)
+    first = j if causal else 0
+    seeing = out[0, 1, first:] if where == "key" else out[0, 1, first:, 3:4]
+    assert bool(torch.isnan(expected[0, 1, first:]).any(-1).all())  # torch
     assert bool(torch.isnan(seeing).all()), (
-        f"rows {j}..{L - 1} see the NaN {where}: NaN rows {torch.nonzero(torch.isnan(out[0, 1]).any(-1)).flatten().tolist()}"
+        f"rows {first}..{L - 1} see the NaN {where}: NaN rows "
+        f"{torch.nonzero(torch.isnan(out[0, 1]).any(-1)).flatten().tolist()}"
     )
     assert bool(torch.isfinite(out[0, 0]).all()), "the NaN leaked into another head"
 

@@ -135,53 +135,35 @@ PVO_TARGET_AVX2 void gemm_row_max_avx2(int64_t m, int64_t n, int64_t k, const fl
   gemm_any<true>(m, n, k, a, lda, b, ldb, c, ldc, false, row_max);
 }
 
-// exp(x) for float32 lanes: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two for an exact
-// product), a degree-6 polynomial for exp(r) (Cephes' expf coefficients, ~1 ulp), times 2^n via
-// the exponent bits. Lanes below -87.3 (and -inf) give 0, NaN lanes NaN.
-PVO_TARGET_AVX2 inline __m256 exp_ps(__m256 x) {
-  const __m256 low = _mm256_set1_ps(-87.3f);
-  const __m256 underflow = _mm256_cmp_ps(x, low, _CMP_LT_OQ);
-  const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-  const __m256 input = x;
-  x = _mm256_min_ps(_mm256_max_ps(x, low), _mm256_set1_ps(88.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+// exp(x) for the softmax's arguments x = s * scale - m <= 0 (up to rounding; the caller's
+// maximum m bounds them). n = round(x log2 e) comes from one fma with 1.5 * 2^23 + 127, which
+// leaves n + 127 in the low mantissa bits (so 2^n is those bits shifted into the exponent
+// field); r = x - n ln2 with ln2 split in two (exact product); exp(r) for |r| <= ln2 / 2 is
+// 1 + r + c2 r^2 + ... + c5 r^5 in Horner form (coefficients fitted for relative error on that
+// interval; about 3 ulp from exp over [-87, 0], reduction included). max(-87.9, x) keeps
+// NaN lanes (max_ps returns its second operand when either is NaN) and sends everything below,
+// -inf included, to n = -127, whose exponent field is 0: those lanes give +0 without a compare.
+// A NaN lane stays NaN (NaN times the finite 2^n). No upper clamp: arguments above 0 are
+// rounding residues of the maximum.
+PVO_TARGET_AVX2 inline __m256 exp_softmax_ps(__m256 x) {
+  const __m256 magic = _mm256_set1_ps(12582912.0f + 127.0f);
+  x = _mm256_max_ps(_mm256_set1_ps(-87.9f), x);
+  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
+  const __m256 n = _mm256_sub_ps(t, magic);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 poly = _mm256_set1_ps(1.9875691500e-4f);
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.3981999507e-3f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(8.3334519073e-3f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.1665795894e-2f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.6666665459e-1f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(5.0000001201e-1f));
-  poly = _mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 result = _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, _mm256_castsi256_ps(bits)));
-  return _mm256_blendv_ps(result, input, nan);
+  __m256 poly = _mm256_set1_ps(8.312525227665901e-3f);
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.1890114545822144e-2f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.6667114198207855e-1f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.99992311000824e-1f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  return _mm256_mul_ps(poly, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
 }
 
-// exp_ps for the softmax's arguments x = s * scale - m <= 0 (up to rounding): the same reduction
-// and polynomial, with fewer instructions around them. max(low, x) keeps NaN lanes (max_ps returns
-// its second operand when either is NaN) and clamps everything below -87.9 so that n = -127, whose
-// exponent field (n + 127) << 23 is 0: those lanes (and -inf) give +0 without a compare. NaN stays
-// NaN through the polynomial (the exponent bits of a NaN n are finite, NaN * finite = NaN).
-// Arguments above 88.3 are clamped there (exp = 2^127-ish, finite).
-PVO_TARGET_AVX2 inline __m256 exp_softmax_ps(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(_mm256_set1_ps(-87.9f), x), _mm256_set1_ps(88.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 poly = _mm256_set1_ps(1.9875691500e-4f);
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.3981999507e-3f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(8.3334519073e-3f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.1665795894e-2f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.6666665459e-1f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(5.0000001201e-1f));
-  poly = _mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(poly, _mm256_castsi256_ps(bits));
-}
+// exp(x) for any float32 lanes: exp_softmax_ps after min(88.3, x) (which keeps NaN lanes, as
+// max_ps does; exp(88.3) is finite and n = 127 at most).
+PVO_TARGET_AVX2 inline __m256 exp_ps(__m256 x) { return exp_softmax_ps(_mm256_min_ps(_mm256_set1_ps(88.3f), x)); }
 
 PVO_TARGET_AVX2 float exp_sum_avx2(float* x, int64_t n, float scale, float shift) {
   const __m256 s = _mm256_set1_ps(shift), g = _mm256_set1_ps(scale);

@@ -1205,7 +1205,7 @@ CUDA_CASES = [
     ("causal-L>S", 2, 2, 2, 200, 65, 128, 128, "none", True, None),
     ("gqa-8-2-causal", 1, 8, 2, 97, 97, 64, 64, "none", True, None),
     ("gqa-4-1", 2, 4, 1, 33, 65, 96, 32, "none", False, None),
-    # float16 / bfloat16 with E = Ev in {64, 128} run the tensor-core forward (attention_mma_kernel.cu)
+    # float16 / bfloat16 with E = Ev in {64, 128} run the tensor-core forward and backward (attention_mma_kernel.cu)
     ("mma-many-tiles", 1, 2, 2, 300, 520, 128, 128, "pad_B11S", False, None),
     ("mma-causal-gqa", 1, 4, 2, 257, 257, 64, 64, "none", True, 0.2),
 ]

@@ -102,14 +102,19 @@ AttentionBackwardTensors prepare_attention_backward(const char* op, const Attent
   check_same_device(in.q, grad_out, op, "query", "grad_out");
   check_same_device(in.q, out, op, "query", "out");
   check_same_device(in.q, stats, op, "query", "stats");
-  const at::ScalarType compute = in.q.scalar_type();
+  // in.q is in the compute dtype, or (unwidened 16-bit inputs of the tensor-core path) in the
+  // input's own: grad_out then stays 16-bit, the rest is float32.
+  const at::ScalarType compute = attention_compute_dtype(in.q.scalar_type());
+  const at::TensorOptions options = in.q.options().dtype(compute);
   AttentionBackwardTensors t;
-  t.grad_out = grad_out.to(compute).contiguous();
+  t.grad_out = grad_out.to(in.q.scalar_type()).contiguous();
   t.stats = stats.to(compute).contiguous();
-  t.delta = (t.grad_out * out.to(compute)).sum(-1).contiguous();
-  t.dq = at::zeros({p.batch, p.heads, p.q_len, p.head_dim}, in.q.options());
-  t.dk = at::zeros({p.batch, p.kv_heads, p.kv_len, p.head_dim}, in.q.options());
-  t.dv = at::zeros({p.batch, p.kv_heads, p.kv_len, p.value_dim}, in.q.options());
+  // From the contiguous dO, so that the reduction order (and delta's bits) does not depend on the
+  // upstream gradient's layout.
+  t.delta = (t.grad_out.to(compute) * out.to(compute)).sum(-1).contiguous();
+  t.dq = at::zeros({p.batch, p.heads, p.q_len, p.head_dim}, options);
+  t.dk = at::zeros({p.batch, p.kv_heads, p.kv_len, p.head_dim}, options);
+  t.dv = at::zeros({p.batch, p.kv_heads, p.kv_len, p.value_dim}, options);
   return t;
 }
 

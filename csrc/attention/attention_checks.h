@@ -33,7 +33,8 @@ AttentionInputs prepare_attention_inputs(const char* op, const at::Tensor& q, co
 // The backward's working tensors, shared by the CPU kernel and the CUDA glue: grad_out, out
 // (B, Hq, L, Ev) and stats (B, Hq, L, 2) are checked against the forward's shapes; dO, the row
 // stats and delta_i = dO_i . O_i (the softmax backward's row term) come back contiguous in the
-// compute dtype, dq, dk, dv zero-filled in it.
+// compute dtype, dq, dk, dv zero-filled in it; dO comes back in in.q's dtype (the compute dtype,
+// or the 16-bit dtype of inputs prepared with widen = false).
 struct AttentionBackwardTensors {
   at::Tensor grad_out, stats, delta, dq, dk, dv;
 };

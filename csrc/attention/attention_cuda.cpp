@@ -74,6 +74,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     bool is_causal, double scale, int64_t seed, std::array<bool, 3> output_mask) {
   constexpr const char* op = "scaled_dot_product_attention_backward";
   const c10::cuda::CUDAGuard guard(q.device());
+  if (q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16) {
+    // The tensor-core backward for the calls the tensor-core forward takes.
+    const AttentionInputs in = prepare_attention_inputs(op, q, k, v, mask, dropout_p, is_causal, scale, seed,
+                                                        /*widen=*/false);
+    const AttentionParams& p = in.params;
+    if (attention_mma_supported(scalar_kind(in.q.scalar_type()), p)) {
+      AttentionBackwardTensors t = prepare_attention_backward(op, in, grad_out, out, stats);
+      check_cuda_launch(launch_attention_backward_mma(
+                            scalar_kind(in.q.scalar_type()), p, in.q.const_data_ptr(), in.k.const_data_ptr(),
+                            in.v.const_data_ptr(), t.grad_out.const_data_ptr(), t.stats.const_data_ptr<float>(),
+                            t.delta.const_data_ptr<float>(), t.dq.mutable_data_ptr<float>(),
+                            t.dk.mutable_data_ptr<float>(), t.dv.mutable_data_ptr<float>(),
+                            at::cuda::getCurrentCUDAStream()),
+                        op, "attention_backward_mma_kernels");
+      return attention_backward_result(t, q, k, v, output_mask);
+    }
+  }
   const AttentionInputs in = prepare_attention_inputs(op, q, k, v, mask, dropout_p, is_causal, scale, seed);
   const AttentionParams& p = in.params;
   AttentionBackwardTensors t = prepare_attention_backward(op, in, grad_out, out, stats);

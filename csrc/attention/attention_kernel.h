@@ -27,6 +27,14 @@ bool attention_mma_supported(ScalarKind scalar, const AttentionParams& p);
 cudaError_t launch_attention_forward_mma(ScalarKind scalar, const AttentionParams& p, const void* q, const void* k,
                                          const void* v, float* out, float* lse, float* stats, cudaStream_t stream);
 
+// The tensor-core backward (attention_mma_kernel.cu) for the calls attention_mma_supported takes:
+// q, k, v, grad_out contiguous in their 16-bit dtype, stats (B, Hq, L, 2) and delta (B, Hq, L) in
+// float32; dq (B, Hq, L, E), dk, dv (B, Hkv, S, E) float32, every element written (two kernels, one
+// writer per element, no atomics).
+cudaError_t launch_attention_backward_mma(ScalarKind scalar, const AttentionParams& p, const void* q, const void* k,
+                                          const void* v, const void* grad_out, const float* stats,
+                                          const float* delta, float* dq, float* dk, float* dv, cudaStream_t stream);
+
 // dk, dv (B, Hkv, S, E / Ev): one thread per key row, over the queries of every head of its group;
 // dq (B, Hq, L, E): one thread per query row, over its keys. delta (B, Hq, L) = rowsum(dO * O).
 // No atomics: every output element has one writer.

@@ -269,6 +269,21 @@ def _register_cuda() -> None:
             ours_label="scaled_dot_product_attention", reference_label="F.scaled_dot_product_attention",
             devices=("cuda",))
 
+    def grad_setup(device: torch.device) -> Inputs:
+        inputs = _inputs(device, shape, torch.bfloat16, True)
+        inputs["grad"] = torch.randn(inputs["q"].shape, generator=torch.Generator().manual_seed(8)).to(
+            device=device, dtype=torch.bfloat16)
+        return inputs
+
+    for variant, causal in (("dense cuda", False), ("causal cuda", True)):
+        live = _LiveNotes("report (H200)")
+        _register(
+            live, op="scaled_dot_product_attention", variant=variant, description=description,
+            mode=MODE_AUTOGRAD_GRAD, setup=grad_setup, ours=_grad_of(_ours(causal)), reference=_grad_of(_sdpa(causal)),
+            check=_close_check(live, _grad_of(_ours(causal)), shape, causal, True, 5e-2),
+            ours_label="scaled_dot_product_attention + autograd.grad", reference_label="F.sdpa + autograd.grad",
+            devices=("cuda",))
+
 
 _register_cpu()
 _register_cuda()

@@ -847,6 +847,8 @@ def save_grid(
     ValueError
         No images, an image that is not (1 or 3, H, W) or (H, W), ``titles`` or ``cmap`` of
         another length, ``nrow`` < 1.
+    TypeError
+        An image that is not a tensor, or a complex one.
     ImportError
         matplotlib is not installed.
     """
@@ -866,6 +868,8 @@ def save_grid(
         if not (item.dim() == 2 or (item.dim() == 3 and item.shape[0] in (1, 3))):
             raise ValueError(f"{fn}: images[{position}] must be (1, H, W), (3, H, W) or a (H, W) heat map, got shape "
                              f"{tuple(item.shape)}")
+        if item.is_complex():
+            raise TypeError(f"{fn}: images[{position}] must be a real tensor, got dtype {item.dtype}")
     count = len(items)
     nrow = math.ceil(math.sqrt(count)) if nrow is None else _check_int(nrow, fn, "nrow", 1)
     if titles is not None and len(titles) != count:

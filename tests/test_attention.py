@@ -486,28 +486,34 @@ def test_large_logits_stay_finite_and_correct(mode, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-@pytest.mark.parametrize("where", ["key", "value"])
+@pytest.mark.parametrize("where", ["key", "value", "query"])
 def test_nan_propagates_as_in_torch(where, causal, dtype):
     """A NaN in key row j (or value row j) makes every output row that sees key j NaN (in the
-    value's column), as F.scaled_dot_product_attention does on every backend -- never a silently
-    dropped key or a NaN turned into a large finite score, on any CPU path (L, S > 64: whole
-    64 x 64 tiles that every row sees take the fused softmax-tile path). Left unspecified: rows
-    that cannot see key j under causal masking (torch's math backend makes them NaN too), and a
-    NaN query row (torch's math backend gives NaN, its CPU flash kernel zeros, as ours)."""
+    value's column), and a NaN in query row j makes output row j NaN, as
+    F.scaled_dot_product_attention does on every backend (math and CPU flash) -- never a silently
+    dropped key, a NaN turned into a large finite score or a NaN row taken for a fully masked one,
+    on any CPU path (L, S > 64: whole 64 x 64 tiles that every row sees take the fused
+    softmax-tile path). Left unspecified: rows that cannot see key j under causal masking (torch's
+    math backend makes them NaN too)."""
     B, H, L, S, E = 1, 2, 70, 130, 16
     q, k, v = qkv(B, H, H, L, S, E, 8, dtype=dtype, requires_grad=False)
     j = 5
-    (k if where == "key" else v)[0, 1, j, 3] = float("nan")
+    {"key": k, "value": v, "query": q}[where][0, 1, j, 3] = float("nan")
     out = sdpa(q, k, v, is_causal=causal)
     expected = torch_sdpa_math(q, k, v, is_causal=causal)
-    first = j if causal else 0
-    seeing = out[0, 1, first:] if where == "key" else out[0, 1, first:, 3:4]
-    assert bool(torch.isnan(expected[0, 1, first:]).any(-1).all())  # torch
+    first = j if causal or where == "query" else 0
+    rows = slice(j, j + 1) if where == "query" else slice(first, None)
+    seeing = out[0, 1, rows, 3:4] if where == "value" else out[0, 1, rows]
+    assert bool(torch.isnan(expected[0, 1, rows]).any(-1).all())  # torch
     assert bool(torch.isnan(seeing).all()), (
-        f"rows {first}..{L - 1} see the NaN {where}: NaN rows "
+        f"rows {rows} see the NaN {where}: NaN rows "
         f"{torch.nonzero(torch.isnan(out[0, 1]).any(-1)).flatten().tolist()}"
     )
     assert bool(torch.isfinite(out[0, 0]).all()), "the NaN leaked into another head"
+    if where == "query":
+        others = torch.ones(L, dtype=torch.bool)
+        others[j] = False
+        assert bool(torch.isfinite(out[0, 1, others]).all()), "a NaN query leaked into other rows"
 
 
 def test_row_masked_by_big_finite_values_is_the_plain_softmax():

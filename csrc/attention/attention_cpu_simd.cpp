@@ -15,7 +15,7 @@ namespace pyvision_ops {
 
 namespace {
 
-// The largest lane of v (no NaN lanes: callers fold NaN away before).
+// The largest lane of v (no NaN lanes: callers track NaN separately).
 PVO_TARGET_AVX2 inline float hmax_ps(__m256 v) {
   __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   x = _mm_max_ps(x, _mm_movehl_ps(x, x));
@@ -81,11 +81,16 @@ PVO_TARGET_AVX2 inline void gemm_block(int64_t k, const float* a, int64_t lda, c
   }
   if constexpr (MAX) {
     for (int r = 0; r < MR; ++r) {
-      // max_ps returns its second operand when either is NaN: NaN lanes of the sums are skipped.
+      // max_ps returns its second operand when either is NaN, so NaN lanes are skipped by the
+      // maximum and detected apart: a NaN score makes the row maximum NaN.
       __m256 best = _mm256_max_ps(sums[r][0], _mm256_set1_ps(-INFINITY));
-      if constexpr (NV == 2) best = _mm256_max_ps(sums[r][1], best);
-      const float h = hmax_ps(best);
-      row_max[r] = h > row_max[r] ? h : row_max[r];
+      __m256 nan = _mm256_cmp_ps(sums[r][0], sums[r][0], _CMP_UNORD_Q);
+      if constexpr (NV == 2) {
+        best = _mm256_max_ps(sums[r][1], best);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(sums[r][1], sums[r][1], _CMP_UNORD_Q));
+      }
+      const float h = _mm256_movemask_ps(nan) ? NAN : hmax_ps(best);
+      row_max[r] = (h > row_max[r] || h != h) ? h : row_max[r];
     }
   }
 }
@@ -191,36 +196,42 @@ PVO_TARGET_AVX2 float exp_sum_avx2(float* x, int64_t n, float scale, float shift
 }
 
 PVO_TARGET_AVX2 float row_max_avx2(const float* x, int64_t n) {
-  __m256 best = _mm256_set1_ps(-INFINITY);
+  __m256 best = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
   int64_t j = 0;
-  // max_ps returns its second operand when either is NaN: NaN lanes of x are skipped.
-  for (; j + 8 <= n; j += 8) best = _mm256_max_ps(_mm256_loadu_ps(x + j), best);
+  // max_ps returns its second operand when either is NaN: NaN lanes are skipped by the maximum
+  // and collected in `nan`; any NaN makes the result NaN (attention_row_max_portable's rule).
+  for (; j + 8 <= n; j += 8) {
+    const __m256 v = _mm256_loadu_ps(x + j);
+    best = _mm256_max_ps(v, best);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, best);
-  float total = lanes[0];
+  float total = _mm256_movemask_ps(nan) ? NAN : lanes[0];
   for (int t = 1; t < 8; ++t) total = lanes[t] > total ? lanes[t] : total;
-  for (; j < n; ++j) total = x[j] > total ? x[j] : total;
+  for (; j < n; ++j) total = (x[j] > total || x[j] != x[j]) ? x[j] : total;
   return total;
 }
 
 PVO_TARGET_AVX2 float scale_add_max_avx2(float* x, int64_t n, float scale, const float* add) {
   const __m256 g = _mm256_set1_ps(scale);
-  __m256 best = _mm256_set1_ps(-INFINITY);
+  __m256 best = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + j), g);
     if (add) v = _mm256_add_ps(v, _mm256_loadu_ps(add + j));
     _mm256_storeu_ps(x + j, v);
-    best = _mm256_max_ps(v, best);  // NaN lanes skipped, as in row_max_avx2
+    best = _mm256_max_ps(v, best);  // NaN lanes collected apart, as in row_max_avx2
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
   }
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, best);
-  float total = lanes[0];
+  float total = _mm256_movemask_ps(nan) ? NAN : lanes[0];
   for (int t = 1; t < 8; ++t) total = lanes[t] > total ? lanes[t] : total;
   for (; j < n; ++j) {
     const float v = add ? x[j] * scale + add[j] : x[j] * scale;
     x[j] = v;
-    total = v > total ? v : total;
+    total = (v > total || v != v) ? v : total;
   }
   return total;
 }
@@ -237,7 +248,8 @@ PVO_TARGET_AVX2 void softmax_tile_avx2(float* s, int64_t rows, int64_t cols, int
       old[t] = t < nr ? m[r0 + t] : -INFINITY;
       raw[t] = t < nr ? raw_max[r0 + t] : -INFINITY;
     }
-    // raw maxima are never NaN (NaN scores are skipped), so max_ps is the scalar rule's max.
+    // max_ps(o, x) returns x when either is NaN: a NaN raw maximum (a NaN score) makes m_new NaN,
+    // as the portable rule does; a NaN old maximum has already made l and the row of acc NaN.
     const __m256 o = _mm256_load_ps(old);
     const __m256 mn = _mm256_max_ps(o, _mm256_mul_ps(_mm256_load_ps(raw), g));
     _mm256_store_ps(m_new, mn);

@@ -21,13 +21,14 @@ struct AttentionCpuKernels {
   // x[j] = exp(x[j] * scale - shift) for j < n, with x[j] * scale - shift rounded once (-inf
   // entries give 0 for scale > 0); returns the sum of the results.
   float (*exp_sum)(float* x, int64_t n, float scale, float shift);
-  // The largest of x[0..n) (-inf for n = 0; NaN entries are skipped).
+  // The largest of x[0..n) (-inf for n = 0; NaN if any entry is NaN, so that a NaN score reaches
+  // the row's output as in torch).
   float (*row_max)(const float* x, int64_t n);
   // x[j] = x[j] * scale + add[j] for j < n (add[j] = 0 where add is null); returns the largest
-  // result as row_max does.
+  // result as row_max does (NaN if any is NaN).
   float (*scale_add_max)(float* x, int64_t n, float scale, const float* add);
   // gemm with accumulate = false that also folds the largest entry of each row i of the result
-  // into row_max[i] (NaN entries skipped), so the softmax needs no separate pass for it.
+  // into row_max[i] (a NaN entry makes it NaN), so the softmax needs no separate pass for it.
   void (*gemm_row_max)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                        float* c, int64_t ldc, float* row_max);
   // The online-softmax step of one tile without a mask (attention_softmax_tile_portable).
@@ -65,7 +66,8 @@ T attention_exp_sum_portable(T* x, int64_t n, T scale, T shift) {
 template <typename T>
 T attention_row_max_portable(const T* x, int64_t n) {
   T best = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) best = x[j] > best ? x[j] : best;
+  // Once best is NaN no comparison is true: it stays NaN.
+  for (int64_t j = 0; j < n; ++j) best = (x[j] > best || x[j] != x[j]) ? x[j] : best;
   return best;
 }
 
@@ -75,7 +77,7 @@ T attention_scale_add_max_portable(T* x, int64_t n, T scale, const T* add) {
   for (int64_t j = 0; j < n; ++j) {
     const T v = add ? x[j] * scale + add[j] : x[j] * scale;
     x[j] = v;
-    best = v > best ? v : best;
+    best = (v > best || v != v) ? v : best;
   }
   return best;
 }
@@ -84,7 +86,10 @@ template <typename T>
 void attention_gemm_row_max_portable(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
                                      int64_t ldb, T* c, int64_t ldc, T* row_max) {
   attention_gemm_portable<T>(m, n, k, a, lda, b, ldb, c, ldc, false);
-  for (int64_t i = 0; i < m; ++i) row_max[i] = std::fmax(row_max[i], attention_row_max_portable<T>(c + i * ldc, n));
+  for (int64_t i = 0; i < m; ++i) {
+    const T best = attention_row_max_portable<T>(c + i * ldc, n);
+    row_max[i] = (best > row_max[i] || best != best) ? best : row_max[i];
+  }
 }
 
 // One key tile's online-softmax step for rows that see every key of the tile (no mask, scale > 0):

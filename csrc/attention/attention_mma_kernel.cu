@@ -81,6 +81,9 @@ struct HalfPair<__nv_bfloat16> {
   }
 };
 
+// max(a, b), NaN when either is (fmaxf drops NaN).
+__device__ __forceinline__ float nan_max(float a, float b) { return (a != a || b != b) ? NAN : fmaxf(a, b); }
+
 // rows x D elements of a row-major (.., D) matrix into a shared tile with row stride D + pad,
 // zeros past `valid` rows; 16-byte vectors (D is a multiple of 8, rows are 16-byte aligned).
 template <typename H, int D>
@@ -161,14 +164,16 @@ __global__ void __launch_bounds__(kMmaThreads)
           value = mask == -INFINITY ? -INFINITY : s[n][c] * scale + mask;
         }
         s[n][c] = value;
-        block_max[c / 2] = value > block_max[c / 2] ? value : block_max[c / 2];
+        // NaN-propagating maximum: a row whose scores are all NaN (a NaN query) must not look
+        // fully masked (its output is NaN, as in torch).
+        block_max[c / 2] = (value > block_max[c / 2] || value != value) ? value : block_max[c / 2];
       }
     }
     float factor[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      block_max[r] = fmaxf(block_max[r], __shfl_xor_sync(0xffffffffu, block_max[r], 1));
-      block_max[r] = fmaxf(block_max[r], __shfl_xor_sync(0xffffffffu, block_max[r], 2));
+      block_max[r] = nan_max(block_max[r], __shfl_xor_sync(0xffffffffu, block_max[r], 1));
+      block_max[r] = nan_max(block_max[r], __shfl_xor_sync(0xffffffffu, block_max[r], 2));
       factor[r] = online_softmax_rescale(&m[r], block_max[r]);
       l[r] *= factor[r];
     }

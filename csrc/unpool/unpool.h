@@ -145,6 +145,19 @@ inline bool windows_overlap(const UnpoolParams& p) {
   return false;
 }
 
+// The kernel taps of one pooling window along one dim: tap k reads input position
+// start + k * dilation; the taps inside [0, size) are [pool_first_tap, pool_tap_end), computed
+// in O(1) (a window of 2^40 taps over 8 inputs must not walk its taps).
+PVO_HOST_DEVICE PVO_INLINE int64_t pool_first_tap(int64_t start, int64_t dilation) {
+  return start >= 0 ? 0 : (-start + dilation - 1) / dilation;
+}
+
+PVO_HOST_DEVICE PVO_INLINE int64_t pool_tap_end(int64_t start, int64_t dilation, int64_t kernel, int64_t size) {
+  if (start >= size) return 0;
+  const int64_t end = (size - 1 - start) / dilation + 1;
+  return end < kernel ? end : kernel;
+}
+
 // The max of one pooling window, PyTorch's rules: the first maximum in window order wins ties;
 // a NaN replaces the running max (so NaN propagates); the index starts at the first in-bounds
 // position. `load(flat_input_position)` returns the element converted to acc_t.
@@ -153,18 +166,16 @@ PVO_HOST_DEVICE PVO_INLINE void pool_window_argmax(const PoolParams& p, int64_t 
                                                    acc_t& best, int64_t& best_flat, int64_t& best_local) {
   const int64_t h0 = oh * p.stride_h - p.pad_h;
   const int64_t w0 = ow * p.stride_w - p.pad_w;
-  int64_t kh_first = 0, kw_first = 0;
-  while (h0 + kh_first * p.dilation_h < 0) ++kh_first;
-  while (w0 + kw_first * p.dilation_w < 0) ++kw_first;
+  const int64_t kh_first = pool_first_tap(h0, p.dilation_h), kw_first = pool_first_tap(w0, p.dilation_w);
+  const int64_t kh_end = pool_tap_end(h0, p.dilation_h, p.kernel_h, p.in_h);
+  const int64_t kw_end = pool_tap_end(w0, p.dilation_w, p.kernel_w, p.in_w);
   best_flat = (h0 + kh_first * p.dilation_h) * p.in_w + (w0 + kw_first * p.dilation_w);
   best_local = kh_first * p.kernel_w + kw_first;
   bool have_best = false;
-  for (int64_t kh = kh_first; kh < p.kernel_h; ++kh) {
+  for (int64_t kh = kh_first; kh < kh_end; ++kh) {
     const int64_t ih = h0 + kh * p.dilation_h;
-    if (ih >= p.in_h) break;
-    for (int64_t kw = kw_first; kw < p.kernel_w; ++kw) {
+    for (int64_t kw = kw_first; kw < kw_end; ++kw) {
       const int64_t iw = w0 + kw * p.dilation_w;
-      if (iw >= p.in_w) break;
       const acc_t v = load(ih * p.in_w + iw);
       // PyTorch starts from -inf and takes "v > best || isnan(v)"; taking the first element
       // unconditionally is the same (a first -inf leaves best at -inf and the index here).

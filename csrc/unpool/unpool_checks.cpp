@@ -1,5 +1,6 @@
 #include "unpool/unpool_checks.h"
 
+#include <limits>
 #include <sstream>
 
 #include "common/checks.h"
@@ -8,13 +9,19 @@ namespace pyvision_ops {
 
 namespace {
 
+// PyTorch's pooling_output_shape: floor (or ceil) division, and with ceil_mode the last window
+// must start inside the input or the left padding. In 128-bit arithmetic: dilation * (kernel - 1)
+// and input + 2 * pad can exceed int64 for valid (huge) arguments, whose window is then simply
+// larger than the padded input. Any out outside [1, int64 max] comes back as 0, which the caller
+// rejects (a window larger than the padded input; no tensor has more than int64 elements).
 int64_t pooled_size(int64_t input, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation, bool ceil_mode) {
-  // PyTorch's pooling_output_shape: floor (or ceil) division, and with ceil_mode the last window
-  // must start inside the input or the left padding.
-  const int64_t numerator = input + 2 * pad - dilation * (kernel - 1) - 1 + (ceil_mode ? stride - 1 : 0);
-  int64_t out = (numerator >= 0 ? numerator / stride : -((-numerator + stride - 1) / stride)) + 1;
-  if (ceil_mode && (out - 1) * stride >= input + pad) --out;
-  return out;
+  using wide = __int128;
+  const wide numerator = wide(input) + 2 * wide(pad) - wide(dilation) * (wide(kernel) - 1) - 1 +
+                         (ceil_mode ? wide(stride) - 1 : 0);
+  wide out = (numerator >= 0 ? numerator / stride : -((-numerator + stride - 1) / stride)) + 1;
+  if (ceil_mode && (out - 1) * stride >= wide(input) + pad) --out;
+  if (out < 1 || out > wide(std::numeric_limits<int64_t>::max())) return 0;
+  return static_cast<int64_t>(out);
 }
 
 }  // namespace

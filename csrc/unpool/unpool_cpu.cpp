@@ -105,12 +105,12 @@ void pool_forward_channels_last(const PoolParams& p, const scalar_t* x, scalar_t
       const int64_t h0 = oh * p.stride_h - p.pad_h;
       const int64_t w0 = ow * p.stride_w - p.pad_w;
       bool have_best = false;
-      for (int64_t kh = 0; kh < p.kernel_h; ++kh) {
+      const int64_t kh_end = pool_tap_end(h0, p.dilation_h, p.kernel_h, p.in_h);
+      const int64_t kw_end = pool_tap_end(w0, p.dilation_w, p.kernel_w, p.in_w);
+      for (int64_t kh = pool_first_tap(h0, p.dilation_h); kh < kh_end; ++kh) {
         const int64_t ih = h0 + kh * p.dilation_h;
-        if (ih < 0 || ih >= p.in_h) continue;
-        for (int64_t kw = 0; kw < p.kernel_w; ++kw) {
+        for (int64_t kw = pool_first_tap(w0, p.dilation_w); kw < kw_end; ++kw) {
           const int64_t iw = w0 + kw * p.dilation_w;
-          if (iw < 0 || iw >= p.in_w) continue;
           const scalar_t* v = x_image + (ih * p.in_w + iw) * C;
           const int64_t position = Compact ? kh * p.kernel_w + kw : ih * p.in_w + iw;
           if (!have_best) {

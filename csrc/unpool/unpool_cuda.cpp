@@ -111,7 +111,15 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const UnpoolParams p =
       make_pool_backward_params(grad_output, indices, input_size, kernel_size, stride, padding, dilation, compact);
   const std::vector<int64_t> sizes = {p.batch, p.channels, input_size[0], input_size[1]};
-  return source_to_target_cuda("_max_pool2d_backward", grad_output, indices, p, sizes, windows_overlap(p));
+  const bool overlap = windows_overlap(p);
+  if (overlap) {
+    // Overlapping windows add their gradients with float atomicAdd (scatter_kernel), in an order
+    // that varies from run to run; without overlap every element has one writer. PyTorch's own
+    // rule: raise (or warn) under torch.use_deterministic_algorithms(True).
+    at::globalContext().alertNotDeterministic(
+        "max_pool2d_with_indices backward on CUDA with overlapping windows (pyvision_ops::_max_pool2d_backward)");
+  }
+  return source_to_target_cuda("_max_pool2d_backward", grad_output, indices, p, sizes, overlap);
 }
 
 at::Tensor max_unpool_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices_in,

@@ -20,6 +20,7 @@ from typing import List, Sequence, Tuple, Union
 import torch
 
 from pyvision_ops._extension import ops, register_when_loaded
+from pyvision_ops.ops._fake import register_fake
 
 __all__ = ["linear_sum_assignment"]
 
@@ -110,18 +111,18 @@ def _register() -> None:
     # fake kernels: the output shapes depend only on the input shapes
     # --------------------------------------------------------------------------------------------
 
-    @torch.library.register_fake("pyvision_ops::linear_sum_assignment")
+    @register_fake("pyvision_ops::linear_sum_assignment")
     def _lsa_fake(cost, maximize):
         torch._check(cost.dim() in (2, 3), lambda: f"linear_sum_assignment: cost must be 2-D or 3-D, got {cost.dim()}-D")
         k = min(cost.shape[-2], cost.shape[-1])
         shape = (k,) if cost.dim() == 2 else (cost.shape[0], k)
         return cost.new_empty(shape, dtype=torch.int64), cost.new_empty(shape, dtype=torch.int64)
 
-    @torch.library.register_fake("pyvision_ops::_linear_sum_assignment_packed")
+    @register_fake("pyvision_ops::_linear_sum_assignment_packed")
     def _lsa_packed_fake(costs, shapes, maximize):
         total = sum(min(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(shapes) // 2))
         return costs.new_empty((total,), dtype=torch.int64), costs.new_empty((total,), dtype=torch.int64)
 
-    @torch.library.register_fake("pyvision_ops::_linear_sum_assignment_team_reference")
+    @register_fake("pyvision_ops::_linear_sum_assignment_team_reference")
     def _lsa_team_fake(cost, maximize):
         return _lsa_fake(cost, maximize)

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from pyvision_ops._extension import ops, register_when_loaded
+from pyvision_ops.ops._fake import register_fake
 
 __all__ = ["scaled_dot_product_attention"]
 
@@ -108,7 +109,7 @@ def scaled_dot_product_attention(
 def _register() -> None:
     """Fake kernels and autograd of the family's operators (they need the compiled schemas)."""
 
-    @torch.library.register_fake("pyvision_ops::_attention_forward")
+    @register_fake("pyvision_ops::_attention_forward")
     def _forward_fake(q, k, v, mask, dropout_p, is_causal, scale, seed):
         torch._check(q.dim() == 4, lambda: f"scaled_dot_product_attention: query must be 4-D, got {q.dim()}-D")
         lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -116,7 +117,7 @@ def _register() -> None:
         lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=lse_dtype)
         return out, lse, q.new_empty((q.shape[0], q.shape[1], q.shape[2], 2), dtype=lse_dtype)
 
-    @torch.library.register_fake("pyvision_ops::_attention_backward")
+    @register_fake("pyvision_ops::_attention_backward")
     def _backward_fake(grad_out, q, k, v, mask, out, stats, dropout_p, is_causal, scale, seed, output_mask):
         return (
             torch.empty_like(q, memory_format=torch.contiguous_format) if output_mask[0] else q.new_empty((0,)),

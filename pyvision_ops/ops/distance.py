@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from pyvision_ops._extension import ops, register_when_loaded
+from pyvision_ops.ops._fake import register_fake
 
 __all__ = [
     "pairwise_distance",
@@ -153,10 +154,12 @@ def gather_embeddings(embeddings: torch.Tensor, labels: torch.Tensor) -> Tuple[t
     gathered = all_gather(padded.contiguous(), group=dist.group.WORLD)
     label_pad = labels.new_zeros((pad,)) if pad else None
     padded_labels = torch.cat([labels, label_pad]) if pad else labels
-    label_list = [torch.empty_like(padded_labels) for _ in range(world)]
-    dist.all_gather(label_list, padded_labels.contiguous())
+    # Gathered as int64 (every backend has it; gloo has no int16) and cast back.
+    wide_labels = padded_labels.to(torch.int64).contiguous()
+    label_list = [torch.empty_like(wide_labels) for _ in range(world)]
+    dist.all_gather(label_list, wide_labels)
     all_embeddings = torch.cat([g[:s] for g, s in zip(gathered, sizes)])
-    all_labels = torch.cat([g[:s] for g, s in zip(label_list, sizes)])
+    all_labels = torch.cat([g[:s] for g, s in zip(label_list, sizes)]).to(labels.dtype)
     return all_embeddings, all_labels
 
 
@@ -370,30 +373,30 @@ def _register() -> None:
         m = x.shape[-2] if y is None else y.shape[-2]
         return (*x.shape[:-1], m)
 
-    @torch.library.register_fake("pyvision_ops::pairwise_distance")
+    @register_fake("pyvision_ops::pairwise_distance")
     def _pairwise_distance_fake(x, y=None, metric="sqeuclidean"):
         return x.new_empty(_pair_shape(x, y))
 
-    @torch.library.register_fake("pyvision_ops::_pairwise_distance_backward")
+    @register_fake("pyvision_ops::_pairwise_distance_backward")
     def _pairwise_distance_backward_fake(grad, x, y, out, metric, output_mask):
         gx = torch.empty_like(x) if output_mask[0] else x.new_empty((0,))
         if y is None:
             return gx, x.new_empty((0,))
         return gx, (torch.empty_like(y) if output_mask[1] else y.new_empty((0,)))
 
-    @torch.library.register_fake("pyvision_ops::pairwise_topk")
+    @register_fake("pyvision_ops::pairwise_topk")
     def _pairwise_topk_fake(x, y, k, metric="sqeuclidean", largest=False):
         shape = (*x.shape[:-1], k)
         return x.new_empty(shape), x.new_empty(shape, dtype=torch.long)
 
-    @torch.library.register_fake("pyvision_ops::_pairwise_topk_backward")
+    @register_fake("pyvision_ops::_pairwise_topk_backward")
     def _pairwise_topk_backward_fake(grad_values, x, y, indices, metric, output_mask):
         return (
             torch.empty_like(x) if output_mask[0] else x.new_empty((0,)),
             torch.empty_like(y) if output_mask[1] else y.new_empty((0,)),
         )
 
-    @torch.library.register_fake("pyvision_ops::_mine_triplets")
+    @register_fake("pyvision_ops::_mine_triplets")
     def _mine_triplets_fake(embeddings, labels, strategy, margin, metric, max_triplets, anchor_begin, anchor_end):
         count = torch.library.get_ctx().new_dynamic_size()
         shape = (count,)
@@ -403,41 +406,41 @@ def _register() -> None:
             labels.new_empty(shape, dtype=torch.long),
         )
 
-    @torch.library.register_fake("pyvision_ops::_triplet_loss")
+    @register_fake("pyvision_ops::_triplet_loss")
     def _triplet_loss_fake(anchor, positive, negative, margin, metric, eps, swap, soft, reduction):
         shape = anchor.shape[:-1] if reduction == 0 else ()
         return anchor.new_empty(shape)
 
-    @torch.library.register_fake("pyvision_ops::_triplet_loss_indexed")
+    @register_fake("pyvision_ops::_triplet_loss_indexed")
     def _triplet_loss_indexed_fake(embeddings, anchor, positive, negative, margin, metric, soft):
         return embeddings.new_empty(())
 
-    @torch.library.register_fake("pyvision_ops::_triplet_loss_indexed_backward")
+    @register_fake("pyvision_ops::_triplet_loss_indexed_backward")
     def _triplet_loss_indexed_backward_fake(grad, embeddings, anchor, positive, negative, margin, metric, soft):
         return torch.empty_like(embeddings)
 
-    @torch.library.register_fake("pyvision_ops::_triplet_loss_backward")
+    @register_fake("pyvision_ops::_triplet_loss_backward")
     def _triplet_loss_backward_fake(grad, anchor, positive, negative, margin, metric, eps, swap, soft, reduction):
         return torch.empty_like(anchor), torch.empty_like(positive), torch.empty_like(negative)
 
-    @torch.library.register_fake("pyvision_ops::_kmeans_assign")
+    @register_fake("pyvision_ops::_kmeans_assign")
     def _kmeans_assign_fake(x, centroids):
         return x.new_empty((x.shape[0],), dtype=torch.long), x.new_empty((x.shape[0],))
 
-    @torch.library.register_fake("pyvision_ops::_hierarchical_triplet_loss")
+    @register_fake("pyvision_ops::_hierarchical_triplet_loss")
     def _hierarchical_fake(distances, classes, margins):
         return distances.new_empty(())
 
-    @torch.library.register_fake("pyvision_ops::_hierarchical_triplet_loss_backward")
+    @register_fake("pyvision_ops::_hierarchical_triplet_loss_backward")
     def _hierarchical_backward_fake(grad, distances, classes, margins):
         return torch.empty_like(distances, memory_format=torch.contiguous_format)
 
-    @torch.library.register_fake("pyvision_ops::_contrastive_loss")
+    @register_fake("pyvision_ops::_contrastive_loss")
     def _contrastive_loss_fake(x1, x2, same, margin, reduction):
         shape = x1.shape[:-1] if reduction == 0 else ()
         return x1.new_empty(shape)
 
-    @torch.library.register_fake("pyvision_ops::_contrastive_loss_backward")
+    @register_fake("pyvision_ops::_contrastive_loss_backward")
     def _contrastive_loss_backward_fake(grad, x1, x2, same, margin, reduction):
         return torch.empty_like(x1), torch.empty_like(x2)
 

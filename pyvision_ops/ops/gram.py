@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from pyvision_ops._extension import ops, register_when_loaded
+from pyvision_ops.ops._fake import register_fake
 
 __all__ = ["gram_matrix", "style_loss", "perceptual_loss"]
 
@@ -85,7 +86,11 @@ def perceptual_loss(features_hat: torch.Tensor, features: torch.Tensor) -> torch
     n = features.shape[0]
     if n == 0:
         return features_hat.new_zeros(())
-    return (features_hat - features).pow(2).sum() / features[0].numel() / n
+    # Summed in float32 at least (DESIGN: 16-bit inputs accumulate in float32), returned in the
+    # inputs' dtype.
+    acc = torch.promote_types(features.dtype, torch.float32)
+    total = (features_hat.to(acc) - features.to(acc)).pow(2).sum() / features[0].numel() / n
+    return total.to(features.dtype)
 
 
 @register_when_loaded
@@ -103,21 +108,21 @@ def _register() -> None:
         )
         return features.shape[1]
 
-    @torch.library.register_fake("pyvision_ops::gram_matrix")
+    @register_fake("pyvision_ops::gram_matrix")
     def _gram_matrix_fake(features, normalize):
         c = _feature_channels(features)
         return features.new_empty((features.shape[0], c, c))
 
-    @torch.library.register_fake("pyvision_ops::_gram_matrix_backward")
+    @register_fake("pyvision_ops::_gram_matrix_backward")
     def _gram_matrix_backward_fake(grad_gram, features, normalize):
         return torch.empty_like(features)
 
-    @torch.library.register_fake("pyvision_ops::_style_loss_forward")
+    @register_fake("pyvision_ops::_style_loss_forward")
     def _style_loss_forward_fake(features, target_gram, normalize, reduction):
         c = _feature_channels(features)
         return features.new_empty(()), features.new_empty((features.shape[0], c, c))
 
-    @torch.library.register_fake("pyvision_ops::_style_loss_backward")
+    @register_fake("pyvision_ops::_style_loss_backward")
     def _style_loss_backward_fake(grad_loss, grad_gram, features, gram, target_gram, normalize, reduction):
         return torch.empty_like(features)
 

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from pyvision_ops._extension import ops, register_when_loaded
+from pyvision_ops.ops._fake import register_fake
 
 __all__ = [
     "max_pool2d_with_indices",
@@ -239,7 +240,7 @@ def _register() -> None:
     # fake kernels (shapes, dtypes and layouts only) for torch.compile / torch.export
     # --------------------------------------------------------------------------------------------
 
-    @torch.library.register_fake("pyvision_ops::max_pool2d_with_indices")
+    @register_fake("pyvision_ops::max_pool2d_with_indices")
     def _max_pool2d_with_indices_fake(x, kernel_size, stride, padding, dilation, ceil_mode, compact):
         torch._check(x.dim() == 4, lambda: f"max_pool2d_with_indices: x must be 4-D (N, C, H, W), got {x.dim()}-D")
         out_h = pooling_output_size(x.shape[2], kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
@@ -248,7 +249,7 @@ def _register() -> None:
         index_dtype = torch.uint8 if compact else torch.int64
         return _empty_like_layout(x, shape, x.dtype), _empty_like_layout(x, shape, index_dtype)
 
-    @torch.library.register_fake("pyvision_ops::_max_pool2d_backward")
+    @register_fake("pyvision_ops::_max_pool2d_backward")
     def _max_pool2d_backward_fake(grad_output, indices, input_size, kernel_size, stride, padding, dilation, compact):
         shape = (grad_output.shape[0], grad_output.shape[1], input_size[0], input_size[1])
         return _empty_like_layout(grad_output, shape, grad_output.dtype)
@@ -258,9 +259,9 @@ def _register() -> None:
         return _empty_like_layout(x, shape, x.dtype)
 
     for _name in ("max_unpool1d", "max_unpool2d", "max_unpool3d"):
-        torch.library.register_fake(f"pyvision_ops::{_name}")(_unpool_fake)
+        register_fake(f"pyvision_ops::{_name}")(_unpool_fake)
 
-    @torch.library.register_fake("pyvision_ops::_max_unpool_backward")
+    @register_fake("pyvision_ops::_max_unpool_backward")
     def _max_unpool_backward_fake(grad_output, indices, kernel_size, stride, padding, dilation):
         return _empty_like_layout(grad_output, indices.shape, grad_output.dtype)
 

@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch>=2.4
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: test bench build deps cmake-check check-cuda-tests gpu-check clean
+.PHONY: test bench build deps cmake-check check-cuda-tests gpu-check reliability fuzz sanitize clean
 
 $(PY):
 	# --system-site-packages: a torch already installed for this interpreter is used as it is.
@@ -23,7 +23,7 @@ $(DEPS_STAMP): pyproject.toml | $(PY)
 	else \
 		$(PY) -m pip install --quiet "$(TORCH_SPEC)"; \
 	fi
-	$(PY) -m pip install --quiet numpy scipy pytest pytest-benchmark expecttest tqdm matplotlib ninja pybind11 lapx faiss-cpu pytorch-metric-learning scikit-learn
+	$(PY) -m pip install --quiet numpy scipy pytest pytest-benchmark expecttest tqdm matplotlib ninja pybind11 lapx faiss-cpu pytorch-metric-learning scikit-learn hypothesis
 	touch $@
 
 deps: $(DEPS_STAMP)
@@ -61,5 +61,24 @@ cmake-check: $(DEPS_STAMP)
 gpu-check:
 	bash scripts/gpu_check.sh
 
+# Issue 14's figures: every reliability check (bad inputs, fuzzing, threads, determinism, memory,
+# compilation, opcheck, sanitizers) in its bounded form, the table written to docs/reliability.md.
+# RELIABILITY_ARGS=--full runs the long forms (fuzz profile, full sanitizer run, exhaustive compile).
+RELIABILITY_ARGS ?=
+reliability: build
+	$(PY) scripts/reliability_report.py $(RELIABILITY_ARGS)
+
+# The long hypothesis run (profile `fuzz`, not derandomized, ~10 minutes).
+fuzz: build
+	PVO_FUZZ_PROFILE=fuzz $(PY) -m pytest tests/test_fuzz.py -q $(PYTEST_ARGS)
+
+# The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (build-sanitize/) and
+# the whole CPU test suite run under them; fails on any report from this project's code.
+# SANITIZE_SUBSET=ci: every family's op tests on the SIMD path and the thread tests.
+SANITIZE_SUBSET ?= all
+sanitize: build
+	MAX_JOBS=$${MAX_JOBS:-2} $(PY) scripts/sanitize.py --subset $(SANITIZE_SUBSET) \
+		--json build-sanitize/sanitize-$(SANITIZE_SUBSET).json
+
 clean:
-	rm -rf build cmake-build pyvision_ops/_C*.so
+	rm -rf build cmake-build build-sanitize pyvision_ops/_C*.so

@@ -9,6 +9,7 @@ calling an operator without it raises an error saying how to build it.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Dict, Optional
 
 import torch
@@ -24,8 +25,40 @@ BUILD_HINT = (
 _load_error: Optional[BaseException] = None
 _C: Any = None
 
+#: Names a compiled extension to load as ``pyvision_ops._C`` instead of the in-place build (an
+#: absolute path to a ``.so``); scripts/sanitize.py points it at its AddressSanitizer build.
+EXTENSION_OVERRIDE_VARIABLE = "PYVISION_OPS_EXTENSION"
+
+
+def _load_override(path: str) -> Any:
+    """Load the shared library at ``path`` as the module ``pyvision_ops._C``."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    loader = importlib.machinery.ExtensionFileLoader("pyvision_ops._C", path)
+    spec = importlib.util.spec_from_file_location("pyvision_ops._C", path, loader=loader)
+    if spec is None:
+        raise ImportError(f"{EXTENSION_OVERRIDE_VARIABLE}={path!r} is not a loadable extension module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pyvision_ops._C"] = module
+    try:
+        loader.exec_module(module)
+    except BaseException:
+        del sys.modules["pyvision_ops._C"]
+        raise
+    import pyvision_ops
+
+    pyvision_ops._C = module  # what a normal submodule import would have set
+    return module
+
+
 try:
-    from pyvision_ops import _C  # type: ignore[attr-defined,no-redef]  # noqa: F401
+    _override = os.environ.get(EXTENSION_OVERRIDE_VARIABLE, "").strip()
+    if _override:
+        _C = _load_override(_override)
+    else:
+        from pyvision_ops import _C  # type: ignore[attr-defined,no-redef]  # noqa: F401
 except (ImportError, OSError) as error:
     _load_error = error
 

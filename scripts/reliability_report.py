@@ -126,6 +126,10 @@ CHECKS: List[Check] = [
         "1000 calls of every op (forward, and backward where differentiable) and model after a "
         "warm-up: RSS growth bounded; cases beyond 2^31 elements for unpooling and distances",
         _pytest("tests/test_reliability_memory.py"),
+        env=lambda work, full: {"PVO_MEMORY_STATS": str(work / "memory.json")},
+        figures=_json_figures("memory.json", lambda d: ", ".join(
+            f"{k}: {v['wall_s']} s, peak {v['peak_rss_gib']} GiB" for k, v in d.items()
+            if k.startswith("bigmem_") and isinstance(v, dict))),
     ),
     Check(
         "compilation",
@@ -269,6 +273,18 @@ def render(results: List[Result], full: bool) -> str:
     else:
         lines.append("Every check passed: 0 crashes, 0 wrong answers or unclear errors, 0 modified inputs, "
                      "0 nondeterministic results, 0 leaks and 0 sanitizer reports in what was tried.")
+    lines.append("")
+    lines += ["## Determinism per op", "",
+              "Enforced by tests/test_reliability_determinism.py (its DETERMINISM table): CPU results bitwise "
+              "equal across interpreters at a fixed thread count; CUDA under "
+              "`torch.use_deterministic_algorithms(True)` bitwise equal or raising.", ""]
+    try:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from test_reliability_determinism import markdown_table
+
+        lines.append(markdown_table())
+    except Exception as error:  # noqa: BLE001 -- the table is documentation; the row above says why
+        lines.append(f"(the table could not be imported: {type(error).__name__}: {error})")
     lines.append("")
     return "\n".join(lines)
 

@@ -137,7 +137,8 @@ inline bool windows_tile_target(const UnpoolParams& p) {
   return true;
 }
 
-// True when no two windows share a target element, so a scatter needs no accumulation.
+// True when two windows can share a target element (a scatter into it then accumulates); false
+// when no two do.
 inline bool windows_overlap(const UnpoolParams& p) {
   for (int d = 0; d < 3; ++d) {
     if (p.source_size[d] > 1 && p.stride[d] < (p.kernel[d] - 1) * p.dilation[d] + 1) return true;

@@ -191,3 +191,20 @@ def expect_error(fn, tensors: Sequence[torch.Tensor], match: str):
         assert_unchanged(b, t)
     sync(tensors[0].device)  # no sticky asynchronous error left behind
     return info
+
+
+@pytest.fixture(scope="module")
+def single_process_group():
+    """A one-rank gloo default process group (HashStore), for gather=True paths; torn down after
+    the module (module scope: hypothesis tests may use it)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    if dist.is_initialized():
+        pytest.skip("a default process group is already initialised")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

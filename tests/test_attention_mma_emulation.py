@@ -80,7 +80,6 @@ def emulate(q, k, v, mask, causal, scale, half):
     B, Hq, L, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     group = Hq // Hkv
-    rnd = lambda x: x.to(half).double()  # noqa: E731  (16-bit rounding of a packed value)
     out = torch.zeros(B, Hq, L, D)
     lse = torch.zeros(B, Hq, L)
     stats = torch.zeros(B, Hq, L, 2)
@@ -104,15 +103,7 @@ def emulate(q, k, v, mask, causal, scale, half):
                         ks[:min(64, S - j0)] = k[b, kvh, j0:j0 + 64]
                         vs[:min(64, S - j0)] = v[b, kvh, j0:j0 + 64]
                         s = torch.zeros(32, 8, 4)
-                        for kk in range(0, D, 16):
-                            # a0..a3: Q rows r0 + g / r0 + g + 8, columns kk + 2t (+ 8), pairs.
-                            a = qs.double()[r0 + _A_ROWS, kk + _A_COLS]
-                            for n in range(8):
-                                # b0, b1: K row n * 8 + g, columns kk + 2t (+ 8), pairs.
-                                bregs = ks.double()[n * 8 + _B_COLS, kk + _B_ROWS]
-                                accumulators = s[:, n, :].clone()
-                                mma(accumulators, a, bregs)
-                                s[:, n, :] = accumulators
+                        rows_times_rows_t(s, qs[r0:r0 + 16], ks)  # S = Q K^T, as mma_rows_times_rows_t
                         block_max = torch.full((32, 2), NEG_INF)
                         for lane in range(32):
                             t = int(T[lane])
@@ -141,18 +132,7 @@ def emulate(q, k, v, mask, causal, scale, half):
                         s = w
                         l += torch.stack([w[:, :, 0:2].sum((1, 2)), w[:, :, 2:4].sum((1, 2))], 1)
                         o *= factor[:, None, [0, 0, 1, 1]]
-                        for kc in range(4):
-                            a = torch.zeros(32, 4, 2, dtype=torch.float64)
-                            a[:, 0] = rnd(s[:, 2 * kc, 0:2])
-                            a[:, 1] = rnd(s[:, 2 * kc, 2:4])
-                            a[:, 2] = rnd(s[:, 2 * kc + 1, 0:2])
-                            a[:, 3] = rnd(s[:, 2 * kc + 1, 2:4])
-                            for n in range(D // 8):
-                                # b0, b1: V rows kc * 16 + 2t (+ 8), pairs, column n * 8 + g.
-                                bregs = vs.double()[kc * 16 + _B_ROWS, n * 8 + _B_COLS]
-                                accumulators = o[:, n, :].clone()
-                                mma(accumulators, a, bregs)
-                                o[:, n, :] = accumulators
+                        acc_times_rows(o, s, vs, half)  # O += P V, as mma_acc_times_rows
                     l = shfl_xor_reduce(l, torch.add)
                     for lane in range(32):
                         t = int(T[lane])

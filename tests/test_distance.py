@@ -1049,21 +1049,6 @@ def test_mine_triplets_gather_requires_distributed():
         pyvision_ops.gather_embeddings(emb, labels)
 
 
-@pytest.fixture
-def single_process_group():
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialised")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def test_mine_triplets_gather_with_one_rank(single_process_group):
     """World size 1: the gathered batch is the local one (the 2-process gloo test is elsewhere)."""
     emb = points(12, 4, dtype=torch.float64).requires_grad_(True)

@@ -1243,22 +1243,6 @@ def test_fuzz_class_distance_matrix(case):
         assert_close_scaled(grad if grad is not None else torch.zeros_like(emb), e64.grad, DIST_GRAD_TOL[dtype], "grad", floor)
 
 
-@pytest.fixture(scope="module")
-def single_process_group() -> Iterator[None]:
-    """A one-rank gloo default process group, for gather_embeddings (torn down afterwards)."""
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    if dist.is_initialized():
-        pytest.skip("a default process group is already initialised")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 #: every label dtype, int16 included (gathered as int64: gloo has no int16)
 GATHER_LABEL_DTYPES = list(LABEL_DTYPES)
 

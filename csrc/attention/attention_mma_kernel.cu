@@ -84,16 +84,63 @@ struct HalfPair<__nv_bfloat16> {
 // max(a, b), NaN when either is (fmaxf drops NaN).
 __device__ __forceinline__ float nan_max(float a, float b) { return (a != a || b != b) ? NAN : fmaxf(a, b); }
 
-// rows x D elements of a row-major (.., D) matrix into a shared tile with row stride D + pad,
+// ROWS x D elements of a row-major (.., D) matrix into a shared tile with row stride D + pad,
 // zeros past `valid` rows; 16-byte vectors (D is a multiple of 8, rows are 16-byte aligned).
-template <typename H, int D>
-__device__ void load_tile(H* tile, const H* src, int64_t valid) {
+template <typename H, int D, int ROWS>
+__device__ void load_rows(H* tile, const H* src, int64_t valid) {
   constexpr int kVectorsPerRow = D / 8;
-  for (int idx = threadIdx.x; idx < kMmaKeys * kVectorsPerRow; idx += kMmaThreads) {
+  for (int idx = threadIdx.x; idx < ROWS * kVectorsPerRow; idx += kMmaThreads) {
     const int r = idx / kVectorsPerRow, c = (idx % kVectorsPerRow) * 8;
     uint4 value = make_uint4(0, 0, 0, 0);
     if (r < valid) value = *reinterpret_cast<const uint4*>(src + static_cast<int64_t>(r) * D + c);
     *reinterpret_cast<uint4*>(tile + r * (D + kSmemPad) + c) = value;
+  }
+}
+
+// acc (16 x 8 NT tiles, rows of `a_rows`) += A B over k = D, A's rows from shared rows
+// a_rows[r0 ..] (row-major, stride kStride), B = X^T for shared rows x[n * 8 + g] (so that
+// b0, b1 are adjacent pairs of one X row): the S = Q K^T form.
+template <typename H, int D, int NT>
+__device__ __forceinline__ void mma_rows_times_rows_t(float acc[NT][4], const H* a_rows, const H* x) {
+  constexpr int kStride = D + kSmemPad;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int kk = 0; kk < D; kk += 16) {
+    uint32_t a[4];
+    a[0] = *reinterpret_cast<const uint32_t*>(a_rows + g * kStride + kk + 2 * t);
+    a[1] = *reinterpret_cast<const uint32_t*>(a_rows + (g + 8) * kStride + kk + 2 * t);
+    a[2] = *reinterpret_cast<const uint32_t*>(a_rows + g * kStride + kk + 8 + 2 * t);
+    a[3] = *reinterpret_cast<const uint32_t*>(a_rows + (g + 8) * kStride + kk + 8 + 2 * t);
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      const H* xrow = x + (n * 8 + g) * kStride + kk;
+      HalfPair<H>::mma(acc[n], a, *reinterpret_cast<const uint32_t*>(xrow + 2 * t),
+                       *reinterpret_cast<const uint32_t*>(xrow + 8 + 2 * t));
+    }
+  }
+}
+
+// acc (16 x D) += W Y, W (16 x 16 KC) in accumulator tiles (w[2 kc], w[2 kc + 1] form the A
+// operand of slice kc, rounded to H), Y (16 KC x D) shared rows (row-major, stride kStride).
+template <typename H, int D, int KC>
+__device__ __forceinline__ void mma_acc_times_rows(float acc[D / 8][4], const float w[2 * KC][4], const H* y) {
+  constexpr int kStride = D + kSmemPad;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int kc = 0; kc < KC; ++kc) {
+    uint32_t a[4];
+    a[0] = HalfPair<H>::pack(w[2 * kc][0], w[2 * kc][1]);
+    a[1] = HalfPair<H>::pack(w[2 * kc][2], w[2 * kc][3]);
+    a[2] = HalfPair<H>::pack(w[2 * kc + 1][0], w[2 * kc + 1][1]);
+    a[3] = HalfPair<H>::pack(w[2 * kc + 1][2], w[2 * kc + 1][3]);
+    const H* y0 = y + (kc * 16 + 2 * t) * kStride;
+    const H* y1 = y + (kc * 16 + 8 + 2 * t) * kStride;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const int col = n * 8 + g;
+      HalfPair<H>::mma(acc[n], a, HalfPair<H>::pack(y0[col], y0[kStride + col]),
+                       HalfPair<H>::pack(y1[col], y1[kStride + col]));
+    }
   }
 }
 
@@ -116,7 +163,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int g = lane / 4, t = lane % 4;
   const int r0 = warp * 16;  // the warp's first row in the block's tile
 
-  load_tile<H, D>(qs, q + (bh * p.q_len + i0) * D, p.q_len - i0);
+  load_rows<H, D, kMmaQueries>(qs, q + (bh * p.q_len + i0) * D, p.q_len - i0);
 
   float o[D / 8][4];
 #pragma unroll
@@ -129,27 +176,14 @@ __global__ void __launch_bounds__(kMmaThreads)
 
   for (int64_t j0 = 0; j0 < keys; j0 += kMmaKeys) {
     __syncthreads();  // the previous tile's readers are done (and, the first time, Q is loaded)
-    load_tile<H, D>(ks, k + (kv * p.kv_len + j0) * D, p.kv_len - j0);
-    load_tile<H, D>(vs, v + (kv * p.kv_len + j0) * D, p.kv_len - j0);
+    load_rows<H, D, kMmaKeys>(ks, k + (kv * p.kv_len + j0) * D, p.kv_len - j0);
+    load_rows<H, D, kMmaKeys>(vs, v + (kv * p.kv_len + j0) * D, p.kv_len - j0);
     __syncthreads();
 
     float s[kMmaKeys / 8][4];
 #pragma unroll
     for (int n = 0; n < kMmaKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D; kk += 16) {
-      uint32_t a[4];
-      a[0] = *reinterpret_cast<const uint32_t*>(qs + (r0 + g) * kStride + kk + 2 * t);
-      a[1] = *reinterpret_cast<const uint32_t*>(qs + (r0 + g + 8) * kStride + kk + 2 * t);
-      a[2] = *reinterpret_cast<const uint32_t*>(qs + (r0 + g) * kStride + kk + 8 + 2 * t);
-      a[3] = *reinterpret_cast<const uint32_t*>(qs + (r0 + g + 8) * kStride + kk + 8 + 2 * t);
-#pragma unroll
-      for (int n = 0; n < kMmaKeys / 8; ++n) {
-        const H* krow = ks + (n * 8 + g) * kStride + kk;
-        HalfPair<H>::mma(s[n], a, *reinterpret_cast<const uint32_t*>(krow + 2 * t),
-                         *reinterpret_cast<const uint32_t*>(krow + 8 + 2 * t));
-      }
-    }
+    mma_rows_times_rows_t<H, D, kMmaKeys / 8>(s, qs + r0 * kStride, ks);  // S = Q K^T
 
     // Scale and mask (attention.h's rule), then the online-softmax step of the lane's two rows.
     float block_max[2] = {-INFINITY, -INFINITY};
@@ -195,23 +229,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     }
 
     // O += P V: keys in slices of 16 (accumulator tiles 2 kc and 2 kc + 1 form the A operand).
-#pragma unroll
-    for (int kc = 0; kc < kMmaKeys / 16; ++kc) {
-      uint32_t a[4];
-      a[0] = HalfPair<H>::pack(s[2 * kc][0], s[2 * kc][1]);
-      a[1] = HalfPair<H>::pack(s[2 * kc][2], s[2 * kc][3]);
-      a[2] = HalfPair<H>::pack(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-      a[3] = HalfPair<H>::pack(s[2 * kc + 1][2], s[2 * kc + 1][3]);
-      const H* v0 = vs + (kc * 16 + 2 * t) * kStride;
-      const H* v1 = vs + (kc * 16 + 8 + 2 * t) * kStride;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const int col = n * 8 + g;
-        const uint32_t b0 = HalfPair<H>::pack(v0[col], v0[kStride + col]);
-        const uint32_t b1 = HalfPair<H>::pack(v1[col], v1[kStride + col]);
-        HalfPair<H>::mma(o[n], a, b0, b1);
-      }
-    }
+    mma_acc_times_rows<H, D, kMmaKeys / 16>(o, s, vs);
   }
 
 #pragma unroll
@@ -271,65 +289,6 @@ constexpr int kMmaBwdQueries = 32;  // query tile of the dK, dV kernel
 // The weight of score s (scaled and masked, -inf when masked) in the row with stats (m, log l).
 __device__ __forceinline__ float mma_row_weight(float s, float m, float log_l) {
   return (s == -INFINITY || m == -INFINITY) ? 0.0f : __expf((s - m) - log_l);
-}
-
-// rows x D elements into a shared tile as load_tile, for `rows` rows.
-template <typename H, int D, int ROWS>
-__device__ void load_rows(H* tile, const H* src, int64_t valid) {
-  constexpr int kVectorsPerRow = D / 8;
-  for (int idx = threadIdx.x; idx < ROWS * kVectorsPerRow; idx += kMmaThreads) {
-    const int r = idx / kVectorsPerRow, c = (idx % kVectorsPerRow) * 8;
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (r < valid) value = *reinterpret_cast<const uint4*>(src + static_cast<int64_t>(r) * D + c);
-    *reinterpret_cast<uint4*>(tile + r * (D + kSmemPad) + c) = value;
-  }
-}
-
-// acc (16 x 8 NT tiles, rows of `a_rows`) += A B over k = D, A's rows from shared rows
-// a_rows[r0 ..] (row-major, stride kStride), B = X^T for shared rows x[n * 8 + g] (so that
-// b0, b1 are adjacent pairs of one X row): the S = Q K^T form.
-template <typename H, int D, int NT>
-__device__ __forceinline__ void mma_rows_times_rows_t(float acc[NT][4], const H* a_rows, const H* x) {
-  constexpr int kStride = D + kSmemPad;
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int kk = 0; kk < D; kk += 16) {
-    uint32_t a[4];
-    a[0] = *reinterpret_cast<const uint32_t*>(a_rows + g * kStride + kk + 2 * t);
-    a[1] = *reinterpret_cast<const uint32_t*>(a_rows + (g + 8) * kStride + kk + 2 * t);
-    a[2] = *reinterpret_cast<const uint32_t*>(a_rows + g * kStride + kk + 8 + 2 * t);
-    a[3] = *reinterpret_cast<const uint32_t*>(a_rows + (g + 8) * kStride + kk + 8 + 2 * t);
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      const H* xrow = x + (n * 8 + g) * kStride + kk;
-      HalfPair<H>::mma(acc[n], a, *reinterpret_cast<const uint32_t*>(xrow + 2 * t),
-                       *reinterpret_cast<const uint32_t*>(xrow + 8 + 2 * t));
-    }
-  }
-}
-
-// acc (16 x D) += W Y, W (16 x 16 KC) in accumulator tiles (w[2 kc], w[2 kc + 1] form the A
-// operand of slice kc, rounded to H), Y (16 KC x D) shared rows (row-major, stride kStride).
-template <typename H, int D, int KC>
-__device__ __forceinline__ void mma_acc_times_rows(float acc[D / 8][4], const float w[2 * KC][4], const H* y) {
-  constexpr int kStride = D + kSmemPad;
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int kc = 0; kc < KC; ++kc) {
-    uint32_t a[4];
-    a[0] = HalfPair<H>::pack(w[2 * kc][0], w[2 * kc][1]);
-    a[1] = HalfPair<H>::pack(w[2 * kc][2], w[2 * kc][3]);
-    a[2] = HalfPair<H>::pack(w[2 * kc + 1][0], w[2 * kc + 1][1]);
-    a[3] = HalfPair<H>::pack(w[2 * kc + 1][2], w[2 * kc + 1][3]);
-    const H* y0 = y + (kc * 16 + 2 * t) * kStride;
-    const H* y1 = y + (kc * 16 + 8 + 2 * t) * kStride;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      const int col = n * 8 + g;
-      HalfPair<H>::mma(acc[n], a, HalfPair<H>::pack(y0[col], y0[kStride + col]),
-                       HalfPair<H>::pack(y1[col], y1[kStride + col]));
-    }
-  }
 }
 
 // Block (64 keys of (b, kv head)); warp w owns keys j0 + 16 w .. + 16 as the rows of its

@@ -362,26 +362,23 @@ def _padding_only(case) -> bool:
 @given(case=pool_cases())
 def test_fuzz_max_pool2d_with_indices(case):
     EXAMPLES["max_pool2d_with_indices"] += 1
-    padding_only = _padding_only(case)  # test_max_pool2d_backward_padding_only_window
-    check_pool(case, gradient=not padding_only, compact_reference=not padding_only)
+    # A window of padding only has no window-local index to compare with (its gradient is zero).
+    check_pool(case, gradient=True, compact_reference=not _padding_only(case))
 
 
-POOL_BUG = (
-    "bug: a dilated window can hold padding only (1x1 input, kernel 2, padding 1, dilation 2); the forward "
-    "then returns PyTorch's value -inf and index 2 (outside the plane), as F.max_pool2d does, but the "
-    "backward rejects its own index ('_max_pool2d_backward: index out of range: indices[0, 0, 0, 0] = 2') "
-    "where PyTorch's backward gives a zero gradient (the check in csrc/unpool/unpool_checks.cpp, "
-    "reached from the pooling backward)")
-
-
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=POOL_BUG)
+# A dilated window can hold padding only (1x1 input, kernel 2, padding 1, dilation 2): the forward
+# returns -inf and PyTorch's index 2 (outside the plane); the backward gives it a zero gradient
+# (padding_only_windows in csrc/unpool/unpool_checks.cpp).
 @settings(_BASE, phases=[hypothesis.Phase.explicit])
 @example(case=dict(seed=0, batch=None, channels=1, h=1, w=1, kernel=2, stride=None, padding=1, dilation=2,
                    ceil_mode=False, compact=False, dtype=torch.float32, values="normal", layout="contiguous", simd=True))
+@example(case=dict(seed=1, batch=2, channels=3, h=1, w=1, kernel=2, stride=None, padding=1, dilation=2,
+                   ceil_mode=False, compact=True, dtype=torch.float32, values="normal", layout="channels_last",
+                   simd=False))
 @given(case=pool_cases())
 def test_max_pool2d_backward_padding_only_window(case):
     EXAMPLES["max_pool2d_with_indices"] += 1
-    check_pool(case, gradient=True)
+    check_pool(case, gradient=True, compact_reference=not _padding_only(case))
 
 
 def check_pool(case, gradient: bool, compact_reference: bool = True) -> None:

@@ -70,6 +70,63 @@ at::Tensor empty_in_layout(c10::IntArrayRef sizes, const at::TensorOptions& opti
                                                                     : at::MemoryFormat::ChannelsLast));
 }
 
+at::Tensor padding_only_windows(const UnpoolParams& p, const at::Tensor& indices) {
+  // Undilated pooling windows always hold an input (padding <= kernel / 2), and the unpooling
+  // backward (dilation 1) takes any index of the plane, whatever its window.
+  if (p.dilation[0] == 1 && p.dilation[1] == 1 && p.dilation[2] == 1) return at::Tensor();
+  std::vector<uint8_t> empty[3];
+  bool any = false;
+  for (int d = 0; d < 3; ++d) {
+    empty[d].assign(static_cast<size_t>(p.source_size[d]), 0);
+    for (int64_t o = 0; o < p.source_size[d]; ++o) {
+      const int64_t start = o * p.stride[d] - p.padding[d];
+      const bool none = pool_first_tap(start, p.dilation[d]) >=
+                        pool_tap_end(start, p.dilation[d], p.kernel[d], p.target_size[d]);
+      empty[d][static_cast<size_t>(o)] = none;
+      any = any || none;
+    }
+  }
+  if (!any) return at::Tensor();
+  const auto axis = [&](int d) {
+    std::vector<int64_t> shape = {1, 1, 1};
+    shape[d] = p.source_size[d];
+    return at::tensor(c10::ArrayRef<uint8_t>(empty[d]), at::kByte).to(at::kBool).reshape(shape);
+  };
+  const at::Tensor mask = axis(0).logical_or(axis(1)).logical_or(axis(2));  // (SD, SH, SW)
+  std::vector<int64_t> shape = {1, 1};
+  for (int64_t d = 3 - (indices.dim() - 2); d < 3; ++d) shape.push_back(p.source_size[d]);
+  return mask.reshape(shape).to(indices.device());
+}
+
+at::Tensor flat_indices_without(const UnpoolParams& p, const at::Tensor& indices, const at::Tensor& mask) {
+  at::Tensor flat;
+  if (indices.scalar_type() != at::kByte) {
+    flat = indices.to(at::kLong).masked_fill(mask, 0);
+  } else {
+    // Decode the window-local indices (compact_target in unpool.h) into flat positions.
+    const at::TensorOptions longs = indices.options().dtype(at::kLong);
+    const at::Tensor local = indices.to(at::kLong).reshape(
+        {p.batch, p.channels, p.source_size[0], p.source_size[1], p.source_size[2]});
+    const int64_t kd = p.kernel[0], kh = p.kernel[1], kw = p.kernel[2];
+    at::Tensor valid = local.lt(kd * kh * kw);
+    at::Tensor position = at::zeros_like(local);
+    const at::Tensor taps[3] = {local.div(kh * kw, "floor"), local.div(kw, "floor").remainder(kh), local.remainder(kw)};
+    for (int d = 0; d < 3; ++d) {
+      std::vector<int64_t> shape = {1, 1, 1, 1, 1};
+      shape[2 + d] = p.source_size[d];
+      const at::Tensor start = at::arange(p.source_size[d], longs).mul(p.stride[d]).sub(p.padding[d]).reshape(shape);
+      const at::Tensor at_d = start + taps[d] * p.dilation[d];
+      valid = valid.logical_and(at_d.ge(0)).logical_and(at_d.lt(p.target_size[d]));
+      position = position * p.target_size[d] + at_d;
+    }
+    const at::Tensor window_mask = mask.reshape({1, 1, p.source_size[0], p.source_size[1], p.source_size[2]});
+    // An index that is bad in a window with inputs: undefined, so that the kernel reports it.
+    if (valid.logical_or(window_mask).logical_not().any().item<bool>()) return at::Tensor();
+    flat = position.masked_fill(window_mask, 0).reshape(indices.sizes());
+  }
+  return flat;
+}
+
 IndexKind index_kind(const at::Tensor& indices, const char* op) {
   switch (indices.scalar_type()) {
     case at::kLong: return IndexKind::Int64;

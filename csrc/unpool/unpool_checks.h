@@ -61,6 +61,17 @@ IndexKind index_kind(const at::Tensor& indices, const char* op);
 [[noreturn]] void raise_bad_index(const char* op, const at::Tensor& indices, const UnpoolParams& p,
                                   int64_t logical_position, bool compact);
 
+// Pooling windows that hold padding only (dilation > 1 allows them: a 1x1 input, kernel 2,
+// padding 1, dilation 2). The forward gives such a window -inf and an index outside the plane,
+// as PyTorch does; its backward must move nothing for it. Returns a bool mask broadcastable to
+// `indices` (1, 1, spatial...) of those windows, or an undefined tensor when there is none (the
+// common case; always without dilation; O(output size) host work).
+at::Tensor padding_only_windows(const UnpoolParams& p, const at::Tensor& indices);
+
+// `indices` as int64 flat positions with 0 at the windows of `mask` (compact indices decoded);
+// undefined when a compact index outside `mask` is bad (the kernels then report it).
+at::Tensor flat_indices_without(const UnpoolParams& p, const at::Tensor& indices, const at::Tensor& mask);
+
 // No bad index seen (the reduction identity for "first bad position").
 constexpr int64_t kNoBadIndex = INT64_MAX;
 

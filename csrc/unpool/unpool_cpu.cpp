@@ -413,6 +413,18 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const UnpoolParams p =
       make_pool_backward_params(grad_output, indices, input_size, kernel_size, stride, padding, dilation, compact);
   const std::vector<int64_t> sizes = {p.batch, p.channels, input_size[0], input_size[1]};
+  const at::Tensor padding_only = padding_only_windows(p, indices);
+  if (padding_only.defined()) {
+    const at::Tensor flat = flat_indices_without(p, indices, padding_only);
+    if (flat.defined()) {
+      // Those windows add a zero to element 0 of their plane (accumulating, so that no window's
+      // gradient is overwritten); the layouts stay those the fake kernel promises.
+      const at::Tensor g = dense_in_layout(grad_output.masked_fill(padding_only, 0), p.channels_last);
+      const at::Tensor i = dense_in_layout(flat, p.channels_last);
+      const UnpoolParams q = make_pool_backward_params(g, i, input_size, kernel_size, stride, padding, dilation, false);
+      return source_to_target("_max_pool2d_backward", g, i, q, sizes, /*accumulate=*/true);
+    }
+  }
   return source_to_target("_max_pool2d_backward", grad_output, indices, p, sizes, windows_overlap(p));
 }
 
@@ -638,11 +650,8 @@ int64_t gather_from_target(const UnpoolParams& p, const scalar_t* target, const 
                          : gather_from_target_layout<scalar_t, index_t, Compact, false>(p, target, indices, source);
 }
 
-at::Tensor max_unpool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices_in,
-                                   c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                   c10::IntArrayRef dilation) {
+at::Tensor gather_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices_in, UnpoolParams p) {
   constexpr const char* op = "_max_unpool_backward";
-  UnpoolParams p = make_unpool_backward_params(grad_output, indices_in, kernel_size, stride, padding, dilation);
   const at::Tensor indices = dense_in_layout(indices_in, p.channels_last);
   at::Tensor grad_x = empty_in_layout(indices.sizes(), grad_output.options(), p.channels_last);
   if (grad_x.numel() == 0) return grad_x;
@@ -664,6 +673,21 @@ at::Tensor max_unpool_backward_cpu(const at::Tensor& grad_output, const at::Tens
   });
   if (bad != kNoBadIndex) raise_bad_index(op, indices, p, bad, indices.scalar_type() == at::kByte);
   return grad_x;
+}
+
+at::Tensor max_unpool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
+                                   c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                   c10::IntArrayRef dilation) {
+  const UnpoolParams p = make_unpool_backward_params(grad_output, indices, kernel_size, stride, padding, dilation);
+  const at::Tensor padding_only = padding_only_windows(p, indices);
+  if (padding_only.defined()) {
+    // The adjoint of the pooling backward: a window of padding only gathers nothing (zero).
+    const at::Tensor flat = flat_indices_without(p, indices, padding_only);
+    if (flat.defined()) {
+      return gather_backward_cpu(grad_output, dense_in_layout(flat, p.channels_last), p).masked_fill_(padding_only, 0);
+    }
+  }
+  return gather_backward_cpu(grad_output, indices, p);
 }
 
 }  // namespace

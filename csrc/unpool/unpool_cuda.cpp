@@ -119,14 +119,23 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
     at::globalContext().alertNotDeterministic(
         "max_pool2d_with_indices backward on CUDA with overlapping windows (pyvision_ops::_max_pool2d_backward)");
   }
+  const at::Tensor padding_only = padding_only_windows(p, indices);
+  if (padding_only.defined()) {
+    const at::Tensor flat = flat_indices_without(p, indices, padding_only);
+    if (flat.defined()) {
+      // As on the CPU: those windows add a zero to element 0 of their plane (x + 0 is exact, so
+      // the atomics' order changes nothing the windows themselves would not).
+      const at::Tensor g = dense_in_layout(grad_output.masked_fill(padding_only, 0), p.channels_last);
+      const at::Tensor i = dense_in_layout(flat, p.channels_last);
+      const UnpoolParams q = make_pool_backward_params(g, i, input_size, kernel_size, stride, padding, dilation, false);
+      return source_to_target_cuda("_max_pool2d_backward", g, i, q, sizes, /*accumulate=*/true);
+    }
+  }
   return source_to_target_cuda("_max_pool2d_backward", grad_output, indices, p, sizes, overlap);
 }
 
-at::Tensor max_unpool_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices_in,
-                                    c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                    c10::IntArrayRef dilation) {
+at::Tensor gather_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices_in, UnpoolParams p) {
   constexpr const char* op = "_max_unpool_backward";
-  UnpoolParams p = make_unpool_backward_params(grad_output, indices_in, kernel_size, stride, padding, dilation);
   const c10::cuda::CUDAGuard guard(grad_output.device());
   const at::Tensor indices = dense_in_layout(indices_in, p.channels_last);
   p.values = strided_view(grad_output);
@@ -142,6 +151,22 @@ at::Tensor max_unpool_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const int64_t bad = host.const_data_ptr<int64_t>()[0];
   if (bad != kNoBadIndex) raise_bad_index(op, indices, p, bad, index == IndexKind::Uint8Compact);
   return grad_x;
+}
+
+at::Tensor max_unpool_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices,
+                                    c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                    c10::IntArrayRef dilation) {
+  const UnpoolParams p = make_unpool_backward_params(grad_output, indices, kernel_size, stride, padding, dilation);
+  const c10::cuda::CUDAGuard guard(grad_output.device());
+  const at::Tensor padding_only = padding_only_windows(p, indices);
+  if (padding_only.defined()) {
+    // The adjoint of the pooling backward: a window of padding only gathers nothing (zero).
+    const at::Tensor flat = flat_indices_without(p, indices, padding_only);
+    if (flat.defined()) {
+      return gather_backward_cuda(grad_output, dense_in_layout(flat, p.channels_last), p).masked_fill_(padding_only, 0);
+    }
+  }
+  return gather_backward_cuda(grad_output, indices, p);
 }
 
 }  // namespace

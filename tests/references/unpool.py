@@ -135,12 +135,28 @@ def reference_max_pool2d_backward(
     dilation: IntOrTuple = 1,
     ceil_mode: bool = False,
 ) -> torch.Tensor:
-    """Gradient of max pooling w.r.t. ``x`` (float64, CPU), through PyTorch's autograd."""
+    """Gradient of max pooling w.r.t. ``x`` (float64, CPU), through PyTorch's autograd.
+
+    A dilated window can hold padding only (a 1x1 input, kernel 2, padding 1, dilation 2); its
+    gradient is zero. PyTorch's CPU backward writes such a window's gradient at the forward's
+    index, outside the plane (heap corruption in torch 2.14 once N*C > 1), so where one exists
+    the gradient is the scatter-add of the other windows' gradients at PyTorch's indices."""
     x64 = x.detach().to(device="cpu", dtype=torch.float64).contiguous().requires_grad_(True)
     k = as_list(kernel_size, 2)
-    values = F.max_pool2d(x64, k, as_list(stride, 2, k), as_list(padding, 2), as_list(dilation, 2), ceil_mode)
-    values.backward(grad_values.detach().to(device="cpu", dtype=torch.float64))
-    return x64.grad
+    args = (k, as_list(stride, 2, k), as_list(padding, 2), as_list(dilation, 2), ceil_mode)
+    g64 = grad_values.detach().to(device="cpu", dtype=torch.float64)
+    # windows that hold an input: the max over zeros is 0 there and -inf over padding only
+    has_input = F.max_pool2d(torch.zeros_like(x64.detach()), *args) == 0
+    if bool(has_input.all()):
+        F.max_pool2d(x64, *args).backward(g64)
+        return x64.grad
+    _, flat = F.max_pool2d(x64.detach(), *args, return_indices=True)
+    planes = x64.shape[:-2].numel()
+    plane = x64.shape[-2] * x64.shape[-1]
+    index = flat.where(has_input, 0).reshape(planes, -1)
+    src = g64.where(has_input, 0.0).reshape(planes, -1)
+    grad = torch.zeros(planes, plane, dtype=torch.float64).scatter_add_(1, index, src)
+    return grad.reshape(x64.shape)
 
 
 def unpool_output_range(input_size: int, kernel_size: int, stride: int, padding: int) -> Tuple[int, int]:

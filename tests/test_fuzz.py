@@ -887,24 +887,30 @@ def test_fuzz_pairwise_topk(case, metric, largest, k_fraction):
         assert_close_scaled(got, exp, DIST_GRAD_TOL[case["dtype"]], f"grad {name}", floor)
 
 
-TOPK_BUG = (
-    "bug: pairwise_topk with metric='cosine' gives 0.5 (not 1) for a zero row against a nonzero one and 0 "
-    "(not 1) for two zero rows: it halves the squared distance of the unit rows, a zero row's unit row being "
-    "0, without the correction pairwise_distance applies (csrc/distance/distance_cpu.cpp: pairwise_distance "
-    "calls correct_cosine_short_rows, the top-k path does not); DESIGN: a zero vector is at cosine distance 1")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=TOPK_BUG)
+# A zero row is at cosine distance 1 from every row (DESIGN): the tile kernels, which take half
+# the squared distance of unit rows, get augmented rows for it (cosine_augmented_rows in
+# csrc/distance/distance_checks.cpp).
 @settings(_BASE, phases=[hypothesis.Phase.explicit])
 @example(x=[[0.0]], y=[[1.0]])
 @example(x=[[0.0, 0.0]], y=[[0.0, 0.0], [1.0, 2.0]])
+@example(x=[[1e-9, 0.0], [3.0, 4.0]], y=[[2e-9, 1e-9], [0.0, 0.0], [1.0, 2.0]])
+@example(x=[[], []], y=[[], [], []])
 @given(x=st.just([[0.0]]), y=st.just([[1.0]]))
 def test_pairwise_topk_cosine_zero_row(x, y):
     EXAMPLES["pairwise_topk"] += 1
-    x, y = torch.tensor(x), torch.tensor(y)
-    values, _ = pyvision_ops.pairwise_topk(x, y, y.shape[0], metric="cosine")
-    ref_values, _ = reference_pairwise_topk(x, y, y.shape[0], "cosine")
-    assert_within(values, ref_values, DIST_TOL[torch.float32], DIST_TOL[torch.float32], "cosine top-k of a zero row")
+    for dtype in (torch.float32, torch.float64):
+        xt, yt = torch.tensor(x, dtype=dtype), torch.tensor(y, dtype=dtype)
+        for simd in (True, False):
+            with cpu_kernels(simd):
+                for a, b, what in ((xt, yt, "x against y"), (yt, yt, "y against itself")):
+                    k = b.shape[0]
+                    values, idx = pyvision_ops.pairwise_topk(a, b, k, metric="cosine")
+                    ref_values, _ = reference_pairwise_topk(a, b, k, "cosine")
+                    tol = DIST_TOL[dtype]
+                    assert_within(values, ref_values, tol, tol, f"cosine top-k of a zero row, {what}, {dtype}")
+                    # each value is its index's distance, as pairwise_distance gives it
+                    full = pyvision_ops.pairwise_distance(a, b, metric="cosine")
+                    assert_within(values, torch.gather(full, -1, idx), tol, tol, f"value vs index, {what}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -963,8 +969,8 @@ def _embeddings(case, inputs: Inputs, grad: bool = False, metric: str = "") -> T
             rows = torch.randint(0, n, (n // 2,), generator=gen)
             values[torch.randint(0, n, (n // 2,), generator=gen)] = values[rows]
     if metric == "cosine" and not case.get("zero_rows", False):
-        # a zero row: see test_mine_triplets_cosine_zero_row (a known bug); its cosine gradient is
-        # y / (1e-8 |y|), beyond float16 and float32
+        # a zero row (test_mine_triplets_cosine_zero_row): its cosine gradient is y / (1e-8 |y|),
+        # beyond float16 and float32
         values[(values == 0).all(-1)] = 1.0
     emb = inputs.add(values, case["layout"], case["dtype"], grad=grad)
     labels = inputs.add(make_labels(case["labels"], n, gen, case["label_dtype"]), case["label_layout"])
@@ -998,15 +1004,6 @@ def test_fuzz_mine_triplets(case, strategy, metric, margin_factor, max_triplets)
     check_mining(case, strategy, metric, margin_factor, max_triplets)
 
 
-MINING_BUG = (
-    "bug: mine_triplets with metric='cosine' and a zero embedding does not mine on pairwise_distance's "
-    "cosine distances: a zero row is at distance 1 from every row there (a tie, so batch_hard must pick the "
-    "smallest-index positive 0), the mining kernel picks positive 1 for the zero anchor 4 -- the tile "
-    "kernels' 'squared distance of unit rows / 2' gives a zero row other values (csrc/distance/distance.h "
-    "finish_distance; pairwise_distance alone corrects zero rows, in csrc/distance/distance_cpu.cpp)")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MINING_BUG)
 @settings(_BASE, phases=[hypothesis.Phase.explicit])
 @example(case=dict(seed=0, n=6, d=1, labels="classes", label_dtype=torch.int64, dtype=torch.float32, style="ties",
                    layout="contiguous", label_layout="contiguous", simd=False, zero_rows=True),

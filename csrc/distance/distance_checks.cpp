@@ -244,6 +244,45 @@ void correct_cosine_short_rows(at::Tensor& out, const at::Tensor& x, const at::T
   }
 }
 
+namespace {
+
+// Whether some row may be shorter than kCosineNormEps: every entry of such a row is below it in
+// magnitude (a necessary condition, exact in any dtype; the min and max are compared in double).
+bool may_have_short_rows(const at::Tensor& t) {
+  if (t.numel() == 0) {
+    // no rows, or rows of no entries (D = 0: every row is a zero row)
+    if (t.size(-1) != 0) return false;
+    int64_t rows = 1;
+    for (int64_t d = 0; d + 1 < t.dim(); ++d) rows *= t.size(d);
+    return rows > 0;
+  }
+  const auto minmax = at::aminmax(t, -1);
+  const at::Tensor peak = at::maximum(std::get<1>(minmax).to(at::kDouble), std::get<0>(minmax).to(at::kDouble).neg());
+  return peak.lt(kCosineNormEps).any().item<bool>();
+}
+
+}  // namespace
+
+bool cosine_augmented_rows(const at::Tensor& x, const at::Tensor& y, at::ScalarType compute, at::Tensor& x_out,
+                           at::Tensor& y_out) {
+  const at::Tensor& other = y.defined() ? y : x;
+  if (!may_have_short_rows(x) && !(y.defined() && may_have_short_rows(y))) return false;
+  // unit rows and the column that completes a short one to norm 1 (0 for the others), in double
+  const auto unit_and_fill = [](const at::Tensor& t, at::Tensor& unit, at::Tensor& fill) {
+    const at::Tensor d = t.to(at::kDouble);
+    const at::Tensor norms = d.square().sum(-1, true).sqrt();
+    unit = d / norms.clamp_min(kCosineNormEps);
+    fill = (1 - unit.square().sum(-1, true)).clamp_min(0).sqrt() * norms.lt(kCosineNormEps);
+  };
+  at::Tensor xu, xf, yu, yf;
+  unit_and_fill(x, xu, xf);
+  unit_and_fill(other, yu, yf);
+  if (!(xf.gt(0).any().item<bool>() || yf.gt(0).any().item<bool>())) return false;
+  x_out = at::cat({xu, xf, at::zeros_like(xf)}, -1).to(compute).contiguous();
+  y_out = at::cat({yu, at::zeros_like(yf), yf}, -1).to(compute).contiguous();
+  return true;
+}
+
 void check_finite_embeddings(const char* op, const at::Tensor& embeddings) {
   TORCH_CHECK_VALUE(at::isfinite(embeddings).all().item<bool>(), op,
                     ": embeddings must be finite (no NaN or infinity)");

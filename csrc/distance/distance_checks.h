@@ -55,6 +55,17 @@ void prepare_distance_rows(DistanceMetric metric, const at::Tensor& x, const at:
 // are recomputed here as 1 - xh.yh, in place; nothing to do (one check) when there is none.
 void correct_cosine_short_rows(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, int64_t batch);
 
+// The tile kernels (pairwise_topk, the miners) take 1 - cos as half the squared distance of unit
+// rows, wrong for a row shorter than 1e-8 (its unit row is shorter than 1). Where x or y (x when
+// y is undefined) has such a row, returns true and sets x_out and y_out (..., n, D + 2) in
+// `compute`: the unit rows, then sqrt(1 - |unit row|^2) in column D for x's short rows and in
+// column D + 1 for y's. Every augmented row has norm 1 and the cross products are those of the
+// unit rows, so half the squared distance of an augmented x row and y row is exactly 1 - xh.yh,
+// in the matrix-product form and the exact form alike (x and y must then be two sides, never
+// one set against itself). Returns false (one min/max pass over the rows) when there is none.
+bool cosine_augmented_rows(const at::Tensor& x, const at::Tensor& y, at::ScalarType compute, at::Tensor& x_out,
+                           at::Tensor& y_out);
+
 // Embeddings to mine must be finite: raises naming `embeddings` otherwise.
 void check_finite_embeddings(const char* op, const at::Tensor& embeddings);
 

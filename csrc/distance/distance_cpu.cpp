@@ -251,8 +251,11 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const 
   at::Tensor indices = at::empty({batch, n, k}, x.options().dtype(at::kLong));
   if (batch * n > 0) {
     PackedRows xs, ys;
+    // cosine with zero (short) rows: the augmented rows of cosine_augmented_rows
+    at::Tensor xa, ya;
+    const bool augmented = metric == DistanceMetric::Cosine && cosine_augmented_rows(x, y, compute, xa, ya);
     AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
-      prepare_sides<scalar_t>(metric, x, y, batch, xs, ys);
+      prepare_sides<scalar_t>(metric, augmented ? xa : x, augmented ? ya : y, batch, xs, ys);
       const DistanceTileOps<scalar_t> ops;
       const int64_t group_rows = topk_group_rows(batch, n);
       const int64_t groups = (n + group_rows - 1) / group_rows;
@@ -289,8 +292,6 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const 
       });
     });
   }
-  // Rows without features: every cosine distance is 1 (zero rows), as pairwise_distance gives.
-  if (metric == DistanceMetric::Cosine && x.size(-1) == 0) values.fill_(1);
   values = values.reshape(shape);
   indices = indices.reshape(shape);
   if (values.scalar_type() != x.scalar_type()) values = values.to(x.scalar_type());
@@ -465,8 +466,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_triplets_cpu(const at::Tenso
     AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
       using T = scalar_t;
       PackedRows xs, ys;
-      // All anchors: one prepared set serves both sides (as pairwise_distance(embeddings)).
-      if (anchors == n) {
+      // cosine with zero (short) rows: the augmented rows of cosine_augmented_rows, two sides
+      at::Tensor xa, ya;
+      if (metric == DistanceMetric::Cosine && cosine_augmented_rows(embeddings, at::Tensor(), compute, xa, ya)) {
+        prepare_sides<T>(metric, xa.narrow(0, anchor_begin, anchors), ya, 1, xs, ys, /*centre_from_y=*/true);
+      } else if (anchors == n) {
+        // All anchors: one prepared set serves both sides (as pairwise_distance(embeddings)).
         prepare_sides<T>(metric, embeddings, at::Tensor(), 1, xs, ys);
       } else {
         prepare_sides<T>(metric, x, embeddings, 1, xs, ys, /*centre_from_y=*/true);

@@ -126,7 +126,10 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cuda(const at::Tensor& x, const
   at::Tensor indices = at::empty({batch, n, k}, x.options().dtype(at::kLong));
   if (batch * n > 0) {
     PreparedRows xr, yr;
-    prepare_distance_rows(metric, x, y, batch, xr, yr);
+    // cosine with zero (short) rows: the augmented rows of cosine_augmented_rows
+    at::Tensor xa, ya;
+    const bool augmented = metric == DistanceMetric::Cosine && cosine_augmented_rows(x, y, compute, xa, ya);
+    prepare_distance_rows(metric, augmented ? xa : x, augmented ? ya : y, batch, xr, yr);
     check_prepared(xr, compute);
     check_prepared(yr, compute);
     const DistanceSides sides = sides_of(xr, yr);
@@ -188,8 +191,6 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cuda(const at::Tensor& x, const
       }
     }
   }
-  // Rows without features: every cosine distance is 1 (zero rows), as pairwise_distance gives.
-  if (metric == DistanceMetric::Cosine && x.size(-1) == 0) values.fill_(1);
   values = values.reshape(shape);
   indices = indices.reshape(shape);
   if (values.scalar_type() != x.scalar_type()) values = values.to(x.scalar_type());
@@ -388,7 +389,13 @@ Triplets mine_triplets_cuda(const at::Tensor& embeddings, const at::Tensor& labe
   const at::ScalarType compute = distance_compute_dtype(embeddings.scalar_type());
   const at::Tensor x = embeddings.narrow(0, anchor_begin, anchors);
   PreparedRows xr, yr;
-  prepare_distance_rows(metric, x, embeddings, 1, xr, yr, /*centre_from_y=*/true);
+  // cosine with zero (short) rows: the augmented rows of cosine_augmented_rows
+  at::Tensor xa, ya;
+  if (metric == DistanceMetric::Cosine && cosine_augmented_rows(embeddings, at::Tensor(), compute, xa, ya)) {
+    prepare_distance_rows(metric, xa.narrow(0, anchor_begin, anchors), ya, 1, xr, yr, /*centre_from_y=*/true);
+  } else {
+    prepare_distance_rows(metric, x, embeddings, 1, xr, yr, /*centre_from_y=*/true);
+  }
   check_prepared(xr, compute);
   check_prepared(yr, compute);
   if (strategy == TripletStrategy::BatchHard && compute == at::kFloat && n <= std::numeric_limits<int32_t>::max()) {

@@ -122,14 +122,15 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_composite(const at
     if (!mask[0]) return {empty_grad(x), empty_grad(x)};
     // x against itself: x_i is both a row and a column.
     pairwise_grads(metric, G, O, X, X, true, true, gx, gy);
-    return {(gx + gy).to(x.scalar_type()).reshape(x.sizes()), empty_grad(x)};
+    return {(gx + gy).to(x.scalar_type()).reshape(x.sizes()).contiguous(), empty_grad(x)};
   }
   if (batch * n * m == 0) {
-    return {mask[0] ? at::zeros_like(x) : empty_grad(x), mask[1] ? at::zeros_like(y) : empty_grad(y)};
+    return {mask[0] ? at::zeros(x.sizes(), x.options()) : empty_grad(x),
+            mask[1] ? at::zeros(y.sizes(), y.options()) : empty_grad(y)};
   }
   pairwise_grads(metric, G, O, X, Y, mask[0], mask[1], gx, gy);
-  return {mask[0] ? gx.to(x.scalar_type()).reshape(x.sizes()) : empty_grad(x),
-          mask[1] ? gy.to(y.scalar_type()).reshape(y.sizes()) : empty_grad(y)};
+  return {mask[0] ? gx.to(x.scalar_type()).reshape(x.sizes()).contiguous() : empty_grad(x),
+          mask[1] ? gy.to(y.scalar_type()).reshape(y.sizes()).contiguous() : empty_grad(y)};
 }
 
 namespace {
@@ -156,11 +157,11 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_backward(const at::Tensor& grad
   if (metric == DistanceMetric::Cosine) value = at::zeros({}, X.options());
   const PairGrads g = pair_grads(metric, Xk, Yk, value);
   at::Tensor gx = empty_grad(x), gy = empty_grad(y);
-  if (mask[0]) gx = (G * g.du).sum(2).to(x.scalar_type()).reshape(x.sizes());
+  if (mask[0]) gx = (G * g.du).sum(2).to(x.scalar_type()).reshape(x.sizes()).contiguous();
   if (mask[1]) {
     const at::Tensor contrib = (G * g.dv).reshape({batch, n * k, dim});
     gy = at::zeros({batch, m, dim}, X.options()).scatter_add_(1, I.unsqueeze(-1).expand({batch, n * k, dim}), contrib);
-    gy = gy.to(y.scalar_type()).reshape(y.sizes());
+    gy = gy.to(y.scalar_type()).reshape(y.sizes()).contiguous();
   }
   return {gx, gy};
 }
@@ -283,7 +284,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_loss_backward(const at::T
     ga = ga - c * an.du;
     gn = -c * an.dv;
   }
-  return {ga.to(a_in.scalar_type()), gp.to(p_in.scalar_type()), gn.to(n_in.scalar_type())};
+  return {ga.to(a_in.scalar_type()).contiguous(), gp.to(p_in.scalar_type()).contiguous(),
+          gn.to(n_in.scalar_type()).contiguous()};
 }
 
 }  // namespace
@@ -311,7 +313,7 @@ at::Tensor triplet_loss_indexed_backward_composite(const at::Tensor& grad, const
   const at::Tensor e = embeddings.to(compute);
   std::tie(ga, gp, gn) = triplet_loss_backward(grad, e.index_select(0, a), e.index_select(0, p), e.index_select(0, n),
                                                margin, metric_name, 0.0, false, soft, 1);
-  at::Tensor g = at::zeros_like(e);
+  at::Tensor g = at::zeros(e.sizes(), e.options());
   g.index_add_(0, a, ga).index_add_(0, p, gp).index_add_(0, n, gn);
   return g.to(embeddings.scalar_type());
 }
@@ -359,7 +361,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward(const at::Tensor& g
   // d loss / d d2 = y - (1 - y) [margin^2 > d2]; d d2 / d x1 = 2 diff.
   const at::Tensor slope = y - (1 - y) * (margin * margin - d2 > 0).to(compute);
   const at::Tensor g = (2 * w * slope).unsqueeze(-1) * diff;
-  return {g.to(x1.scalar_type()), (-g).to(x2.scalar_type())};
+  return {g.to(x1.scalar_type()).contiguous(), (-g).to(x2.scalar_type()).contiguous()};
 }
 
 }  // namespace
@@ -380,6 +382,8 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_composite(const at::Tensor& x, 
 
 }  // namespace
 
+// Every gradient these kernels return is contiguous, whatever the inputs' strides: the fake
+// kernels (pyvision_ops/ops/distance.py) promise that layout to torch.compile.
 TORCH_LIBRARY_IMPL(pyvision_ops, CompositeExplicitAutograd, m) {
   m.impl("_kmeans_assign", &kmeans_assign_composite);
   m.impl("_pairwise_distance_backward", &pairwise_distance_backward_composite);

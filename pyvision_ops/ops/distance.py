@@ -392,8 +392,8 @@ def _register() -> None:
     @register_fake("pyvision_ops::_pairwise_topk_backward")
     def _pairwise_topk_backward_fake(grad_values, x, y, indices, metric, output_mask):
         return (
-            torch.empty_like(x) if output_mask[0] else x.new_empty((0,)),
-            torch.empty_like(y) if output_mask[1] else y.new_empty((0,)),
+            x.new_empty(x.shape) if output_mask[0] else x.new_empty((0,)),
+            y.new_empty(y.shape) if output_mask[1] else y.new_empty((0,)),
         )
 
     @register_fake("pyvision_ops::_mine_triplets")
@@ -417,11 +417,11 @@ def _register() -> None:
 
     @register_fake("pyvision_ops::_triplet_loss_indexed_backward")
     def _triplet_loss_indexed_backward_fake(grad, embeddings, anchor, positive, negative, margin, metric, soft):
-        return torch.empty_like(embeddings)
+        return embeddings.new_empty(embeddings.shape)
 
     @register_fake("pyvision_ops::_triplet_loss_backward")
     def _triplet_loss_backward_fake(grad, anchor, positive, negative, margin, metric, eps, swap, soft, reduction):
-        return torch.empty_like(anchor), torch.empty_like(positive), torch.empty_like(negative)
+        return anchor.new_empty(anchor.shape), positive.new_empty(positive.shape), negative.new_empty(negative.shape)
 
     @register_fake("pyvision_ops::_kmeans_assign")
     def _kmeans_assign_fake(x, centroids):
@@ -442,7 +442,7 @@ def _register() -> None:
 
     @register_fake("pyvision_ops::_contrastive_loss_backward")
     def _contrastive_loss_backward_fake(grad, x1, x2, same, margin, reduction):
-        return torch.empty_like(x1), torch.empty_like(x2)
+        return x1.new_empty(x1.shape), x2.new_empty(x2.shape)
 
     # --------------------------------------------------------------------------------------------
     # autograd

@@ -113,9 +113,20 @@ def _register() -> None:
         c = _feature_channels(features)
         return features.new_empty((features.shape[0], c, c))
 
+    def _grad_like_features(features: torch.Tensor) -> torch.Tensor:
+        # The layout symmetric_times_features (gram_composite.cpp) gives the gradient: the
+        # features' channels-last memory (prepare_gram_input's rule) is kept, anything else is
+        # contiguous; an empty input gives zeros_like(features).
+        if features.numel() == 0:
+            return torch.empty_like(features)
+        moved = features.movedim(1, -1)
+        if features.shape[1] > 1 and moved.is_contiguous() and not features.is_contiguous():
+            return features.new_empty(moved.shape).movedim(-1, 1)
+        return features.new_empty(features.shape)
+
     @register_fake("pyvision_ops::_gram_matrix_backward")
     def _gram_matrix_backward_fake(grad_gram, features, normalize):
-        return torch.empty_like(features)
+        return _grad_like_features(features)
 
     @register_fake("pyvision_ops::_style_loss_forward")
     def _style_loss_forward_fake(features, target_gram, normalize, reduction):
@@ -124,7 +135,7 @@ def _register() -> None:
 
     @register_fake("pyvision_ops::_style_loss_backward")
     def _style_loss_backward_fake(grad_loss, grad_gram, features, gram, target_gram, normalize, reduction):
-        return torch.empty_like(features)
+        return _grad_like_features(features)
 
     # --------------------------------------------------------------------------------------------
     # autograd

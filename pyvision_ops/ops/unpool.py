@@ -81,10 +81,13 @@ def _suggests_channels_last(x: torch.Tensor) -> bool:
     return False
 
 
-def _empty_like_layout(reference: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-    """A new tensor of ``shape`` with the memory format the kernels give ``reference``'s output."""
+def _empty_like_layout(reference: torch.Tensor, shape: Sequence[int], dtype: torch.dtype,
+                       also: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A new tensor of ``shape`` with the memory format the kernels give ``reference``'s output:
+    channels-last when ``reference`` (or ``also``: the backward kernels look at grad_output and
+    indices, make_backward_params in unpool_checks.cpp) suggests it."""
     out = reference.new_empty(shape, dtype=dtype)
-    if _suggests_channels_last(reference):
+    if _suggests_channels_last(reference) or (also is not None and _suggests_channels_last(also)):
         fmt = torch.channels_last if reference.dim() == 4 else torch.channels_last_3d
         out = out.contiguous(memory_format=fmt)
     return out
@@ -252,7 +255,7 @@ def _register() -> None:
     @register_fake("pyvision_ops::_max_pool2d_backward")
     def _max_pool2d_backward_fake(grad_output, indices, input_size, kernel_size, stride, padding, dilation, compact):
         shape = (grad_output.shape[0], grad_output.shape[1], input_size[0], input_size[1])
-        return _empty_like_layout(grad_output, shape, grad_output.dtype)
+        return _empty_like_layout(grad_output, shape, grad_output.dtype, also=indices)
 
     def _unpool_fake(x, indices, kernel_size, stride, padding, output_size):
         shape = (x.shape[0], x.shape[1], *output_size)
@@ -263,7 +266,7 @@ def _register() -> None:
 
     @register_fake("pyvision_ops::_max_unpool_backward")
     def _max_unpool_backward_fake(grad_output, indices, kernel_size, stride, padding, dilation):
-        return _empty_like_layout(grad_output, indices.shape, grad_output.dtype)
+        return _empty_like_layout(grad_output, indices.shape, grad_output.dtype, also=indices)
 
     # --------------------------------------------------------------------------------------------
     # autograd: every backward is itself a registered operator

@@ -260,6 +260,20 @@ def test_pooling_output_size_matches_pytorch():
         assert unpool_ops.pooling_output_size(size, k, s, p, d, c) == expected, (size, k, s, p, d, c)
 
 
+def test_pooling_output_size_ceil_mode_every_small_geometry():
+    """ceil_mode's "last window starts inside the input or the left padding" rule, written as a
+    minimum (no guard under symbolic sizes), against PyTorch on every small geometry."""
+    checked = 0
+    for size, k, s, d in itertools.product(range(1, 24), range(1, 6), range(1, 6), range(1, 4)):
+        for p in range(k // 2 + 1):
+            if size + 2 * p < d * (k - 1) + 1:
+                continue
+            expected = F.max_pool1d(torch.zeros(1, 1, size), k, s, p, d, ceil_mode=True).shape[-1]
+            assert unpool_ops.pooling_output_size(size, k, s, p, d, True) == expected, (size, k, s, p, d)
+            checked += 1
+    assert checked > 2000
+
+
 def test_top_level_exports():
     for name in ("max_pool2d_with_indices", "max_unpool1d", "max_unpool2d", "max_unpool3d"):
         assert getattr(pyvision_ops, name) is getattr(unpool_ops, name)

@@ -94,12 +94,13 @@ def _solve_list(costs: Sequence[torch.Tensor], maximize: bool) -> List[Tuple[tor
                 f"cost[{i}] on {c.device}"
             )
     dtype = torch.float64 if any(c.dtype == torch.float64 for c in mats) else torch.float32
+    # Sizes stay symbolic under torch.compile/export (no int(): that would specialise them).
     shapes: List[int] = []
     for c in mats:
-        shapes += [int(c.shape[0]), int(c.shape[1])]
+        shapes += [c.shape[0], c.shape[1]]
     flat = torch.cat([c.reshape(-1).to(dtype) for c in mats])
     rows, cols = ops()._linear_sum_assignment_packed(flat, shapes, maximize)
-    sizes = [min(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(mats))]
+    sizes = [torch.sym_min(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(mats))]
     return list(zip(rows.split(sizes), cols.split(sizes)))
 
 
@@ -114,13 +115,13 @@ def _register() -> None:
     @register_fake("pyvision_ops::linear_sum_assignment")
     def _lsa_fake(cost, maximize):
         torch._check(cost.dim() in (2, 3), lambda: f"linear_sum_assignment: cost must be 2-D or 3-D, got {cost.dim()}-D")
-        k = min(cost.shape[-2], cost.shape[-1])
+        k = torch.sym_min(cost.shape[-2], cost.shape[-1])
         shape = (k,) if cost.dim() == 2 else (cost.shape[0], k)
         return cost.new_empty(shape, dtype=torch.int64), cost.new_empty(shape, dtype=torch.int64)
 
     @register_fake("pyvision_ops::_linear_sum_assignment_packed")
     def _lsa_packed_fake(costs, shapes, maximize):
-        total = sum(min(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(shapes) // 2))
+        total = sum(torch.sym_min(shapes[2 * i], shapes[2 * i + 1]) for i in range(len(shapes) // 2))
         return costs.new_empty((total,), dtype=torch.int64), costs.new_empty((total,), dtype=torch.int64)
 
     @register_fake("pyvision_ops::_linear_sum_assignment_team_reference")

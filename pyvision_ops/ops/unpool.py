@@ -66,10 +66,19 @@ def pooling_output_size(
     """Output length of one pooled dimension, PyTorch's formula (``pooling_output_shape``)."""
     numerator = input_size + 2 * padding - dilation * (kernel_size - 1) - 1 + (stride - 1 if ceil_mode else 0)
     output_size = numerator // stride + 1
-    # The last window must start inside the input or the left padding (PyTorch rule).
-    if ceil_mode and (output_size - 1) * stride >= input_size + padding:
-        output_size -= 1
-    return output_size
+    # The last window must start inside the input or the left padding (PyTorch's rule: one
+    # window fewer when (output_size - 1) * stride >= input_size + padding). As a minimum with
+    # the number of starts o * stride - padding < input_size, so that symbolic sizes
+    # (torch.compile/export) get no guard on a comparison and keep bounds the solver can follow.
+    # The two agree: with padding <= kernel_size / 2 the ceil count exceeds that number by at most 1,
+    # and never when dilation * (kernel_size - 1) - padding >= stride - 1 (the ceil numerator is
+    # then at least stride - 1 below input_size + padding - 1), decided on the integer arguments.
+    if not ceil_mode or dilation * (kernel_size - 1) - padding >= stride - 1:
+        return output_size
+    starts = (input_size + padding - 1) // stride + 1
+    if isinstance(output_size, torch.SymInt) or isinstance(starts, torch.SymInt):
+        return torch.sym_min(output_size, starts)
+    return min(output_size, starts)
 
 
 def _suggests_channels_last(x: torch.Tensor) -> bool:
@@ -114,7 +123,8 @@ def _unpool_output_size(
         raise ValueError(
             f"output_size must have {dims} or {dims + 2} elements, got {len(sizes)} ({list(output_size)})"
         )
-    return [int(s) for s in sizes]
+    # SymInts (sizes under torch.compile/export) stay symbolic; anything else must be an int.
+    return [s if isinstance(s, torch.SymInt) else int(s) for s in sizes]
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,6 +70,19 @@ def _mined_triplet_loss(batch: Tensor, anchor: Tensor, positive: Tensor, negativ
     return (F.softplus(gap) if soft else torch.relu(gap + margin)).mean()
 
 
+def _traced_triplet_loss(batch: Tensor, anchor: Tensor, positive: Tensor, negative: Tensor, margin: float,
+                         metric: str, soft: bool) -> Tensor:
+    """``_mined_triplet_loss`` without branches on the triplet count T, for torch.compile/export.
+
+    The distances come from the full (N, N) matrix of the batch (the size mining itself works
+    in), and the mean divides by max(T, 1): T = 0 gives 0.0 with a zero gradient.
+    """
+    distances = pairwise_distance(batch, batch, metric=metric)
+    gap = distances[anchor, positive] - distances[anchor, negative]
+    hinge = F.softplus(gap) if soft else torch.relu(gap + margin)
+    return hinge.sum() / torch.sym_max(anchor.numel(), 1)
+
+
 class TripletLoss(nn.Module):
     """Triplet loss over the triplets mined from a labelled batch of embeddings.
 
@@ -162,6 +175,10 @@ class TripletLoss(nn.Module):
             embeddings, labels, strategy=self.strategy, margin=self.margin, metric=self.metric,
             max_triplets=self.max_triplets, gather=self.gather,
         )
+        if torch.compiler.is_compiling():
+            # The number of mined triplets is data-dependent: no branch on it under
+            # torch.compile/export (see _traced_triplet_loss).
+            return _traced_triplet_loss(batch, anchor, positive, negative, self.margin, self.metric, self.soft)
         if anchor.numel() == 0:
             # 0.0 with a zero gradient, still attached to the (gathered) batch: with gather=True
             # this rank's backward must take part in the all-gather's backward collective.

@@ -125,12 +125,17 @@ def _world():
     return dist
 
 
+# Both exchange the ranks' batch sizes (.item(): data-dependent sizes) and run eagerly under
+# torch.compile, a graph break: traced, dynamo's fake-tensor pass of the collectives waits on a
+# real gloo work that never completes (torch 2.14, a one-rank group: a hang).
+@torch.compiler.disable
 def gather_embeddings(embeddings: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Embeddings and labels of every rank of the default process group, concatenated rank-major.
 
     The embeddings go through ``torch.distributed.nn.functional.all_gather`` (differentiable: the
     gradient of the gathered batch flows back to every rank's own embeddings); ranks may hold
-    different numbers of rows.
+    different numbers of rows. Under ``torch.compile`` it runs eagerly (a graph break), so
+    ``fullgraph=True`` cannot hold around it.
 
     Returns
     -------
@@ -163,6 +168,7 @@ def gather_embeddings(embeddings: torch.Tensor, labels: torch.Tensor) -> Tuple[t
     return all_embeddings, all_labels
 
 
+@torch.compiler.disable
 def _own_anchor_range(embeddings: torch.Tensor) -> Tuple[int, int]:
     """[begin, end) of this rank's rows in the gathered batch."""
     dist = _world()
@@ -379,10 +385,11 @@ def _register() -> None:
 
     @register_fake("pyvision_ops::_pairwise_distance_backward")
     def _pairwise_distance_backward_fake(grad, x, y, out, metric, output_mask):
-        gx = torch.empty_like(x) if output_mask[0] else x.new_empty((0,))
+        # The backward kernels return contiguous gradients, whatever the inputs' strides.
+        gx = x.new_empty(x.shape) if output_mask[0] else x.new_empty((0,))
         if y is None:
             return gx, x.new_empty((0,))
-        return gx, (torch.empty_like(y) if output_mask[1] else y.new_empty((0,)))
+        return gx, (y.new_empty(y.shape) if output_mask[1] else y.new_empty((0,)))
 
     @register_fake("pyvision_ops::pairwise_topk")
     def _pairwise_topk_fake(x, y, k, metric="sqeuclidean", largest=False):

@@ -52,6 +52,10 @@ struct AttentionTileOps<float> {
                     float* l, float* acc, int64_t ev) const {
     k.softmax_tile(s, rows, cols, lds, scale, raw_max, m, l, acc, ev);
   }
+  bool gemm_exp(int64_t m, int64_t n, int64_t kk, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                int64_t ldc, float scale, const float* shift, float* row_sum) const {
+    return k.gemm_exp(m, n, kk, a, lda, b, ldb, c, ldc, scale, shift, row_sum);
+  }
 };
 
 template <>
@@ -74,6 +78,10 @@ struct AttentionTileOps<double> {
   void softmax_tile(double* s, int64_t rows, int64_t cols, int64_t lds, double scale, const double* raw_max,
                     double* m, double* l, double* acc, int64_t ev) const {
     attention_softmax_tile_portable<double>(s, rows, cols, lds, scale, raw_max, m, l, acc, ev);
+  }
+  bool gemm_exp(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb,
+                double* c, int64_t ldc, double scale, const double* shift, double* row_sum) const {
+    return attention_gemm_exp_portable<double>(m, n, kk, a, lda, b, ldb, c, ldc, scale, shift, row_sum);
   }
 };
 
@@ -213,7 +221,7 @@ void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tenso
   const int64_t tasks = p.batch * p.heads * tiles;
   parallel_tasks(tasks, [&](auto next) {
     std::vector<T> scores(kQueryTile * kKeyTile), acc(kQueryTile * std::max<int64_t>(Ev, 1));
-    std::vector<T> m(kQueryTile), l(kQueryTile), raw_max(kQueryTile);
+    std::vector<T> m(kQueryTile), l(kQueryTile), raw_max(kQueryTile), tile_sum(kQueryTile);
     for (int64_t task = next(); task < tasks; task = next()) {
       const int64_t bh = task / tiles, i0 = (task % tiles) * kQueryTile;
       const int64_t b = bh / p.heads, h = bh % p.heads, kvh = h / p.group();
@@ -233,12 +241,27 @@ void forward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tenso
         if (key_tile_masked<T>(p, b, h, j0, cols)) continue;
         const T* kt_tile = ktb + (j0 / kKeyTile) * E * kKeyTile;
         if (fused && (!p.causal || j0 + cols <= i0 + 1) && key_tile_clear<T>(p, b, h, j0, cols)) {
-          // Every row sees every key of the tile: the product folds the raw row maxima, one call
-          // does the online-softmax step of all rows (scale folded into the exp).
-          std::fill(raw_max.begin(), raw_max.end(), -std::numeric_limits<T>::infinity());
-          ops.gemm_row_max(rows, cols, E, qb, E, kt_tile, kKeyTile, scores.data(), kKeyTile, raw_max.data());
-          ops.softmax_tile(scores.data(), rows, cols, kKeyTile, scale, raw_max.data(), m.data(), l.data(), acc.data(),
-                           Ev);
+          // Every row sees every key of the tile. Once every row has a finite running maximum, the
+          // product writes the weights against those maxima (gemm_exp: lazy rescaling) unless a
+          // score exceeds its row's maximum by more than kLazyRescaleLimit; otherwise (and then)
+          // the product folds the raw row maxima and one call does the online-softmax step of
+          // all rows (scale folded into the exp).
+          const bool lazy = std::all_of(m.begin(), m.begin() + rows, [](T x) { return std::isfinite(x); });
+          bool done = false;
+          if (lazy) {
+            std::fill(tile_sum.begin(), tile_sum.begin() + rows, T(0));
+            done = ops.gemm_exp(rows, cols, E, qb, E, kt_tile, kKeyTile, scores.data(), kKeyTile, scale, m.data(),
+                                tile_sum.data());
+            if (done) {
+              for (int64_t r = 0; r < rows; ++r) l[r] += tile_sum[r];
+            }
+          }
+          if (!done) {
+            std::fill(raw_max.begin(), raw_max.end(), -std::numeric_limits<T>::infinity());
+            ops.gemm_row_max(rows, cols, E, qb, E, kt_tile, kKeyTile, scores.data(), kKeyTile, raw_max.data());
+            ops.softmax_tile(scores.data(), rows, cols, kKeyTile, scale, raw_max.data(), m.data(), l.data(),
+                             acc.data(), Ev);
+          }
           if (p.dropout > 0.0) {
             for (int64_t r = 0; r < rows; ++r) dropout_row(p, bh * L + i0 + r, j0, cols, scores.data() + r * kKeyTile);
           }

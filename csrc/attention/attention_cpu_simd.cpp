@@ -23,13 +23,57 @@ PVO_TARGET_AVX2 inline float hmax_ps(__m256 v) {
   return _mm_cvtss_f32(x);
 }
 
+// exp(x) for the softmax's arguments x = s * scale - m <= 0 (up to rounding; the caller's
+// maximum m bounds them). n = round(x log2 e) comes from one fma with 1.5 * 2^23 + 127, which
+// leaves n + 127 in the low mantissa bits (so 2^n is those bits shifted into the exponent
+// field); r = x - n ln2 with ln2 split in two (exact product); exp(r) for |r| <= ln2 / 2 is
+// 1 + r + c2 r^2 + ... + c5 r^5 in Horner form (coefficients fitted for relative error on that
+// interval; about 3 ulp from exp over [-87, 0], reduction included). max(-87.9, x) keeps
+// NaN lanes (max_ps returns its second operand when either is NaN) and sends everything below,
+// -inf included, to n = -127, whose exponent field is 0: those lanes give +0 without a compare.
+// A NaN lane stays NaN (NaN times the finite 2^n). No upper clamp: arguments above 0 are
+// rounding residues of the maximum.
+PVO_TARGET_AVX2 inline __m256 exp_softmax_ps(__m256 x) {
+  const __m256 magic = _mm256_set1_ps(12582912.0f + 127.0f);
+  x = _mm256_max_ps(_mm256_set1_ps(-87.9f), x);
+  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
+  const __m256 n = _mm256_sub_ps(t, magic);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 poly = _mm256_set1_ps(8.312525227665901e-3f);
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.1890114545822144e-2f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.6667114198207855e-1f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.99992311000824e-1f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  return _mm256_mul_ps(poly, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+}
+
+// exp(x) for any float32 lanes: exp_softmax_ps after min(88.3, x) (which keeps NaN lanes, as
+// max_ps does; exp(88.3) is finite and n = 127 at most).
+PVO_TARGET_AVX2 inline __m256 exp_ps(__m256 x) { return exp_softmax_ps(_mm256_min_ps(_mm256_set1_ps(88.3f), x)); }
+
 // C[MR x 8 NV] (+)= A[MR x k] B[k x 8 NV]: MR broadcasts of A's rows and NV loads of B's row feed
 // MR * NV FMAs per position; the accumulators are named variables so that they stay in registers
 // over all of k (MR = 6, NV = 2: 12 accumulators, 2 loads + 6 broadcasts per 12 FMAs). With MAX,
 // the largest entry of each of the MR result rows is folded into row_max[r] from the registers.
-template <int MR, int NV, bool MAX = false>
+// What the block does with its result: store it (accumulate: add it to C), also fold the row
+// maxima (MAX), or store the softmax weights exp(result * scale - shift[r]) and add them to the
+// 8-lane row sums row_sum8[r] (EXP; gemm_exp).
+enum Epilogue { kStore = 0, kStoreMax = 1, kExp = 2 };
+
+struct ExpEpilogue {
+  float scale;
+  const float* shift;  // per row of the block
+  float* row_sum8;     // 8 lanes per row of the block
+  __m256* over;        // lanes where result * scale - shift > kLazyRescaleLimit
+};
+
+template <int MR, int NV, int EPI = kStore>
 PVO_TARGET_AVX2 inline void gemm_block(int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                                       int64_t ldc, bool accumulate, float* row_max = nullptr) {
+                                       int64_t ldc, bool accumulate, float* row_max = nullptr,
+                                       const ExpEpilogue* ex = nullptr) {
+  constexpr bool MAX = EPI == kStoreMax;
   static_assert(MR >= 1 && MR <= 6 && (NV == 1 || NV == 2), "gemm block shape");
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
   __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
@@ -73,6 +117,24 @@ PVO_TARGET_AVX2 inline void gemm_block(int64_t k, const float* a, int64_t lda, c
     }
   }
   const __m256 sums[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  if constexpr (EPI == kExp) {
+    const __m256 g = _mm256_set1_ps(ex->scale), limit = _mm256_set1_ps(kLazyRescaleLimit);
+    __m256 over = *ex->over;
+    for (int r = 0; r < MR; ++r) {
+      const __m256 shift = _mm256_set1_ps(ex->shift[r]);
+      __m256 total = _mm256_loadu_ps(ex->row_sum8 + 8 * r);
+      for (int v = 0; v < NV; ++v) {
+        const __m256 x = _mm256_fmsub_ps(sums[r][v], g, shift);
+        over = _mm256_or_ps(over, _mm256_cmp_ps(x, limit, _CMP_GT_OQ));  // false for NaN
+        const __m256 w = exp_softmax_ps(x);
+        _mm256_storeu_ps(c + r * ldc + 8 * v, w);
+        total = _mm256_add_ps(total, w);
+      }
+      _mm256_storeu_ps(ex->row_sum8 + 8 * r, total);
+    }
+    *ex->over = over;
+    return;
+  }
   for (int r = 0; r < MR; ++r) {
     for (int v = 0; v < NV; ++v) {
       float* dst = c + r * ldc + 8 * v;
@@ -95,36 +157,49 @@ PVO_TARGET_AVX2 inline void gemm_block(int64_t k, const float* a, int64_t lda, c
   }
 }
 
-template <int NV, bool MAX>
+template <int NV, int EPI>
 PVO_TARGET_AVX2 void gemm_columns(int64_t m, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
-                                  float* c, int64_t ldc, bool accumulate, float* row_max) {
+                                  float* c, int64_t ldc, bool accumulate, float* row_max, const ExpEpilogue* ex) {
+  constexpr bool MAX = EPI == kStoreMax;
+  // The block's rows of the EXP epilogue's per-row arrays.
+  const auto rows_from = [ex](int64_t i, ExpEpilogue& local) -> const ExpEpilogue* {
+    if (EPI != kExp) return nullptr;
+    local = *ex;
+    local.shift += i;
+    local.row_sum8 += 8 * i;
+    return &local;
+  };
+  ExpEpilogue local{};
   int64_t i = 0;
   for (; i + 6 <= m; i += 6) {
-    gemm_block<6, NV, MAX>(k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate, row_max + (MAX ? i : 0));
+    gemm_block<6, NV, EPI>(k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate, row_max + (MAX ? i : 0),
+                           rows_from(i, local));
   }
   a += i * lda;
   c += i * ldc;
   float* rm = row_max + (MAX ? i : 0);
+  const ExpEpilogue* e = rows_from(i, local);
   switch (m - i) {
-    case 5: gemm_block<5, NV, MAX>(k, a, lda, b, ldb, c, ldc, accumulate, rm); break;
-    case 4: gemm_block<4, NV, MAX>(k, a, lda, b, ldb, c, ldc, accumulate, rm); break;
-    case 3: gemm_block<3, NV, MAX>(k, a, lda, b, ldb, c, ldc, accumulate, rm); break;
-    case 2: gemm_block<2, NV, MAX>(k, a, lda, b, ldb, c, ldc, accumulate, rm); break;
-    case 1: gemm_block<1, NV, MAX>(k, a, lda, b, ldb, c, ldc, accumulate, rm); break;
+    case 5: gemm_block<5, NV, EPI>(k, a, lda, b, ldb, c, ldc, accumulate, rm, e); break;
+    case 4: gemm_block<4, NV, EPI>(k, a, lda, b, ldb, c, ldc, accumulate, rm, e); break;
+    case 3: gemm_block<3, NV, EPI>(k, a, lda, b, ldb, c, ldc, accumulate, rm, e); break;
+    case 2: gemm_block<2, NV, EPI>(k, a, lda, b, ldb, c, ldc, accumulate, rm, e); break;
+    case 1: gemm_block<1, NV, EPI>(k, a, lda, b, ldb, c, ldc, accumulate, rm, e); break;
     default: break;
   }
 }
 
-template <bool MAX>
+template <int EPI>
 PVO_TARGET_AVX2 void gemm_any(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                              int64_t ldb, float* c, int64_t ldc, bool accumulate, float* row_max) {
+                              int64_t ldb, float* c, int64_t ldc, bool accumulate, float* row_max,
+                              const ExpEpilogue* ex = nullptr) {
   int64_t j = 0;
-  for (; j + 16 <= n; j += 16) gemm_columns<2, MAX>(m, k, a, lda, b + j, ldb, c + j, ldc, accumulate, row_max);
-  for (; j + 8 <= n; j += 8) gemm_columns<1, MAX>(m, k, a, lda, b + j, ldb, c + j, ldc, accumulate, row_max);
+  for (; j + 16 <= n; j += 16) gemm_columns<2, EPI>(m, k, a, lda, b + j, ldb, c + j, ldc, accumulate, row_max, ex);
+  for (; j + 8 <= n; j += 8) gemm_columns<1, EPI>(m, k, a, lda, b + j, ldb, c + j, ldc, accumulate, row_max, ex);
   if (j < n) {
-    if constexpr (MAX) {
+    if constexpr (EPI == kStoreMax) {
       attention_gemm_row_max_portable<float>(m, n - j, k, a, lda, b + j, ldb, c + j, ldc, row_max);
-    } else {
+    } else if constexpr (EPI == kStore) {
       attention_gemm_portable<float>(m, n - j, k, a, lda, b + j, ldb, c + j, ldc, accumulate);
     }
   }
@@ -132,43 +207,37 @@ PVO_TARGET_AVX2 void gemm_any(int64_t m, int64_t n, int64_t k, const float* a, i
 
 PVO_TARGET_AVX2 void gemm_avx2(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                                int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  gemm_any<false>(m, n, k, a, lda, b, ldb, c, ldc, accumulate, nullptr);
+  gemm_any<kStore>(m, n, k, a, lda, b, ldb, c, ldc, accumulate, nullptr);
 }
 
 PVO_TARGET_AVX2 void gemm_row_max_avx2(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                                        int64_t ldb, float* c, int64_t ldc, float* row_max) {
-  gemm_any<true>(m, n, k, a, lda, b, ldb, c, ldc, false, row_max);
+  gemm_any<kStoreMax>(m, n, k, a, lda, b, ldb, c, ldc, false, row_max);
 }
 
-// exp(x) for the softmax's arguments x = s * scale - m <= 0 (up to rounding; the caller's
-// maximum m bounds them). n = round(x log2 e) comes from one fma with 1.5 * 2^23 + 127, which
-// leaves n + 127 in the low mantissa bits (so 2^n is those bits shifted into the exponent
-// field); r = x - n ln2 with ln2 split in two (exact product); exp(r) for |r| <= ln2 / 2 is
-// 1 + r + c2 r^2 + ... + c5 r^5 in Horner form (coefficients fitted for relative error on that
-// interval; about 3 ulp from exp over [-87, 0], reduction included). max(-87.9, x) keeps
-// NaN lanes (max_ps returns its second operand when either is NaN) and sends everything below,
-// -inf included, to n = -127, whose exponent field is 0: those lanes give +0 without a compare.
-// A NaN lane stays NaN (NaN times the finite 2^n). No upper clamp: arguments above 0 are
-// rounding residues of the maximum.
-PVO_TARGET_AVX2 inline __m256 exp_softmax_ps(__m256 x) {
-  const __m256 magic = _mm256_set1_ps(12582912.0f + 127.0f);
-  x = _mm256_max_ps(_mm256_set1_ps(-87.9f), x);
-  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
-  const __m256 n = _mm256_sub_ps(t, magic);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 poly = _mm256_set1_ps(8.312525227665901e-3f);
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.1890114545822144e-2f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.6667114198207855e-1f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.99992311000824e-1f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
-  return _mm256_mul_ps(poly, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+// attention_gemm_exp_portable: the exp in the blocks' epilogue (while the scores are in
+// registers), 64 rows at a time; column counts that are not a multiple of 8 take the portable
+// form.
+PVO_TARGET_AVX2 bool gemm_exp_avx2(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                                   int64_t ldb, float* c, int64_t ldc, float scale, const float* shift,
+                                   float* row_sum) {
+  if (n % 8 != 0) return attention_gemm_exp_portable<float>(m, n, k, a, lda, b, ldb, c, ldc, scale, shift, row_sum);
+  constexpr int64_t kRows = 64;
+  alignas(32) float sums8[kRows * 8];
+  __m256 over = _mm256_setzero_ps();
+  for (int64_t i0 = 0; i0 < m; i0 += kRows) {
+    const int64_t rows = std::min(kRows, m - i0);
+    std::fill(sums8, sums8 + rows * 8, 0.0f);
+    const ExpEpilogue ex{scale, shift + i0, sums8, &over};
+    gemm_any<kExp>(rows, n, k, a + i0 * lda, lda, b, ldb, c + i0 * ldc, ldc, false, nullptr, &ex);
+    if (_mm256_movemask_ps(over)) return false;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* t = sums8 + 8 * r;
+      row_sum[i0 + r] += ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+    }
+  }
+  return true;
 }
-
-// exp(x) for any float32 lanes: exp_softmax_ps after min(88.3, x) (which keeps NaN lanes, as
-// max_ps does; exp(88.3) is finite and n = 127 at most).
-PVO_TARGET_AVX2 inline __m256 exp_ps(__m256 x) { return exp_softmax_ps(_mm256_min_ps(_mm256_set1_ps(88.3f), x)); }
 
 PVO_TARGET_AVX2 float exp_sum_avx2(float* x, int64_t n, float scale, float shift) {
   const __m256 s = _mm256_set1_ps(shift), g = _mm256_set1_ps(scale);
@@ -299,8 +368,8 @@ PVO_TARGET_AVX2 void softmax_tile_avx2(float* s, int64_t rows, int64_t cols, int
 }  // namespace
 
 const AttentionCpuKernels* attention_avx2_kernels() {
-  static const AttentionCpuKernels table{&gemm_avx2,          &exp_sum_avx2,     &row_max_avx2, &scale_add_max_avx2,
-                                         &gemm_row_max_avx2, &softmax_tile_avx2};
+  static const AttentionCpuKernels table{&gemm_avx2,          &exp_sum_avx2,      &row_max_avx2, &scale_add_max_avx2,
+                                         &gemm_row_max_avx2, &softmax_tile_avx2, &gemm_exp_avx2};
   return &table;
 }
 

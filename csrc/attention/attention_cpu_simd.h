@@ -34,7 +34,15 @@ struct AttentionCpuKernels {
   // The online-softmax step of one tile without a mask (attention_softmax_tile_portable).
   void (*softmax_tile)(float* s, int64_t rows, int64_t cols, int64_t lds, float scale, const float* raw_max, float* m,
                        float* l, float* acc, int64_t ev);
+  // The score product of a tile whose rows see every key, with the exp in its epilogue against
+  // the running maxima of the earlier tiles (attention_gemm_exp_portable).
+  bool (*gemm_exp)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                   float* c, int64_t ldc, float scale, const float* shift, float* row_sum);
 };
+
+// How far a scaled score may exceed its row's running maximum before gemm_exp gives up: the
+// weights it writes are then at most e^8 (about 3e3), which the float32 sums and P V absorb.
+constexpr float kLazyRescaleLimit = 8.0f;
 
 template <typename T>
 void attention_gemm_portable(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
@@ -120,6 +128,31 @@ void attention_softmax_tile_portable(T* s, int64_t rows, int64_t cols, int64_t l
   }
 }
 
+// Lazy rescaling (as in FlashAttention-4): for rows whose running maximum m[i] is finite,
+// c[i][j] = exp((a b)[i][j] * scale - shift[i]) and row_sum[i] += sum_j c[i][j], without first
+// taking the tile's maxima. Returns false, leaving c and row_sum unspecified, when some
+// (a b)[i][j] * scale - shift[i] exceeds kLazyRescaleLimit: the caller redoes the tile with the
+// new maxima (the online-softmax step). Keeping shift[i] while the scores stay below it + limit
+// changes nothing in the result: the output is acc / l and the saved lse is m + log l, both
+// independent of the shift. A NaN score gives a NaN weight (and output), as the step does.
+template <typename T>
+bool attention_gemm_exp_portable(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                                 T* c, int64_t ldc, T scale, const T* shift, T* row_sum) {
+  attention_gemm_portable<T>(m, n, k, a, lda, b, ldb, c, ldc, false);
+  for (int64_t i = 0; i < m; ++i) {
+    T* row = c + i * ldc;
+    T sum = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const T x = std::fma(row[j], scale, -shift[i]);
+      if (x > static_cast<T>(kLazyRescaleLimit)) return false;
+      row[j] = std::exp(x);
+      sum += row[j];
+    }
+    row_sum[i] += sum;
+  }
+  return true;
+}
+
 inline void attention_gemm_f32_portable(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                                         int64_t ldb, float* c, int64_t ldc, bool accumulate) {
   attention_gemm_portable<float>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
@@ -147,6 +180,12 @@ inline void attention_softmax_tile_f32_portable(float* s, int64_t rows, int64_t 
   attention_softmax_tile_portable<float>(s, rows, cols, lds, scale, raw_max, m, l, acc, ev);
 }
 
+inline bool attention_gemm_exp_f32_portable(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                                            const float* b, int64_t ldb, float* c, int64_t ldc, float scale,
+                                            const float* shift, float* row_sum) {
+  return attention_gemm_exp_portable<float>(m, n, k, a, lda, b, ldb, c, ldc, scale, shift, row_sum);
+}
+
 // The AVX2 table (attention_cpu_simd.cpp), nullptr where the build has none.
 const AttentionCpuKernels* attention_avx2_kernels();
 
@@ -156,7 +195,8 @@ inline const AttentionCpuKernels& attention_cpu_kernels() {
                                                       &attention_row_max_f32_portable,
                                                       &attention_scale_add_max_f32_portable,
                                                       &attention_gemm_row_max_f32_portable,
-                                                      &attention_softmax_tile_f32_portable};
+                                                      &attention_softmax_tile_f32_portable,
+                                                      &attention_gemm_exp_f32_portable};
   return select_cpu_kernels(portable, attention_avx2_kernels());
 }
 

@@ -803,11 +803,7 @@ def _contract_ops() -> Dict[str, str]:
 
 
 #: Registered ops without an OpContract subclass: op -> what covers it instead.
-WITHOUT_CONTRACT = {
-    "_kmeans_assign": "no OpContract subclass: only test_metric_learning.py::test_kmeans_assign_opcheck (opcheck, "
-                      "no aot_eager compile, empty-batch, bad-input or layout checks); add one in "
-                      "tests/test_metric_learning.py",
-}
+WITHOUT_CONTRACT: Dict[str, str] = {}
 
 
 @pytest.mark.parametrize("op_name", _registered_ops() or ["<extension not loaded>"])

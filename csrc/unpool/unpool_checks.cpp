@@ -127,6 +127,32 @@ at::Tensor flat_indices_without(const UnpoolParams& p, const at::Tensor& indices
   return flat;
 }
 
+bool pool_backward_without_padding_only(const UnpoolParams& p, const at::Tensor& grad_output,
+                                        const at::Tensor& indices, c10::IntArrayRef input_size,
+                                        c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                        c10::IntArrayRef padding, c10::IntArrayRef dilation, PoolBackwardRewrite& out) {
+  const at::Tensor mask = padding_only_windows(p, indices);
+  if (!mask.defined()) return false;
+  const at::Tensor flat = flat_indices_without(p, indices, mask);
+  if (!flat.defined()) return false;
+  // the layouts stay those the fake kernel promises
+  out.grad_output = dense_in_layout(grad_output.masked_fill(mask, 0), p.channels_last);
+  out.indices = dense_in_layout(flat, p.channels_last);
+  out.params = make_pool_backward_params(out.grad_output, out.indices, input_size, kernel_size, stride, padding,
+                                         dilation, /*compact=*/false);
+  return true;
+}
+
+bool unpool_backward_without_padding_only(const UnpoolParams& p, const at::Tensor& indices, at::Tensor& flat,
+                                          at::Tensor& mask) {
+  mask = padding_only_windows(p, indices);
+  if (!mask.defined()) return false;
+  const at::Tensor rewritten = flat_indices_without(p, indices, mask);
+  if (!rewritten.defined()) return false;
+  flat = dense_in_layout(rewritten, p.channels_last);
+  return true;
+}
+
 IndexKind index_kind(const at::Tensor& indices, const char* op) {
   switch (indices.scalar_type()) {
     case at::kLong: return IndexKind::Int64;

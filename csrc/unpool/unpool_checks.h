@@ -72,6 +72,25 @@ at::Tensor padding_only_windows(const UnpoolParams& p, const at::Tensor& indices
 // undefined when a compact index outside `mask` is bad (the kernels then report it).
 at::Tensor flat_indices_without(const UnpoolParams& p, const at::Tensor& indices, const at::Tensor& mask);
 
+// _max_pool2d_backward's arguments with the windows of padding only taken out: grad_output
+// masked to 0 there and flat int64 indices pointing at element 0 of their plane, dense in the
+// layout of `p`, with their params (scatter them with accumulation, so that those zeros
+// overwrite nothing). False (nothing set) when there is no such window or a bad index elsewhere.
+struct PoolBackwardRewrite {
+  at::Tensor grad_output, indices;
+  UnpoolParams params;
+};
+bool pool_backward_without_padding_only(const UnpoolParams& p, const at::Tensor& grad_output,
+                                        const at::Tensor& indices, c10::IntArrayRef input_size,
+                                        c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                        c10::IntArrayRef padding, c10::IntArrayRef dilation, PoolBackwardRewrite& out);
+
+// _max_unpool_backward's indices with the windows of padding only pointing at element 0 (dense in
+// the layout of `p`) and the mask of those windows, whose gathered values must then be zeroed.
+// False when there is no such window or a bad index elsewhere.
+bool unpool_backward_without_padding_only(const UnpoolParams& p, const at::Tensor& indices, at::Tensor& flat,
+                                          at::Tensor& mask);
+
 // No bad index seen (the reduction identity for "first bad position").
 constexpr int64_t kNoBadIndex = INT64_MAX;
 

@@ -119,17 +119,13 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
     at::globalContext().alertNotDeterministic(
         "max_pool2d_with_indices backward on CUDA with overlapping windows (pyvision_ops::_max_pool2d_backward)");
   }
-  const at::Tensor padding_only = padding_only_windows(p, indices);
-  if (padding_only.defined()) {
-    const at::Tensor flat = flat_indices_without(p, indices, padding_only);
-    if (flat.defined()) {
-      // As on the CPU: those windows add a zero to element 0 of their plane (x + 0 is exact, so
-      // the atomics' order changes nothing the windows themselves would not).
-      const at::Tensor g = dense_in_layout(grad_output.masked_fill(padding_only, 0), p.channels_last);
-      const at::Tensor i = dense_in_layout(flat, p.channels_last);
-      const UnpoolParams q = make_pool_backward_params(g, i, input_size, kernel_size, stride, padding, dilation, false);
-      return source_to_target_cuda("_max_pool2d_backward", g, i, q, sizes, /*accumulate=*/true);
-    }
+  // Windows of padding only add a zero to element 0 of their plane (x + 0 is exact, so the
+  // atomics' order changes nothing the windows themselves would not).
+  PoolBackwardRewrite rewrite;
+  if (pool_backward_without_padding_only(p, grad_output, indices, input_size, kernel_size, stride, padding, dilation,
+                                         rewrite)) {
+    return source_to_target_cuda("_max_pool2d_backward", rewrite.grad_output, rewrite.indices, rewrite.params, sizes,
+                                 /*accumulate=*/true);
   }
   return source_to_target_cuda("_max_pool2d_backward", grad_output, indices, p, sizes, overlap);
 }
@@ -158,13 +154,10 @@ at::Tensor max_unpool_backward_cuda(const at::Tensor& grad_output, const at::Ten
                                     c10::IntArrayRef dilation) {
   const UnpoolParams p = make_unpool_backward_params(grad_output, indices, kernel_size, stride, padding, dilation);
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  const at::Tensor padding_only = padding_only_windows(p, indices);
-  if (padding_only.defined()) {
-    // The adjoint of the pooling backward: a window of padding only gathers nothing (zero).
-    const at::Tensor flat = flat_indices_without(p, indices, padding_only);
-    if (flat.defined()) {
-      return gather_backward_cuda(grad_output, dense_in_layout(flat, p.channels_last), p).masked_fill_(padding_only, 0);
-    }
+  // The adjoint of the pooling backward: a window of padding only gathers nothing (zero).
+  at::Tensor flat, padding_only;
+  if (unpool_backward_without_padding_only(p, indices, flat, padding_only)) {
+    return gather_backward_cuda(grad_output, flat, p).masked_fill_(padding_only, 0);
   }
   return gather_backward_cuda(grad_output, indices, p);
 }

@@ -56,6 +56,9 @@ struct AttentionTileOps<float> {
                 int64_t ldc, float scale, const float* shift, float* row_sum) const {
     return k.gemm_exp(m, n, kk, a, lda, b, ldb, c, ldc, scale, shift, row_sum);
   }
+  void exp_shifted(float* x, int64_t n, float scale, float m, float log_l) const {
+    k.exp_shifted(x, n, scale, m, log_l);
+  }
 };
 
 template <>
@@ -82,6 +85,9 @@ struct AttentionTileOps<double> {
   bool gemm_exp(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb,
                 double* c, int64_t ldc, double scale, const double* shift, double* row_sum) const {
     return attention_gemm_exp_portable<double>(m, n, kk, a, lda, b, ldb, c, ldc, scale, shift, row_sum);
+  }
+  void exp_shifted(double* x, int64_t n, double scale, double m, double log_l) const {
+    attention_exp_shifted_portable<double>(x, n, scale, m, log_l);
   }
 };
 
@@ -395,18 +401,38 @@ void backward_impl(const AttentionParams& p, const at::Tensor& q, const at::Tens
     const T* vt_tile = vtp + (kv * key_tiles + jt) * Ev * kKeyTile;
     ops.gemm(rows, cols, E, qp + (bh * L + i0) * E, E, kt_tile, kKeyTile, buf.pm.data(), kKeyTile, false);
     ops.gemm(rows, cols, Ev, gop + (bh * L + i0) * Ev, Ev, vt_tile, kKeyTile, buf.dpm.data(), kKeyTile, false);
+    // The scores' shift s * scale (+ mask) - m rounded as the forward rounded it for this tile
+    // (forward_impl): a weight that differs from the forward's by the rounding of a score of size
+    // |s * scale| breaks sum_j dS_j = 0, an error that dQ = dS K multiplies by |k|.
+    const bool fused = scale > T(0) && (p.mask_kind == AttentionMask::None ||
+                                        (p.mask_kind == AttentionMask::Additive && p.mask_stride[3] == 1));
+    const bool clear = fused && (!p.causal || j0 + cols <= i0 + 1) && key_tile_clear<T>(p, b, h, j0, cols);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r, row_id = bh * L + i;
       T* prow = buf.pm.data() + r * kKeyTile;
       T* dprow = buf.dpm.data() + r * kKeyTile;
-      mask_score_row(p, b, h, i, j0, cols, prow);
       const T m = sp[2 * row_id], log_l = sp[2 * row_id + 1];
       if (m == -std::numeric_limits<T>::infinity()) {
         std::fill(prow, prow + cols, T(0));
       } else {
+        // the causal rule on the raw scores (-inf * scale stays -inf), then the forward's rounding
+        if (fused && p.causal) {
+          for (int64_t c = std::max<int64_t>(0, i + 1 - j0); c < cols; ++c) {
+            prow[c] = -std::numeric_limits<T>::infinity();
+          }
+        }
+        T exp_scale = T(1);
+        if (clear || (fused && p.mask_kind == AttentionMask::None)) {
+          exp_scale = scale;  // one rounding of s * scale - m: the forward's fma
+        } else if (fused) {
+          const T* add = static_cast<const T*>(p.mask) + b * p.mask_stride[0] + h * p.mask_stride[1] +
+                         i * p.mask_stride[2] + j0;
+          ops.scale_add_max(prow, cols, scale, add);
+        } else {
+          mask_score_row(p, b, h, i, j0, cols, prow);
+        }
         // exp((s - m) - log l): s - m is exact for scores near the maximum, whatever |m| is.
-        for (int64_t c = 0; c < cols; ++c) prow[c] -= m;
-        ops.exp_sum(prow, cols, T(1), log_l);
+        ops.exp_shifted(prow, cols, exp_scale, m, log_l);
       }
       if (p.dropout > 0.0) {
         T* drow = buf.dropped.data() + r * kKeyTile;

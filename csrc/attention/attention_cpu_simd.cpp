@@ -264,6 +264,21 @@ PVO_TARGET_AVX2 float exp_sum_avx2(float* x, int64_t n, float scale, float shift
   return total;
 }
 
+PVO_TARGET_AVX2 void exp_shifted_avx2(float* x, int64_t n, float scale, float m, float log_l) {
+  const __m256 g = _mm256_set1_ps(scale), mv = _mm256_set1_ps(m), lv = _mm256_set1_ps(log_l);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    _mm256_storeu_ps(x + j, exp_ps(_mm256_sub_ps(_mm256_fmsub_ps(_mm256_loadu_ps(x + j), g, mv), lv)));
+  }
+  if (j < n) {
+    alignas(32) float tail[8];
+    const int64_t rest = n - j;
+    for (int64_t t = 0; t < 8; ++t) tail[t] = t < rest ? std::fma(x[j + t], scale, -m) - log_l : -INFINITY;
+    _mm256_store_ps(tail, exp_ps(_mm256_load_ps(tail)));
+    for (int64_t t = 0; t < rest; ++t) x[j + t] = tail[t];
+  }
+}
+
 PVO_TARGET_AVX2 float row_max_avx2(const float* x, int64_t n) {
   __m256 best = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
   int64_t j = 0;
@@ -369,7 +384,8 @@ PVO_TARGET_AVX2 void softmax_tile_avx2(float* s, int64_t rows, int64_t cols, int
 
 const AttentionCpuKernels* attention_avx2_kernels() {
   static const AttentionCpuKernels table{&gemm_avx2,          &exp_sum_avx2,      &row_max_avx2, &scale_add_max_avx2,
-                                         &gemm_row_max_avx2, &softmax_tile_avx2, &gemm_exp_avx2};
+                                         &gemm_row_max_avx2, &softmax_tile_avx2, &gemm_exp_avx2,
+                                         &exp_shifted_avx2};
   return &table;
 }
 

@@ -38,6 +38,9 @@ struct AttentionCpuKernels {
   // the running maxima of the earlier tiles (attention_gemm_exp_portable).
   bool (*gemm_exp)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                    float* c, int64_t ldc, float scale, const float* shift, float* row_sum);
+  // The backward's weights: x[j] = exp((x[j] * scale - m) - log_l), x[j] * scale - m rounded once
+  // (as the forward's exp rounds it; -inf entries give 0 for scale > 0).
+  void (*exp_shifted)(float* x, int64_t n, float scale, float m, float log_l);
 };
 
 // How far a scaled score may exceed its row's running maximum before gemm_exp gives up: the
@@ -153,6 +156,11 @@ bool attention_gemm_exp_portable(int64_t m, int64_t n, int64_t k, const T* a, in
   return true;
 }
 
+template <typename T>
+void attention_exp_shifted_portable(T* x, int64_t n, T scale, T m, T log_l) {
+  for (int64_t j = 0; j < n; ++j) x[j] = x[j] == -INFINITY ? T(0) : std::exp(std::fma(x[j], scale, -m) - log_l);
+}
+
 inline void attention_gemm_f32_portable(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                                         int64_t ldb, float* c, int64_t ldc, bool accumulate) {
   attention_gemm_portable<float>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
@@ -186,6 +194,10 @@ inline bool attention_gemm_exp_f32_portable(int64_t m, int64_t n, int64_t k, con
   return attention_gemm_exp_portable<float>(m, n, k, a, lda, b, ldb, c, ldc, scale, shift, row_sum);
 }
 
+inline void attention_exp_shifted_f32_portable(float* x, int64_t n, float scale, float m, float log_l) {
+  attention_exp_shifted_portable<float>(x, n, scale, m, log_l);
+}
+
 // The AVX2 table (attention_cpu_simd.cpp), nullptr where the build has none.
 const AttentionCpuKernels* attention_avx2_kernels();
 
@@ -196,7 +208,8 @@ inline const AttentionCpuKernels& attention_cpu_kernels() {
                                                       &attention_scale_add_max_f32_portable,
                                                       &attention_gemm_row_max_f32_portable,
                                                       &attention_softmax_tile_f32_portable,
-                                                      &attention_gemm_exp_f32_portable};
+                                                      &attention_gemm_exp_f32_portable,
+                                                      &attention_exp_shifted_f32_portable};
   return select_cpu_kernels(portable, attention_avx2_kernels());
 }
 

@@ -889,7 +889,8 @@ def test_fuzz_pairwise_topk(case, metric, largest, k_fraction):
 
 # A zero row is at cosine distance 1 from every row (DESIGN): the tile kernels, which take half
 # the squared distance of unit rows, get augmented rows for it (cosine_augmented_rows in
-# csrc/distance/distance_checks.cpp).
+# csrc/distance/distance_checks.cpp), in pairwise_distance, pairwise_topk and the miners alike,
+# so that the miners compare pairwise_distance's own values (ties included).
 @settings(_BASE, phases=[hypothesis.Phase.explicit])
 @example(x=[[0.0]], y=[[1.0]])
 @example(x=[[0.0, 0.0]], y=[[0.0, 0.0], [1.0, 2.0]])
@@ -1014,34 +1015,18 @@ def test_fuzz_mine_triplets(case, strategy, metric, margin_factor, max_triplets)
 @example(case=dict(seed=4, n=12, d=2, labels="two_classes", label_dtype=torch.int32, dtype=torch.float32, style="normal",
                    layout="contiguous", label_layout="contiguous", simd=True, zero_rows=True),
          strategy="semi_hard_window", metric="cosine", margin_factor=2.0, max_triplets=None)
+@example(case=dict(seed=4, n=12, d=2, labels="two_classes", label_dtype=torch.int32, dtype=torch.float32, style="ties",
+                   layout="contiguous", label_layout="contiguous", simd=True, zero_rows=True),
+         strategy="semi_hard_window", metric="cosine", margin_factor=2.0, max_triplets=None)
+@example(case=dict(seed=4, n=12, d=2, labels="two_classes", label_dtype=torch.int32, dtype=torch.float64, style="ties",
+                   layout="contiguous", label_layout="contiguous", simd=False, zero_rows=True),
+         strategy="semi_hard_window", metric="cosine", margin_factor=2.0, max_triplets=None)
 @example(case=dict(seed=5, n=10, d=2, labels="classes", label_dtype=torch.int64, dtype=torch.float32, style="ties",
                    layout="contiguous", label_layout="contiguous", simd=False, zero_rows=True),
          strategy="hard", metric="cosine", margin_factor=1.0, max_triplets=7)
 @given(case=embedding_cases(), strategy=st.just("batch_hard"), metric=st.just("cosine"),
        margin_factor=st.just(0.0), max_triplets=st.none())
 def test_mine_triplets_cosine_zero_row(case, strategy, metric, margin_factor, max_triplets):
-    EXAMPLES["mine_triplets"] += 1
-    check_mining(case, strategy, metric, margin_factor, max_triplets)
-
-
-ZERO_ROW_TIES_BUG = (
-    "bug: with a zero embedding the miners compute cosine distances on augmented rows "
-    "(cosine_augmented_rows in csrc/distance/distance_checks.cpp): a zero row's distances come out 1 within an "
-    "ulp, and every other pair's in other last bits (the centre and the exact form's partial sums see the two "
-    "extra columns), while pairwise_distance gives the zero row exactly 1 and the other pairs their usual bits; "
-    "on tied data (small-integer embeddings) semi_hard_window then resolves ties and margin equalities "
-    "differently from the same rule applied to pairwise_distance's matrix (float32 and float64 alike; batch_hard, "
-    "semi_hard and hard agree on the examples tried)")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=ZERO_ROW_TIES_BUG)
-@settings(_BASE, phases=[hypothesis.Phase.explicit])
-@example(case=dict(seed=4, n=12, d=2, labels="two_classes", label_dtype=torch.int32, dtype=torch.float32, style="ties",
-                   layout="contiguous", label_layout="contiguous", simd=True, zero_rows=True),
-         strategy="semi_hard_window", metric="cosine", margin_factor=2.0, max_triplets=None)
-@given(case=embedding_cases(), strategy=st.just("semi_hard_window"), metric=st.just("cosine"),
-       margin_factor=st.just(2.0), max_triplets=st.none())
-def test_mine_triplets_cosine_zero_row_on_tied_data(case, strategy, metric, margin_factor, max_triplets):
     EXAMPLES["mine_triplets"] += 1
     check_mining(case, strategy, metric, margin_factor, max_triplets)
 

@@ -185,6 +185,17 @@ at::Tensor unit_rows(const at::Tensor& rows) {
 void prepare_distance_rows(DistanceMetric metric, const at::Tensor& x, const at::Tensor& y, int64_t batch,
                            PreparedRows& x_rows, PreparedRows& y_rows, bool centre_from_y) {
   const at::ScalarType compute = distance_compute_dtype(x.scalar_type());
+  at::Tensor xa, ya;
+  if (metric == DistanceMetric::Cosine && cosine_augmented_rows(x, y, compute, xa, ya)) {
+    // Rows of norm 1 by construction: no centre, norms exactly 1, and y's rows always their own
+    // side (also for x against itself). A zero row then gets exactly 1 - 0 = 1 from any row.
+    for (auto [rows, t] : {std::pair<PreparedRows*, const at::Tensor*>{&x_rows, &xa}, {&y_rows, &ya}}) {
+      rows->orig = as_rows(*t, batch, compute);
+      rows->centered = rows->orig;
+      rows->norms = at::ones({batch, rows->orig.size(1)}, rows->orig.options());
+    }
+    return;
+  }
   x_rows.orig = as_rows(x, batch, compute);
   if (y.defined()) y_rows.orig = as_rows(y, batch, compute);
   if (metric == DistanceMetric::Cosine) {
@@ -219,29 +230,6 @@ void prepare_distance_rows(DistanceMetric metric, const at::Tensor& x, const at:
   };
   finish(x_rows);
   if (y.defined()) finish(y_rows);
-}
-
-void correct_cosine_short_rows(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, int64_t batch) {
-  const at::Tensor xd = x.reshape({batch, x.size(-2), x.size(-1)}).to(at::kDouble);
-  const at::Tensor yd = y.defined() ? y.reshape({batch, y.size(-2), y.size(-1)}).to(at::kDouble) : xd;
-  const at::Tensor nx = xd.square().sum(-1).sqrt(), ny = yd.square().sum(-1).sqrt();
-  const at::Tensor short_x = nx < kCosineNormEps, short_y = ny < kCosineNormEps;
-  if (!(short_x.any().item<bool>() || short_y.any().item<bool>())) return;
-  const at::Tensor xh = xd / nx.clamp_min(kCosineNormEps).unsqueeze(-1);
-  const at::Tensor yh = yd / ny.clamp_min(kCosineNormEps).unsqueeze(-1);
-  // The rows and columns of short rows are computed as 1 - xh.yh directly (exactly 1 for a zero
-  // row, as torch.nn.functional.cosine_similarity gives 0).
-  for (int64_t b = 0; b < batch; ++b) {
-    at::Tensor item = out[b];
-    const at::Tensor ix = short_x[b].nonzero().squeeze(1);
-    if (ix.numel() > 0) {
-      item.index_copy_(0, ix, (1 - xh[b].index_select(0, ix).mm(yh[b].t())).to(out.scalar_type()));
-    }
-    const at::Tensor iy = short_y[b].nonzero().squeeze(1);
-    if (iy.numel() > 0) {
-      item.index_copy_(1, iy, (1 - xh[b].mm(yh[b].index_select(0, iy).t())).to(out.scalar_type()));
-    }
-  }
 }
 
 namespace {

@@ -43,20 +43,16 @@ void check_pairwise_backward_inputs(const char* op, const at::Tensor& grad, cons
 struct PreparedRows {
   at::Tensor orig, centered, norms;
 };
-// Prepares x and, when y is defined, y (with the shared centre); y_rows is left empty otherwise.
+// Prepares x and, when y is defined, y (with the shared centre); y_rows is left empty otherwise,
+// except for "cosine" with a row shorter than 1e-8: then both sides are cosine_augmented_rows
+// (no centre, norms 1) and y_rows always holds y's (or x's) augmented rows, a side of its own.
 // centre_from_y: the centre is the mean of y's rows only (the miners, whose anchors x are a
 // slice of y: the centre is then the one pairwise_distance(y) uses).
 void prepare_distance_rows(DistanceMetric metric, const at::Tensor& x, const at::Tensor& y, int64_t batch,
                            PreparedRows& x_rows, PreparedRows& y_rows, bool centre_from_y = false);
 
-// "cosine" treats a row as its unit row x / max(|x|, 1e-8); the kernels take 1 - cos as half
-// the squared distance of unit rows, which holds when both rows have norm 1. The rows and
-// columns of out ((B, N, M), compute dtype) that belong to rows shorter than 1e-8 (zero rows)
-// are recomputed here as 1 - xh.yh, in place; nothing to do (one check) when there is none.
-void correct_cosine_short_rows(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, int64_t batch);
-
-// The tile kernels (pairwise_topk, the miners) take 1 - cos as half the squared distance of unit
-// rows, wrong for a row shorter than 1e-8 (its unit row is shorter than 1). Where x or y (x when
+// The tile kernels take 1 - cos as half the squared distance of unit rows, wrong for a row
+// shorter than 1e-8 (its unit row is shorter than 1). Where x or y (x when
 // y is undefined) has such a row, returns true and sets x_out and y_out (..., n, D + 2) in
 // `compute`: the unit rows, then sqrt(1 - |unit row|^2) in column D for x's short rows and in
 // column D + 1 for y's. Every augmented row has norm 1 and the cross products are those of the

@@ -60,12 +60,12 @@ void prepare_sides(DistanceMetric metric, const at::Tensor& x, const at::Tensor&
                    PackedRows& ys, bool centre_from_y = false) {
   const DistanceTileOps<T> ops;
   prepare_distance_rows(metric, x, y, batch, xs.rows, ys.rows, centre_from_y);
-  xs.n = x.size(-2);
-  xs.dim = x.size(-1);
+  xs.n = xs.rows.orig.size(1);
+  xs.dim = xs.rows.orig.size(2);  // D + 2 for cosine_augmented_rows
   pack_rows_parallel(ops, xs);
-  if (y.defined()) {
-    ys.n = y.size(-2);
-    ys.dim = y.size(-1);
+  if (ys.rows.orig.defined()) {
+    ys.n = ys.rows.orig.size(1);
+    ys.dim = ys.rows.orig.size(2);
     pack_rows_parallel(ops, ys);
   } else {
     ys = xs;
@@ -119,7 +119,6 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const c10::optional<at::Te
     pairwise_distance_kernel<scalar_t>(metric, xs, ys, batch, out.data_ptr<scalar_t>(), m);
   });
   (void)dim;
-  if (metric == DistanceMetric::Cosine) correct_cosine_short_rows(out, x, y, batch);
   return out.to(x.scalar_type()).reshape(shape);
 }
 
@@ -251,11 +250,8 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cpu(const at::Tensor& x, const 
   at::Tensor indices = at::empty({batch, n, k}, x.options().dtype(at::kLong));
   if (batch * n > 0) {
     PackedRows xs, ys;
-    // cosine with zero (short) rows: the augmented rows of cosine_augmented_rows
-    at::Tensor xa, ya;
-    const bool augmented = metric == DistanceMetric::Cosine && cosine_augmented_rows(x, y, compute, xa, ya);
     AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
-      prepare_sides<scalar_t>(metric, augmented ? xa : x, augmented ? ya : y, batch, xs, ys);
+      prepare_sides<scalar_t>(metric, x, y, batch, xs, ys);
       const DistanceTileOps<scalar_t> ops;
       const int64_t group_rows = topk_group_rows(batch, n);
       const int64_t groups = (n + group_rows - 1) / group_rows;
@@ -466,11 +462,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_triplets_cpu(const at::Tenso
     AT_DISPATCH_FLOATING_TYPES(compute, op, [&] {
       using T = scalar_t;
       PackedRows xs, ys;
-      // cosine with zero (short) rows: the augmented rows of cosine_augmented_rows, two sides
-      at::Tensor xa, ya;
-      if (metric == DistanceMetric::Cosine && cosine_augmented_rows(embeddings, at::Tensor(), compute, xa, ya)) {
-        prepare_sides<T>(metric, xa.narrow(0, anchor_begin, anchors), ya, 1, xs, ys, /*centre_from_y=*/true);
-      } else if (anchors == n) {
+      // (cosine with a zero row: prepare_distance_rows makes two sides of cosine_augmented_rows,
+      // which the anchors' slice of x shares with pairwise_distance(embeddings))
+      if (anchors == n) {
         // All anchors: one prepared set serves both sides (as pairwise_distance(embeddings)).
         prepare_sides<T>(metric, embeddings, at::Tensor(), 1, xs, ys);
       } else {

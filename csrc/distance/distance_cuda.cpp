@@ -87,7 +87,8 @@ at::Tensor pairwise_distance_cuda(const at::Tensor& x, const c10::optional<at::T
   const at::ScalarType compute = distance_compute_dtype(x.scalar_type());
   PreparedRows xr, yr;
   prepare_distance_rows(metric, x, y, batch, xr, yr);
-  const PreparedRows& ys = y.defined() ? yr : xr;  // x against itself: the same rows
+  // x against itself: the same rows (cosine_augmented_rows: a side of their own)
+  const PreparedRows& ys = yr.orig.defined() ? yr : xr;
   check_prepared(xr, compute);
   check_prepared(ys, compute);
   at::Tensor out = at::empty({batch, n, m}, x.options().dtype(compute));
@@ -103,7 +104,6 @@ at::Tensor pairwise_distance_cuda(const at::Tensor& x, const c10::optional<at::T
   args.ld = m;
   check_cuda_launch(launch_distance_tiles(scalar_kind(compute), args, at::cuda::getCurrentCUDAStream()), op,
                     "distance_tiles_kernel");
-  if (metric == DistanceMetric::Cosine) correct_cosine_short_rows(out, x, y, batch);
   at::Tensor result = out.reshape(shape);
   if (result.scalar_type() != x.scalar_type()) result = result.to(x.scalar_type());
   return result;
@@ -126,10 +126,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_topk_cuda(const at::Tensor& x, const
   at::Tensor indices = at::empty({batch, n, k}, x.options().dtype(at::kLong));
   if (batch * n > 0) {
     PreparedRows xr, yr;
-    // cosine with zero (short) rows: the augmented rows of cosine_augmented_rows
-    at::Tensor xa, ya;
-    const bool augmented = metric == DistanceMetric::Cosine && cosine_augmented_rows(x, y, compute, xa, ya);
-    prepare_distance_rows(metric, augmented ? xa : x, augmented ? ya : y, batch, xr, yr);
+    prepare_distance_rows(metric, x, y, batch, xr, yr);
     check_prepared(xr, compute);
     check_prepared(yr, compute);
     const DistanceSides sides = sides_of(xr, yr);
@@ -389,13 +386,7 @@ Triplets mine_triplets_cuda(const at::Tensor& embeddings, const at::Tensor& labe
   const at::ScalarType compute = distance_compute_dtype(embeddings.scalar_type());
   const at::Tensor x = embeddings.narrow(0, anchor_begin, anchors);
   PreparedRows xr, yr;
-  // cosine with zero (short) rows: the augmented rows of cosine_augmented_rows
-  at::Tensor xa, ya;
-  if (metric == DistanceMetric::Cosine && cosine_augmented_rows(embeddings, at::Tensor(), compute, xa, ya)) {
-    prepare_distance_rows(metric, xa.narrow(0, anchor_begin, anchors), ya, 1, xr, yr, /*centre_from_y=*/true);
-  } else {
-    prepare_distance_rows(metric, x, embeddings, 1, xr, yr, /*centre_from_y=*/true);
-  }
+  prepare_distance_rows(metric, x, embeddings, 1, xr, yr, /*centre_from_y=*/true);
   check_prepared(xr, compute);
   check_prepared(yr, compute);
   if (strategy == TripletStrategy::BatchHard && compute == at::kFloat && n <= std::numeric_limits<int32_t>::max()) {

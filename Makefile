@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch>=2.4
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: test bench build deps cmake-check check-cuda-tests gpu-check reliability fuzz sanitize clean
+.PHONY: test bench build deps cmake-check check-cuda-tests compile-check gpu-check reliability fuzz sanitize clean
 
 $(PY):
 	# --system-site-packages: a torch already installed for this interpreter is used as it is.
@@ -48,6 +48,11 @@ check-cuda-tests: build
 	@tail -1 .venv/cuda-collect.log
 	bash -n scripts/gpu_check.sh
 	@test -n "$$($(PY) -m pyvision_ops.bench --families)" || { echo "bench --families lists nothing"; exit 1; }
+
+# The bounded torch.compile (inductor, static and dynamic) and torch.export checks of every op,
+# module and model (tests/test_reliability_compile.py; 2-3 minutes on 2 cores, CI runs it).
+compile-check: build
+	PVO_RELIABILITY_COMPILE=1 $(PY) -m pytest tests/test_reliability_compile.py -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # Builds csrc/ as a C++ library against libtorch with CMake and runs a small C++ program that
 # calls pyvision_ops::max_unpool2d through the dispatcher (CPU).

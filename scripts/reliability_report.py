@@ -8,7 +8,7 @@ with the machine, the date and the commit. It exits non-zero when any check fail
 in the repository is the one of a run where every figure that must be zero is zero, or says
 which is not.
 
-    python scripts/reliability_report.py                 # the bounded (CI) versions, ~10 minutes
+    python scripts/reliability_report.py                 # the bounded versions, ~15 minutes
     python scripts/reliability_report.py --full          # longer fuzzing, full sanitizer run
     python scripts/reliability_report.py --only fuzz,threads --output /tmp/r.md
 """
@@ -246,7 +246,10 @@ def render(results: List[Result], full: bool) -> str:
         "",
         "Written by `make reliability` (`python scripts/reliability_report.py" + (" --full" if full else "") + "`);",
         f"this run: {date}, commit {_commit()}, {_machine()}, "
-        f"{'full' if full else 'bounded (CI)'} versions of the checks.",
+        f"{'full' if full else 'bounded'} versions of the checks. CI (`.ci/run`) runs every bounded check but "
+        "the sanitizers: `make test` holds the bad-input, fuzzing, thread, determinism, memory and opcheck "
+        "files, `make compile-check` the compilation file; the sanitizer build (about 13 minutes on 2 cores) "
+        "runs only here and in `make sanitize`.",
         "",
         "Counts are test cases (pytest); *failed* includes crashes (a case that kills its subprocess "
         "or the interpreter fails), wrong answers, unclear errors and modified inputs; *known bugs* "

@@ -67,9 +67,9 @@ from pyvision_ops import models  # noqa: E402
 from pyvision_ops import nn as pnn  # noqa: E402
 
 FULL = os.environ.get("PVO_RELIABILITY_FULL", "") not in ("", "0")
-#: The file runs from `make reliability` (scripts/reliability_report.py sets PVO_RELIABILITY_COMPILE)
-#: and not in `make test`: its bounded form takes 2-4 minutes of inductor compiles here (2 cores).
-#: `make test` keeps tests/test_fake_layouts.py, which checks every case's fake-kernel strides.
+#: The file runs from `make compile-check` (CI, after `make test`) and `make reliability` (both set
+#: PVO_RELIABILITY_COMPILE), not in `make test`: its bounded form takes 2-3 minutes of inductor
+#: compiles here (2 cores). `make test` keeps tests/test_fake_layouts.py (fake-kernel strides).
 RUN = FULL or os.environ.get("PVO_RELIABILITY_COMPILE", "") not in ("", "0")
 pytestmark = pytest.mark.skipif(not RUN, reason="compile/export reliability checks: make reliability "
                                 "(PVO_RELIABILITY_COMPILE=1)")

@@ -253,7 +253,6 @@ bool may_have_short_rows(const at::Tensor& t) {
 
 bool cosine_augmented_rows(const at::Tensor& x, const at::Tensor& y, at::ScalarType compute, at::Tensor& x_out,
                            at::Tensor& y_out) {
-  const at::Tensor& other = y.defined() ? y : x;
   if (!may_have_short_rows(x) && !(y.defined() && may_have_short_rows(y))) return false;
   // unit rows and the column that completes a short one to norm 1 (0 for the others), in double
   const auto unit_and_fill = [](const at::Tensor& t, at::Tensor& unit, at::Tensor& fill) {
@@ -264,10 +263,15 @@ bool cosine_augmented_rows(const at::Tensor& x, const at::Tensor& y, at::ScalarT
   };
   at::Tensor xu, xf, yu, yf;
   unit_and_fill(x, xu, xf);
-  unit_and_fill(other, yu, yf);
+  if (y.defined()) {
+    unit_and_fill(y, yu, yf);
+  } else {
+    yu = xu;
+    yf = xf;
+  }
   if (!(xf.gt(0).any().item<bool>() || yf.gt(0).any().item<bool>())) return false;
-  x_out = at::cat({xu, xf, at::zeros_like(xf)}, -1).to(compute).contiguous();
-  y_out = at::cat({yu, at::zeros_like(yf), yf}, -1).to(compute).contiguous();
+  x_out = at::cat({xu, xf, at::zeros_like(xf)}, -1).to(compute);
+  y_out = at::cat({yu, at::zeros_like(yf), yf}, -1).to(compute);
   return true;
 }
 

@@ -66,8 +66,12 @@ def _mined_triplet_loss(batch: Tensor, anchor: Tensor, positive: Tensor, negativ
     else:
         distances = pairwise_distance(batch.index_select(0, anchors), batch, metric=metric)  # (U, N)
         d_ap, d_an = distances[anchor_row, positive], distances[anchor_row, negative]
-    gap = d_ap - d_an
-    return (F.softplus(gap) if soft else torch.relu(gap + margin)).mean()
+    return _triplet_hinge(d_ap - d_an, margin, soft).mean()
+
+
+def _triplet_hinge(gap: Tensor, margin: float, soft: bool) -> Tensor:
+    """softplus(d_ap - d_an), or max(0, d_ap - d_an + margin)."""
+    return F.softplus(gap) if soft else torch.relu(gap + margin)
 
 
 def _traced_triplet_loss(batch: Tensor, anchor: Tensor, positive: Tensor, negative: Tensor, margin: float,
@@ -78,8 +82,7 @@ def _traced_triplet_loss(batch: Tensor, anchor: Tensor, positive: Tensor, negati
     in), and the mean divides by max(T, 1): T = 0 gives 0.0 with a zero gradient.
     """
     distances = pairwise_distance(batch, batch, metric=metric)
-    gap = distances[anchor, positive] - distances[anchor, negative]
-    hinge = F.softplus(gap) if soft else torch.relu(gap + margin)
+    hinge = _triplet_hinge(distances[anchor, positive] - distances[anchor, negative], margin, soft)
     return hinge.sum() / torch.sym_max(anchor.numel(), 1)
 
 

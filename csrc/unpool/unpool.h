@@ -159,6 +159,12 @@ PVO_HOST_DEVICE PVO_INLINE int64_t pool_tap_end(int64_t start, int64_t dilation,
   return end < kernel ? end : kernel;
 }
 
+// row * width + column in two's-complement wrapping arithmetic (no signed overflow).
+PVO_HOST_DEVICE PVO_INLINE int64_t pool_wrapping_index(int64_t row, int64_t width, int64_t column) {
+  return static_cast<int64_t>(static_cast<uint64_t>(row) * static_cast<uint64_t>(width) +
+                              static_cast<uint64_t>(column));
+}
+
 // The max of one pooling window, PyTorch's rules: the first maximum in window order wins ties;
 // a NaN replaces the running max (so NaN propagates); the index starts at the first in-bounds
 // position. `load(flat_input_position)` returns the element converted to acc_t.
@@ -170,8 +176,11 @@ PVO_HOST_DEVICE PVO_INLINE void pool_window_argmax(const PoolParams& p, int64_t 
   const int64_t kh_first = pool_first_tap(h0, p.dilation_h), kw_first = pool_first_tap(w0, p.dilation_w);
   const int64_t kh_end = pool_tap_end(h0, p.dilation_h, p.kernel_h, p.in_h);
   const int64_t kw_end = pool_tap_end(w0, p.dilation_w, p.kernel_w, p.in_w);
-  best_flat = (h0 + kh_first * p.dilation_h) * p.in_w + (w0 + kw_first * p.dilation_w);
-  best_local = kh_first * p.kernel_w + kw_first;
+  // A window entirely in the padding keeps these (PyTorch's index for it); with huge kernels or
+  // dilations they can pass int64, so they wrap (defined, unsigned) instead of overflowing. The
+  // window-local index is only stored for compact indices, whose window has at most 256 taps.
+  best_flat = pool_wrapping_index(h0 + kh_first * p.dilation_h, p.in_w, w0 + kw_first * p.dilation_w);
+  best_local = pool_wrapping_index(kh_first, p.kernel_w, kw_first);
   bool have_best = false;
   for (int64_t kh = kh_first; kh < kh_end; ++kh) {
     const int64_t ih = h0 + kh * p.dilation_h;
@@ -183,7 +192,7 @@ PVO_HOST_DEVICE PVO_INLINE void pool_window_argmax(const PoolParams& p, int64_t 
       if (!have_best || v > best || v != v) {
         best = v;
         best_flat = ih * p.in_w + iw;
-        best_local = kh * p.kernel_w + kw;
+        best_local = pool_wrapping_index(kh, p.kernel_w, kw);
         have_best = true;
       }
     }

@@ -2,6 +2,7 @@
 
 #include <limits>
 #include <sstream>
+#include <string>
 
 #include "common/checks.h"
 
@@ -22,6 +23,16 @@ int64_t pooled_size(int64_t input, int64_t kernel, int64_t stride, int64_t pad, 
   if (ceil_mode && (out - 1) * stride >= wide(input) + pad) --out;
   if (out < 1 || out > wide(std::numeric_limits<int64_t>::max())) return 0;
   return static_cast<int64_t>(out);
+}
+
+// A 128-bit integer in decimal (the bounds of max_unpool's output_size rule, which can pass int64).
+std::string wide_string(__int128 value) {
+  if (value == 0) return "0";
+  const bool negative = value < 0;
+  unsigned __int128 magnitude = negative ? -static_cast<unsigned __int128>(value) : value;
+  std::string digits;
+  for (; magnitude != 0; magnitude /= 10) digits.insert(digits.begin(), static_cast<char>('0' + magnitude % 10));
+  return negative ? "-" + digits : digits;
 }
 
 }  // namespace
@@ -228,13 +239,16 @@ UnpoolParams make_unpool_params(const char* op, int64_t dims, const at::Tensor& 
   p.channels = x.size(1);
   const int offset = 3 - static_cast<int>(dims);
   for (int64_t d = 0; d < dims; ++d) {
-    const int64_t default_size = (x.size(2 + d) - 1) * stride[d] - 2 * padding[d] + kernel_size[d];
-    const int64_t low = default_size - stride[d];
-    const int64_t high = default_size + stride[d];
+    // In 128 bits: with huge strides or kernels the default size and its bounds pass int64.
+    using wide = __int128;
+    const wide default_size = (wide(x.size(2 + d)) - 1) * stride[d] - 2 * wide(padding[d]) + kernel_size[d];
+    const wide low = default_size - stride[d];
+    const wide high = default_size + stride[d];
     // F.max_unpool*d's rule: output_size may differ from the default by less than the stride.
     TORCH_CHECK_VALUE(output_size[d] > low && output_size[d] < high && output_size[d] > 0, op,
                       ": invalid output_size ", shape_string(output_size), ": dimension ", d,
-                      " must be strictly between ", low, " and ", high, " for input size ", x.size(2 + d),
+                      " must be strictly between ", wide_string(low), " and ", wide_string(high),
+                      " for input size ", x.size(2 + d),
                       ", kernel_size ", kernel_size[d], ", stride ", stride[d], " and padding ", padding[d]);
     p.source_size[offset + d] = x.size(2 + d);
     p.target_size[offset + d] = output_size[d];
@@ -242,6 +256,18 @@ UnpoolParams make_unpool_params(const char* op, int64_t dims, const at::Tensor& 
     p.stride[offset + d] = stride[d];
     p.padding[offset + d] = padding[d];
   }
+  // The output's size in bytes must fit in int64 (a tensor's storage size), checked here so that
+  // the error names output_size rather than coming from the allocator.
+  unsigned __int128 bytes = static_cast<unsigned __int128>(p.batch) * static_cast<unsigned __int128>(p.channels) *
+                            static_cast<unsigned __int128>(x.element_size());
+  for (int64_t d = 0; d < dims && bytes != 0; ++d) {
+    bytes *= static_cast<unsigned __int128>(output_size[d]);
+    if (bytes > static_cast<unsigned __int128>(std::numeric_limits<int64_t>::max())) break;
+  }
+  TORCH_CHECK_VALUE(bytes <= static_cast<unsigned __int128>(std::numeric_limits<int64_t>::max()), op,
+                    ": output_size ", shape_string(output_size), " with ", p.batch, " x ", p.channels,
+                    " planes of ", x.element_size(), "-byte elements is more than 2^63 - 1 bytes (the output ",
+                    "would overflow int64)");
   if (kind == IndexKind::Uint8Compact) {
     TORCH_CHECK_VALUE(p.window_elements() <= 256, op, ": uint8 (compact) indices need at most 256 window ",
                       "positions, got kernel_size=", shape_string(kernel_size));

@@ -881,6 +881,27 @@ def test_mine_triplets_float32_uses_pairwise_distance(metric, strategy, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("strategy", STRATEGIES)
+def test_mine_triplets_cosine_with_zero_rows(strategy, dtype, device):
+    """Zero rows are at cosine distance 1 from every row, another zero row included: the miners
+    (all anchors, so the symmetric CUDA tiles too) pick what pairwise_distance's matrix gives."""
+    emb = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 1, 0]], dtype=dtype, device=device)
+    labels = torch.tensor([0, 1, 1, 0], device=device)
+    d = own_distances(emb, "cosine")
+    assert float(d[0, 2]) == 1.0 and float(d[0, 0]) == 1.0, d
+    margin = MARGINS["cosine"]
+    assert_same_triplets(mine(emb, labels, strategy, margin=margin, metric="cosine"),
+                         reference_mine_triplets(d, labels, strategy, margin), f"{strategy}/4 rows")
+    bigger = points(70, 8, dtype=dtype, device=device, scale=0.5)
+    bigger[::7] = 0
+    labels = make_labels("classes", 70, device)
+    assert_same_triplets(mine(bigger, labels, strategy, margin=margin, metric="cosine"),
+                         reference_mine_triplets(own_distances(bigger, "cosine"), labels, strategy, margin),
+                         f"{strategy}/70 rows")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean"])
 def test_mine_triplets_ties_on_integer_points(metric, strategy, dtype, device):
     """Integer coordinates in {-1, 0, 1}^3: duplicated points, many (nearly) equal distances and

@@ -222,9 +222,11 @@ Triplets batch_hard_fused(DistanceMetric metric, const PreparedRows& xr, const P
   static_assert(kNoFarthestPacked == 0ull && kNoNearestPacked == ~0ull, "the initial packed candidates");
   BatchHardTileArgs args;
   args.metric = metric;
-  // Symmetric: the anchors' rows are the embeddings' rows (prepare_distance_rows computes both
-  // from the same values with the same centre), so y serves as both sides.
-  args.sides = symmetric ? sides_of(yr, yr) : sides_of(xr, yr);
+  // x's rows for the anchors even when they are the embeddings themselves: with cosine a short
+  // (zero) row's augmented row differs on its two sides ([u, f, 0] against [u, 0, f]), so that two
+  // zero rows are at distance 1. The dot of an x row with a y row stays symmetric in the pair,
+  // which the symmetric kernel's reuse of a tile for both orders relies on.
+  args.sides = sides_of(xr, yr);
   args.labels = labels.const_data_ptr<int64_t>();
   args.anchor_offset = symmetric ? 0 : anchor_begin;
   args.symmetric = symmetric;

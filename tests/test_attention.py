@@ -1335,6 +1335,31 @@ def test_cuda_deterministic_and_non_contiguous(dtype):
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_cuda_tensor_core_path_with_misaligned_views(dtype):
+    """Contiguous views that start 2 bytes into their storage (the tensor-core kernels read
+    16-byte vectors): the same results as aligned copies, and the views are left unchanged."""
+    B, H, L, S, E = 1, 2, 40, 50, 64
+
+    def misaligned(*shape):
+        buffer = randn(1 + math.prod(shape), dtype=dtype, device="cuda")
+        return buffer[1:].view(*shape).requires_grad_(True)
+
+    q, k, v = misaligned(B, H, L, E), misaligned(B, H, S, E), misaligned(B, H, S, E)
+    g = misaligned(B, H, L, E).detach()
+    assert q.data_ptr() % 16 != 0
+    before = [t.detach().clone() for t in (q, k, v, g)]
+    a, ga = run_op(q, k, v, None, False, None, False, g)
+    dense = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    b, gb = run_op(*dense, None, False, None, False, g.clone())
+    assert torch.equal(a, b)
+    for x, y in zip(ga, gb):
+        assert torch.equal(x, y)
+    for t, saved in zip((q, k, v, g), before):
+        assert torch.equal(t.detach(), saved)
+
+
+@needs_cuda
 def test_cuda_rejects_mixed_devices():
     q, k, v = qkv(1, 2, 2, 5, 6, 8, 8, dtype=torch.float32, device="cuda", requires_grad=False)
     for args, kwargs, match in [

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <limits>
 #include <tuple>
 
@@ -16,6 +17,12 @@
 
 namespace pyvision_ops {
 namespace {
+
+// The tensor-core kernels read 16-byte vectors: a contiguous view at an odd storage offset (a
+// slice of a larger buffer) is copied into a fresh, aligned allocation.
+at::Tensor aligned_16(const at::Tensor& t) {
+  return reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % 16 == 0 ? t : t.clone(at::MemoryFormat::Contiguous);
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(const at::Tensor& q, const at::Tensor& k,
                                                           const at::Tensor& v, const c10::optional<at::Tensor>& mask,
@@ -39,8 +46,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(const at::
         lse.fill_(-std::numeric_limits<double>::infinity());
         stats.fill_(-std::numeric_limits<double>::infinity());
       } else {
-        check_cuda_launch(launch_attention_forward_mma(scalar_kind(in.q.scalar_type()), p, in.q.const_data_ptr(),
-                                                       in.k.const_data_ptr(), in.v.const_data_ptr(),
+        const at::Tensor q16 = aligned_16(in.q), k16 = aligned_16(in.k), v16 = aligned_16(in.v);
+        check_cuda_launch(launch_attention_forward_mma(scalar_kind(in.q.scalar_type()), p, q16.const_data_ptr(),
+                                                       k16.const_data_ptr(), v16.const_data_ptr(),
                                                        out.mutable_data_ptr<float>(), lse.mutable_data_ptr<float>(),
                                                        stats.mutable_data_ptr<float>(),
                                                        at::cuda::getCurrentCUDAStream()),
@@ -81,9 +89,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const AttentionParams& p = in.params;
     if (attention_mma_supported(scalar_kind(in.q.scalar_type()), p)) {
       AttentionBackwardTensors t = prepare_attention_backward(op, in, grad_out, out, stats);
+      const at::Tensor q16 = aligned_16(in.q), k16 = aligned_16(in.k), v16 = aligned_16(in.v);
+      const at::Tensor go16 = aligned_16(t.grad_out);
       check_cuda_launch(launch_attention_backward_mma(
-                            scalar_kind(in.q.scalar_type()), p, in.q.const_data_ptr(), in.k.const_data_ptr(),
-                            in.v.const_data_ptr(), t.grad_out.const_data_ptr(), t.stats.const_data_ptr<float>(),
+                            scalar_kind(in.q.scalar_type()), p, q16.const_data_ptr(), k16.const_data_ptr(),
+                            v16.const_data_ptr(), go16.const_data_ptr(), t.stats.const_data_ptr<float>(),
                             t.delta.const_data_ptr<float>(), t.dq.mutable_data_ptr<float>(),
                             t.dk.mutable_data_ptr<float>(), t.dv.mutable_data_ptr<float>(),
                             at::cuda::getCurrentCUDAStream()),

@@ -19,7 +19,8 @@ cudaError_t launch_attention_forward(ScalarKind scalar, const AttentionParams& p
                                      const void* v, void* out, void* lse, void* stats, cudaStream_t stream);
 
 // Whether launch_attention_forward_mma takes this call: float16 / bfloat16, E == Ev in {64, 128},
-// no dropout, at most 65535 (batch, head) pairs.
+// no dropout, at most 65535 (batch, head) pairs, and the current device runs an image built for
+// sm_80 or newer. The data must be 16-byte aligned (the glue copies a tensor that is not).
 bool attention_mma_supported(ScalarKind scalar, const AttentionParams& p);
 
 // The tensor-core forward (attention_mma_kernel.cu): q, k, v contiguous in their own 16-bit dtype,

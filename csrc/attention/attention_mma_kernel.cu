@@ -26,6 +26,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "attention/attention.h"
@@ -54,11 +55,15 @@ struct HalfPair<__half> {
     return *reinterpret_cast<const uint32_t*>(&v);
   }
   __device__ static void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // never launched: attention_mma_supported rejects images built for older archs
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
   }
 };
 
@@ -73,11 +78,15 @@ struct HalfPair<__nv_bfloat16> {
     return *reinterpret_cast<const uint32_t*>(&v);
   }
   __device__ static void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // never launched: attention_mma_supported rejects images built for older archs
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
   }
 };
 
@@ -514,9 +523,37 @@ cudaError_t launch_mma_backward(const AttentionParams& p, const void* q, const v
 
 }  // namespace
 
+namespace {
+
+// Whether the image loaded for the current device holds the tensor-core kernels: PTX older than
+// compute_80 (a build for sm_75, say, or its PTX JIT-compiled for a newer GPU) has only the trap
+// stubs. Asked once per device.
+bool mma_image_on_current_device() {
+  constexpr int kDevices = 64;
+  static std::atomic<signed char> known[kDevices] = {};  // 0 unknown, 1 yes, -1 no
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  if (device >= 0 && device < kDevices && known[device].load() != 0) return known[device].load() > 0;
+  cudaFuncAttributes attributes;
+  bool usable = false;
+  if (cudaFuncGetAttributes(&attributes, attention_forward_mma_kernel<__half, 64>) == cudaSuccess) {
+    usable = attributes.ptxVersion >= 80;
+  } else {
+    (void)cudaGetLastError();  // no image for this device: the CUDA-core kernels take the call
+  }
+  if (device >= 0 && device < kDevices) known[device].store(usable ? 1 : -1);
+  return usable;
+}
+
+}  // namespace
+
 bool attention_mma_supported(ScalarKind scalar, const AttentionParams& p) {
   return (scalar == ScalarKind::Float16 || scalar == ScalarKind::BFloat16) && p.head_dim == p.value_dim &&
-         (p.head_dim == 64 || p.head_dim == 128) && p.dropout <= 0.0 && p.batch * p.heads <= 65535;
+         (p.head_dim == 64 || p.head_dim == 128) && p.dropout <= 0.0 && p.batch * p.heads <= 65535 &&
+         mma_image_on_current_device();
 }
 
 cudaError_t launch_attention_forward_mma(ScalarKind scalar, const AttentionParams& p, const void* q, const void* k,

@@ -33,7 +33,7 @@ def run_sanitized(tmp_path: Path, main: str, sources: Sequence[str], args: Seque
     binary = tmp_path / Path(main).stem
     command = [
         cxx, "-std=c++20", "-O1", "-g", "-fno-omit-frame-pointer",
-        "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+        "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-pthread",
         f"-I{ROOT / 'csrc'}",
         str(ROOT / "tests" / "cpp" / main),
         *(str(ROOT / "csrc" / source) for source in sources),

@@ -92,8 +92,8 @@ cudaError_t launch_linear_sum_assignment(ScalarKind kind, const void* cost, cons
                                          cudaStream_t stream) {
   if (count <= 0) return cudaSuccess;
   if (count > 0x7fffffff) return cudaErrorInvalidValue;
-  int threads = ((max_wide_cols + 31) / 32) * 32;
-  threads = threads < 32 ? 32 : (threads > kMaxThreads ? kMaxThreads : threads);
+  const int64_t rounded = ((static_cast<int64_t>(max_wide_cols) + 31) / 32) * 32;  // no int32 overflow
+  const int threads = static_cast<int>(rounded < 32 ? 32 : (rounded > kMaxThreads ? kMaxThreads : rounded));
   const dim3 grid(static_cast<unsigned>(count));
   return dispatch_float_double(kind, [&](auto tag) {
     using T = decltype(tag);

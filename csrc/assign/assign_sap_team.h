@@ -89,6 +89,12 @@ struct SequentialTeam {
   bool any(bool flag) { return flag; }
 };
 
+// The next index of a member's strided loop (index + size), without passing int32 when the
+// bound is within a team size of 2^31 (a side of up to 2^31 - 2 is accepted).
+PVO_HOST_DEVICE PVO_INLINE int32_t sap_next(int32_t index, int size, int32_t bound) {
+  return bound - index > size ? index + size : bound;
+}
+
 // Solves one wide problem (n <= m; cost(r, c) = wide_cost(cost, stored_cols, transposed, r, c)).
 // On kAssignOk, ws.col4row holds each row's column. Every member gets the same return value.
 template <typename Team, typename T>
@@ -101,11 +107,11 @@ PVO_HOST_DEVICE int32_t sap_solve(Team& team, const T* cost, int32_t stored_cols
   for (int64_t e = rank; e < count; e += size) bad |= assign_invalid_entry(cost[e]);
   if (team.any(bad)) return kAssignInvalid;
 
-  for (int32_t i = rank; i < n; i += size) {
+  for (int32_t i = rank; i < n; i = sap_next(i, size, n)) {
     ws.u[i] = 0.0;
     ws.col4row[i] = -1;
   }
-  for (int32_t j = rank; j < m; j += size) {
+  for (int32_t j = rank; j < m; j = sap_next(j, size, m)) {
     ws.v[j] = 0.0;
     ws.row4col[j] = -1;
   }
@@ -117,7 +123,7 @@ PVO_HOST_DEVICE int32_t sap_solve(Team& team, const T* cost, int32_t stored_cols
   // the rows that collided. A row of +inf only can never be matched.
   for (int32_t i = 0; i < n; ++i) {
     SapCandidate best = sap_no_candidate();
-    for (int32_t j = rank; j < m; j += size) {
+    for (int32_t j = rank; j < m; j = sap_next(j, size, m)) {
       const SapCandidate mine{wide_cost(cost, stored_cols, transposed, i, j), ws.row4col[j] >= 0 ? 1 : 0, j};
       if (sap_better(mine, best)) best = mine;
     }
@@ -135,8 +141,8 @@ PVO_HOST_DEVICE int32_t sap_solve(Team& team, const T* cost, int32_t stored_cols
 
   for (int32_t current = 0; current < n; ++current) {
     if (ws.col4row[current] >= 0) continue;  // matched by the greedy start (every member agrees)
-    for (int32_t i = rank; i < n; i += size) ws.row_seen[i] = 0;
-    for (int32_t j = rank; j < m; j += size) {
+    for (int32_t i = rank; i < n; i = sap_next(i, size, n)) ws.row_seen[i] = 0;
+    for (int32_t j = rank; j < m; j = sap_next(j, size, m)) {
       ws.d[j] = INFINITY;
       ws.col_settled[j] = 0;
     }
@@ -147,7 +153,7 @@ PVO_HOST_DEVICE int32_t sap_solve(Team& team, const T* cost, int32_t stored_cols
       if (team.leader()) ws.row_seen[i] = 1;
       const double base = min_value - ws.u[i];
       SapCandidate best = sap_no_candidate();
-      for (int32_t j = rank; j < m; j += size) {
+      for (int32_t j = rank; j < m; j = sap_next(j, size, m)) {
         if (ws.col_settled[j]) continue;
         const double reduced = base + wide_cost(cost, stored_cols, transposed, i, j) - ws.v[j];
         if (reduced < ws.d[j]) {
@@ -170,10 +176,10 @@ PVO_HOST_DEVICE int32_t sap_solve(Team& team, const T* cost, int32_t stored_cols
     }
     team.sync();  // distances, paths and settled flags of every member are visible
     if (team.leader()) ws.u[current] += min_value;
-    for (int32_t r = rank; r < n; r += size) {
+    for (int32_t r = rank; r < n; r = sap_next(r, size, n)) {
       if (ws.row_seen[r] && r != current) ws.u[r] += min_value - ws.d[ws.col4row[r]];
     }
-    for (int32_t c = rank; c < m; c += size) {
+    for (int32_t c = rank; c < m; c = sap_next(c, size, m)) {
       if (ws.col_settled[c]) ws.v[c] -= min_value - ws.d[c];
     }
     team.sync();

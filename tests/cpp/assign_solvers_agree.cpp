@@ -1,12 +1,19 @@
 // The CPU solver (assign_jv.h, with every transpose variant of assign_cpu_simd.cpp) against the CUDA
 // kernel's algorithm (assign_sap_team.h, run by a team of one) on random problems: uniform, integer
-// ties, +inf patterns, 1e30 costs, NaN/-inf. Statuses must agree and totals must match.
+// ties, +inf patterns, 1e30 costs, NaN/-inf. Statuses must agree and totals must match. The team
+// algorithm also runs with teams of 3 and 4 threads (std::barrier for __syncthreads, an arg-min
+// over per-member slots as the block's), which must give the team of one's assignment exactly:
+// the strided loops, the ownership of columns by j % size and the barriers the GPU relies on.
 // Built with AddressSanitizer/UBSan by tests/test_assign_cpp.py.
 #include "assign/assign_jv.h"
 #include "assign/assign_sap_team.h"
+#include <barrier>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <thread>
+#include <vector>
 using namespace pyvision_ops;
 template <typename T>
 int solve_jv(const std::vector<T>& c, int rows, int cols, lap::Workspace& ws, std::vector<int64_t>& ro, std::vector<int64_t>& co, int variant) {
@@ -43,6 +50,59 @@ int solve_sap(const std::vector<T>& c, int rows, int cols, std::vector<int64_t>&
   assign_write_result(ws.col4row, n, tr, rows, ws.scratch_rows, ro.data(), co.data());
   return 0;
 }
+// A team of `size` threads, as a CUDA block runs sap_solve: every member calls every team function.
+struct TeamState {
+  explicit TeamState(int size) : barrier(size), slots(size), flags(size) {}
+  std::barrier<> barrier;
+  std::vector<SapCandidate> slots;
+  std::vector<char> flags;
+};
+struct ThreadTeam {
+  TeamState* state; int member, members;
+  int rank() const { return member; }
+  int size() const { return members; }
+  bool leader() const { return member == 0; }
+  void sync() { state->barrier.arrive_and_wait(); }
+  SapCandidate reduce_min(const SapCandidate& c) {
+    state->slots[member] = c; sync();
+    SapCandidate best = sap_no_candidate();
+    for (const SapCandidate& s : state->slots) if (sap_better(s, best)) best = s;
+    sync();  // the slots are reused by the next call
+    return best;
+  }
+  bool any(bool flag) {
+    state->flags[member] = flag; sync();
+    bool found = false;
+    for (char f : state->flags) found |= f != 0;
+    sync();
+    return found;
+  }
+};
+template <typename T>
+int solve_sap_threads(const std::vector<T>& c, int rows, int cols, int size, std::vector<int64_t>& ro, std::vector<int64_t>& co) {
+  const bool tr = rows > cols; int n = tr ? cols : rows, m = tr ? rows : cols;
+  SapWorkspace ws = sap_workspace_layout(n, m);
+  std::vector<double> d(ws.doubles); std::vector<int32_t> iv(ws.ints); ws.bind(d.data(), iv.data());
+  TeamState state(size); std::vector<int> status(size); std::vector<std::thread> threads;
+  for (int r = 0; r < size; ++r) threads.emplace_back([&, r] { ThreadTeam team{&state, r, size}; status[r] = sap_solve(team, c.data(), cols, tr, n, m, ws); });
+  for (auto& t : threads) t.join();
+  for (int r = 1; r < size; ++r) if (status[r] != status[0]) return -100;  // members disagree
+  if (status[0]) return status[0];
+  ro.resize(n); co.resize(n);
+  assign_write_result(ws.col4row, n, tr, rows, ws.scratch_rows, ro.data(), co.data());
+  return 0;
+}
+// sap_next near 2^31: the indices a member of a team of 1024 visits below a bound of 2^31 - 2.
+int check_strided_loop_bound() {
+  const int32_t bound = INT_MAX - 1; int bad = 0;
+  for (int32_t rank : {0, 5, 1023}) {
+    int64_t visits = 0, last = -1;
+    for (int32_t j = bound - 3000 + rank; j < bound; j = sap_next(j, 1024, bound)) { ++visits; last = j; }
+    const int64_t expected = (3000 - rank + 1023) / 1024;
+    if (visits != expected || last + 1024 < bound) { ++bad; printf("sap_next: rank %d visited %lld, expected %lld\n", rank, (long long)visits, (long long)expected); }
+  }
+  return bad;
+}
 template <typename T>
 int run(int iters, int max_side) {
   std::mt19937_64 g(7); lap::Workspace ws; int bad = 0;
@@ -60,6 +120,13 @@ int run(int iters, int max_side) {
     }
     std::vector<int64_t> r1, c1, r2, c2;
     int s2 = solve_sap(c, rows, cols, r2, c2);
+    if (it % 4 == 0) {
+      for (int size : {3, 4}) {
+        std::vector<int64_t> r3, c3;
+        int s3 = solve_sap_threads(c, rows, cols, size, r3, c3);
+        if (s3 != s2 || (!s3 && (r3 != r2 || c3 != c2))) { ++bad; printf("team of %d differs from the team of one: status %d vs %d (kind %d %dx%d)\n", size, s3, s2, kind, rows, cols); }
+      }
+    }
     for (int variant = 0; variant < 3; ++variant) {
       int s1 = solve_jv(c, rows, cols, ws, r1, c1, variant);
       if (s1 != s2) { ++bad; printf("status mismatch %d vs %d (kind %d %dx%d v%d)\n", s1, s2, kind, rows, cols, variant); continue; }
@@ -75,7 +142,7 @@ int run(int iters, int max_side) {
 }
 int main(int argc, char** argv) {
   const int iters = argc > 1 ? atoi(argv[1]) : 2000;
-  int b = run<double>(iters, 40) + run<float>(iters, 40) + run<double>(iters / 20, 300) + run<float>(iters / 20, 300);
+  int b = check_strided_loop_bound() + run<double>(iters, 40) + run<float>(iters, 40) + run<double>(iters / 20, 300) + run<float>(iters / 20, 300);
   printf("bad %d\n", b);
   return b != 0;
 }

@@ -787,6 +787,44 @@ def test_cuda_large_gram_matches_reference(dtype):
     check_gram(x, True, TOL[dtype])
 
 
+def _split_k_case(case: str, dtype: torch.dtype, device) -> torch.Tensor:
+    if case == "planar-odd-length":  # L = 1023: the 2-byte staging path, several K splits
+        return features_of((1, 64, 33, 31), dtype, device)
+    if case == "channels-last-c60":  # C not a multiple of 8
+        return with_layout(features_of((1, 60, 32, 32), dtype, device), "channels_last")
+    if case == "channels-last-channel-slice":  # data pointer 2 or 4 bytes into the storage
+        return with_layout(features_of((1, 72, 32, 32), dtype, device), "channels_last")[:, 1:65]
+    flat = features_of((1 + 64 * 32 * 32,), dtype, device)  # planar, one element into its storage
+    return flat[1:].view(1, 64, 32, 32)
+
+
+SPLIT_K_CASES = ["planar-odd-length", "channels-last-c60", "channels-last-channel-slice", "planar-offset-view"]
+
+
+@pytest.mark.parametrize("case", SPLIT_K_CASES)
+def test_split_k_cases_are_what_they_claim(case):
+    """The inputs of the CUDA test below, built on the CPU: their layouts and alignment."""
+    x = _split_k_case(case, torch.float16, "cpu")
+    if case.endswith("slice") or case.endswith("view"):
+        assert x.storage_offset() == 1
+    if case == "channels-last-channel-slice":
+        assert x.shape[1] == 64 and x.stride(1) == 1 and not x.is_contiguous(memory_format=torch.channels_last)
+    if case == "planar-odd-length":
+        assert x.shape[2] * x.shape[3] == 1023
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("case", SPLIT_K_CASES)
+def test_cuda_split_k_with_unaligned_or_odd_staging(case, dtype):
+    """One batch item of long rows (the K dimension split between blocks) through the staging paths
+    that cannot use 16-byte copies: an odd length, C not a multiple of 8, views that start one
+    element into their storage. Against the float64 reference and the CPU kernel."""
+    x = _split_k_case(case, dtype, "cuda")
+    gram = check_gram(x, True, TOL[dtype])
+    assert_close_scaled(gram.cpu(), pyvision_ops.gram_matrix(x.cpu()), 2 * TOL[dtype])
+
+
 @needs_cuda
 def test_cuda_rejects_tensors_on_another_device():
     x = torch.randn(2, 3, 4, 5, device="cuda")

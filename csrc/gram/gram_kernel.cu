@@ -8,6 +8,7 @@
 //   of 32 through a 3-stage cp.async pipeline (2-byte loads where 16-byte copies do not line up); when
 //   the tiles cannot fill the GPU, L is split over blockIdx.y and gram_split_reduce_kernel sums
 //   the float32 partial tiles in a fixed order (deterministic) and mirrors them.
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -441,12 +442,18 @@ MmaKernel mma_kernel_for(bool channels_last, bool vector) {
   return vector ? gram_mma_kernel<scalar_t, false, true> : gram_mma_kernel<scalar_t, false, false>;
 }
 
-// The tensor-core kernel for these features, or null (float32 / float64).
-MmaKernel select_mma_kernel(const GramParams& p, ScalarKind scalar, const void* features) {
+constexpr int kMmaKernelVariants = 8;  // {float16, bfloat16} x {planar, channels-last} x {2-, 16-byte}
+
+// The tensor-core kernel for these features, or null (float32 / float64); *variant (if given)
+// gets its index below kMmaKernelVariants.
+MmaKernel select_mma_kernel(const GramParams& p, ScalarKind scalar, const void* features, int* variant = nullptr) {
   // 16-byte copies need the contiguous dimension a multiple of 8 elements and an aligned base
   // (a sliced channels-last view may start anywhere).
   const int64_t contiguous = p.channels_last ? p.channels : p.length;
   const bool vector = contiguous % 8 == 0 && reinterpret_cast<std::uintptr_t>(features) % 16 == 0;
+  if (variant != nullptr) {
+    *variant = (scalar == ScalarKind::BFloat16 ? 4 : 0) + (p.channels_last ? 2 : 0) + (vector ? 1 : 0);
+  }
   switch (scalar) {
     case ScalarKind::Float16:
       return mma_kernel_for<__half>(p.channels_last, vector);
@@ -455,6 +462,38 @@ MmaKernel select_mma_kernel(const GramParams& p, ScalarKind scalar, const void* 
     default:
       return nullptr;
   }
+}
+
+// How many blocks of `kernel` the current device holds at once (multiprocessors x resident
+// blocks), or 0 where the kernel cannot run there (an image older than compute_80 holds only the
+// trap stub; or not one block fits). Asked of the driver once per device and variant (this also
+// raises the kernel's dynamic shared memory limit on that device); later calls read the cache.
+cudaError_t mma_capacity(MmaKernel kernel, int variant, int64_t* capacity) {
+  constexpr int kDevices = 64;
+  static std::atomic<int64_t> known[kDevices][kMmaKernelVariants] = {};  // 0 unknown, -1 none, else capacity
+  int device = 0;
+  PVO_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device));
+  const bool cached = device >= 0 && device < kDevices && variant >= 0 && variant < kMmaKernelVariants;
+  if (cached) {
+    const int64_t value = known[device][variant].load(std::memory_order_acquire);
+    if (value != 0) {
+      *capacity = value > 0 ? value : 0;
+      return cudaSuccess;
+    }
+  }
+  *capacity = 0;
+  cudaFuncAttributes attributes;
+  PVO_RETURN_IF_CUDA_ERROR(cudaFuncGetAttributes(&attributes, kernel));
+  int multiprocessors = 0, resident = 0;
+  if (attributes.ptxVersion >= 80) {
+    PVO_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMmaSmemBytes));
+    PVO_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
+    PVO_RETURN_IF_CUDA_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kMmaThreads, kMmaSmemBytes));
+  }
+  const int64_t blocks = static_cast<int64_t>(multiprocessors) * (resident > 0 ? resident : 0);
+  *capacity = blocks;
+  if (cached) known[device][variant].store(blocks > 0 ? blocks : -1, std::memory_order_release);
+  return cudaSuccess;
 }
 
 int64_t mma_tile_count(const GramParams& p) {
@@ -469,23 +508,15 @@ unsigned int batch_grid(int64_t batch) { return static_cast<unsigned int>(batch 
 
 cudaError_t plan_gram_matrix(const GramParams& p, ScalarKind scalar, const void* features, GramLaunchPlan* plan) {
   *plan = GramLaunchPlan{};
-  const MmaKernel kernel = select_mma_kernel(p, scalar, features);
+  int variant = 0;
+  const MmaKernel kernel = select_mma_kernel(p, scalar, features, &variant);
   if (kernel == nullptr || p.batch == 0 || p.channels == 0 || p.length == 0) return cudaSuccess;
-  cudaFuncAttributes attributes;
-  PVO_RETURN_IF_CUDA_ERROR(cudaFuncGetAttributes(&attributes, kernel));
-  // The virtual arch of the image loaded for this device: PTX older than compute_80 (say
-  // compute_75 JIT-compiled for a newer GPU) holds only the trap stub.
-  if (attributes.ptxVersion < 80) return cudaSuccess;
-  PVO_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMmaSmemBytes));
-  int device = 0, multiprocessors = 0, resident = 0;
-  PVO_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device));
-  PVO_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
-  PVO_RETURN_IF_CUDA_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kMmaThreads, kMmaSmemBytes));
-  if (resident < 1) return cudaSuccess;  // cannot be resident at all here: the CUDA-core kernel
+  int64_t capacity = 0;
+  PVO_RETURN_IF_CUDA_ERROR(mma_capacity(kernel, variant, &capacity));
+  if (capacity < 1) return cudaSuccess;  // no tensor-core image, or no block fits: the CUDA-core kernel
   plan->tensor_cores = true;
   const int64_t tile_count = mma_tile_count(p);
-  plan->splits = gram_mma_split_count(tile_count * p.batch, mma_chunk_count(p),
-                                      static_cast<int64_t>(multiprocessors) * resident);
+  plan->splits = gram_mma_split_count(tile_count * p.batch, mma_chunk_count(p), capacity);
   plan->workspace_elements = plan->splits > 1 ? plan->splits * p.batch * tile_count * kTileElements : 0;
   return cudaSuccess;
 }

@@ -10,14 +10,17 @@ Steps:
    are compiled by ninja into build-sanitize/ with -O1 -g1 -fno-omit-frame-pointer
    -fsanitize=address,undefined -fsanitize-recover=address -fno-sanitize=vptr and linked into
    build-sanitize/_C.so. The libtorch headers are compiled once, with the same flags, into a
-   precompiled header (PCH_HEADERS) that the sources reaching libtorch are built with. vptr is off because libtorch is not instrumented: the check would need
-   type information libtorch's objects do not carry, and reports false positives on them. The
-   in-place pyvision_ops/_C*.so and build/ are never touched.
+   precompiled header (PCH_HEADERS) that the sources reaching libtorch are built with. vptr is
+   off because libtorch is not instrumented: the check would need type information libtorch's
+   objects do not carry, and reports false positives on them. The in-place pyvision_ops/_C*.so
+   and build/ are never touched.
 2. Test. pytest runs with the compiler's libasan (and libubsan) in LD_PRELOAD (an instrumented
    library loaded into an uninstrumented python needs the runtime first), PYVISION_OPS_EXTENSION
    naming the sanitized _C.so (pyvision_ops/_extension.py then loads it as pyvision_ops._C), and
    halt_on_error=0, so one report does not hide the next; each process writes its reports to
-   <log dir>/asan.<pid> and <log dir>/ubsan.<pid>. Leak detection is off: CPython frees little of
+   <log dir>/asan.<pid> and <log dir>/ubsan.<pid> (the latter through a constructor compiled
+   into the sanitized library, UBSAN_REPORT_PATH_SOURCE: with ASan loaded, UBSan ignores its
+   log_path option). Leak detection is off: CPython frees little of
    what it allocates at exit, and every interpreter would "leak". Subprocesses started by the tests
    inherit the environment, so they run the sanitized build too.
 3. Count. Every report is split out of the logs; a report "touches this project" when one of its
@@ -29,9 +32,13 @@ Steps:
 Reports from libtorch or python alone would be suppressed through the files in
 scripts/sanitize_suppressions/ (each entry documented there); none is needed at present.
 
-Options: --csrc and --build-dir build another source tree (the self-check in the report of issue
-14 plants a deliberate out-of-bounds write in a scratch copy of csrc/ and shows it is caught);
-arguments after `--` go to pytest in place of the subset's selection.
+4. Self-check (--self-check, which make sanitize and make reliability pass): the library is linked
+   again with a heap overflow and a signed overflow planted in a copy of PLANT_SOURCE, a few tests
+   run against it as above, and both bugs must be reported; the JSON gains "planted bugs" and
+   "planted bugs reported", and the exit status is non-zero otherwise.
+
+Options: --csrc and --build-dir build another source tree; arguments after `--` go to pytest in
+place of the subset's selection.
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ __device__ T score(const AttentionParams& p, const T* qi, const T* kj, int64_t b
   if (mask == -INFINITY) return mask;
   T dot = 0;
   for (int64_t e = 0; e < p.head_dim; ++e) dot += qi[e] * kj[e];
-  return dot * static_cast<T>(p.scale) + mask;
+  // One rounding, written out: the forward and both backward kernels recompute this score and
+  // must agree to the bit (with a huge finite additive mask an unfused product would not).
+  return fma(dot, static_cast<T>(p.scale), mask);
 }
 
 // The softmax weight of score s in the row with stats (m, log l): exp((s - m) - log l).

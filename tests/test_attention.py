@@ -1360,6 +1360,24 @@ def test_cuda_tensor_core_path_with_misaligned_views(dtype):
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_cuda_runs_on_current_stream(dtype):
+    """Forward and backward issued on a side stream (the CUDA-core and the tensor-core kernels)
+    give the default stream's results."""
+    q, k, v = (randn(2, 4, n, 64, dtype=dtype, device="cuda") for n in (300, 257, 257))
+    g = randn(2, 4, 300, 64, dtype=dtype, device="cuda")
+    expected, expected_grads = run_op(*(t.clone().requires_grad_(True) for t in (q, k, v)), None, True, None, False, g)
+    stream = torch.cuda.Stream()
+    torch.cuda.synchronize()
+    with torch.cuda.stream(stream):
+        got, grads = run_op(*(t.clone().requires_grad_(True) for t in (q, k, v)), None, True, None, False, g)
+    stream.synchronize()
+    assert torch.equal(got, expected)
+    for a, b in zip(grads, expected_grads):
+        assert torch.equal(a, b)
+
+
+@needs_cuda
 def test_cuda_rejects_mixed_devices():
     q, k, v = qkv(1, 2, 2, 5, 6, 8, 8, dtype=torch.float32, device="cuda", requires_grad=False)
     for args, kwargs, match in [
@@ -1371,18 +1389,20 @@ def test_cuda_rejects_mixed_devices():
         expect_error(lambda: sdpa(*args, **kwargs), tensors, match)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fill", [-1e9, torch.finfo(torch.float32).min], ids=["-1e9", "finfo.min"])
-def test_float32_rows_padded_with_a_huge_negative_value_get_the_uniform_softmax_gradient(fill):
+def test_float32_rows_padded_with_a_huge_negative_value_get_the_uniform_softmax_gradient(fill, device):
     """Old-style padding: a query row whose additive mask is a huge finite negative number
     everywhere has (in float32) uniform weights, as in PyTorch; the backward must use them too
     (lse = m + log l rounds log l away at |m| ~ 1e9 and beyond, so the backward reads the row's
     maximum and log-sum separately)."""
     torch.manual_seed(0)
     B, H, L, S, E = 1, 2, 5, 7, 8
-    q, k, v = (torch.randn(B, H, n, E, requires_grad=True) for n in (L, S, S))
+    q, k, v = (torch.randn(B, H, n, E).to(device).requires_grad_(True) for n in (L, S, S))
     mask = torch.zeros(B, 1, L, S)
     mask[..., 2, :] = fill
-    g = torch.randn(B, H, L, E)
+    mask = mask.to(device)
+    g = torch.randn(B, H, L, E).to(device)
     ours = pyvision_ops.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     got = torch.autograd.grad(ours, (q, k, v), g)
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):

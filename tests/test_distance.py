@@ -879,6 +879,28 @@ def test_mine_triplets_float32_uses_pairwise_distance(metric, strategy, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean", "cosine"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_mine_triplets_beyond_one_tile_and_anchor_ranges(strategy, metric, device):
+    """float32, N = 300 (the CUDA batch-hard kernel's 128-wide tiles: two full ones, a tail, the
+    column reduction of off-diagonal tiles), against the brute force on pairwise_distance's
+    matrix; and anchor ranges (what gather=True mines on each rank) give the full run's triplets
+    of those anchors."""
+    n = 300
+    emb = points(n, 16, device=device, scale=0.5)
+    labels = make_labels("classes", n, device)
+    margin = MARGINS[metric]
+    got = mine(emb, labels, strategy, margin=margin, metric=metric)
+    assert_same_triplets(got, reference_mine_triplets(own_distances(emb, metric), labels, strategy, margin),
+                         f"{strategy}/{metric}")
+    for begin, end in [(0, 1), (100, 230), (129, 300), (255, 257)]:
+        part = as_triplets(ops._mine_triplets(emb, labels, strategy, margin, metric, -1, begin, end))
+        keep = [t for t, a in enumerate(got[0]) if begin <= a < end]
+        expected = tuple(tuple(column[t] for t in keep) for column in got)
+        assert_same_triplets(part, expected, f"{strategy}/{metric} anchors [{begin}, {end})")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_mine_triplets_cosine_with_zero_rows(strategy, dtype, device):
@@ -1732,6 +1754,22 @@ def test_cuda_rejects_tensors_on_another_device():
     expect_error(lambda: pyvision_ops.mine_triplets(x, labels), [x, labels], r"labels|device")
     expect_error(lambda: pyvision_ops.batch_hard_triplet_loss(x, labels), [x, labels], r"labels|device")
     expect_error(lambda: pyvision_ops.contrastive_loss(x, x.cpu(), labels.bool().cuda()), [x], r"x2|device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+def test_cuda_batch_beyond_the_grid_limit(metric):
+    """70,000 batch items: the tile kernels' batch grid dimension (at most 65,535) strides past
+    its limit; pairwise_distance and pairwise_topk against the CPU kernels."""
+    x, y = points(70000, 3, 4, device="cuda"), points(70000, 5, 4, device="cuda")
+    d = pyvision_ops.pairwise_distance(x, y, metric=metric)
+    torch.testing.assert_close(d.cpu(), pyvision_ops.pairwise_distance(x.cpu(), y.cpu(), metric=metric),
+                               rtol=1e-5, atol=1e-5)
+    values, indices = pyvision_ops.pairwise_topk(x, y, 2, metric=metric)
+    cpu_values, cpu_indices = pyvision_ops.pairwise_topk(x.cpu(), y.cpu(), 2, metric=metric)
+    torch.testing.assert_close(values.cpu(), cpu_values, rtol=1e-5, atol=1e-5)
+    # The indices name rows at the distances returned (ties may pick either of two rows).
+    torch.testing.assert_close(d.gather(-1, indices), values, rtol=1e-5, atol=1e-5)
 
 
 @needs_cuda

@@ -439,9 +439,14 @@ __global__ void __launch_bounds__(kTileThreads, 2) batch_hard_tiles_kernel(const
       if (positive != kNoFarthestPacked) atomicMax(a.best_positive + i, positive);
       if (negative != kNoNearestPacked) atomicMin(a.best_negative + i, negative);
       if (a.symmetric && bi != bj) {
+        // Column j's own exact value (x_j against y_i): with cosine's augmented rows the two
+        // orders put a short row's extra term in different partial sums, so the value can differ
+        // from x_i against y_j in the last bit, and pairwise_distance's d(j, i) is this one.
+        const float column_key =
+            mining_key(a.metric, exact_value(a.metric, item.x_orig + j * dim, item.y_orig + i * dim, dim));
         positive = kNoFarthestPacked;
         negative = kNoNearestPacked;
-        batch_hard_offer_packed(positive, negative, same_label, i == j, i, key);
+        batch_hard_offer_packed(positive, negative, same_label, i == j, i, column_key);
         if (positive != kNoFarthestPacked) atomicMax(a.best_positive + j, positive);
         if (negative != kNoNearestPacked) atomicMin(a.best_negative + j, negative);
       }

@@ -527,25 +527,25 @@ namespace {
 
 // Whether the image loaded for the current device holds the tensor-core kernels: PTX older than
 // compute_80 (a build for sm_75, say, or its PTX JIT-compiled for a newer GPU) has only the trap
-// stubs. Asked once per device.
+// stubs. Asked once per device (1 yes, -1 no).
 bool mma_image_on_current_device() {
-  constexpr int kDevices = 64;
-  static std::atomic<signed char> known[kDevices] = {};  // 0 unknown, 1 yes, -1 no
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  if (device >= 0 && device < kDevices && known[device].load() != 0) return known[device].load() > 0;
-  cudaFuncAttributes attributes;
-  bool usable = false;
-  if (cudaFuncGetAttributes(&attributes, attention_forward_mma_kernel<__half, 64>) == cudaSuccess) {
-    usable = attributes.ptxVersion >= 80;
-  } else {
-    (void)cudaGetLastError();  // no image for this device: the CUDA-core kernels take the call
-  }
-  if (device >= 0 && device < kDevices) known[device].store(usable ? 1 : -1);
-  return usable;
+  static std::atomic<int64_t> known[kDeviceSlots] = {};
+  int64_t usable = -1;
+  const cudaError_t status = once_per_device(
+      known,
+      [](int, int64_t* value) {
+        cudaFuncAttributes attributes;
+        if (cudaFuncGetAttributes(&attributes, attention_forward_mma_kernel<__half, 64>) == cudaSuccess) {
+          *value = attributes.ptxVersion >= 80 ? 1 : -1;
+        } else {
+          (void)cudaGetLastError();  // no image for this device: the CUDA-core kernels take the call
+          *value = -1;
+        }
+        return cudaSuccess;
+      },
+      &usable);
+  if (status != cudaSuccess) (void)cudaGetLastError();
+  return status == cudaSuccess && usable > 0;
 }
 
 }  // namespace

@@ -469,30 +469,27 @@ MmaKernel select_mma_kernel(const GramParams& p, ScalarKind scalar, const void* 
 // trap stub; or not one block fits). Asked of the driver once per device and variant (this also
 // raises the kernel's dynamic shared memory limit on that device); later calls read the cache.
 cudaError_t mma_capacity(MmaKernel kernel, int variant, int64_t* capacity) {
-  constexpr int kDevices = 64;
-  static std::atomic<int64_t> known[kDevices][kMmaKernelVariants] = {};  // 0 unknown, -1 none, else capacity
-  int device = 0;
-  PVO_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device));
-  const bool cached = device >= 0 && device < kDevices && variant >= 0 && variant < kMmaKernelVariants;
-  if (cached) {
-    const int64_t value = known[device][variant].load(std::memory_order_acquire);
-    if (value != 0) {
-      *capacity = value > 0 ? value : 0;
-      return cudaSuccess;
-    }
-  }
-  *capacity = 0;
-  cudaFuncAttributes attributes;
-  PVO_RETURN_IF_CUDA_ERROR(cudaFuncGetAttributes(&attributes, kernel));
-  int multiprocessors = 0, resident = 0;
-  if (attributes.ptxVersion >= 80) {
-    PVO_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMmaSmemBytes));
-    PVO_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
-    PVO_RETURN_IF_CUDA_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kMmaThreads, kMmaSmemBytes));
-  }
-  const int64_t blocks = static_cast<int64_t>(multiprocessors) * (resident > 0 ? resident : 0);
-  *capacity = blocks;
-  if (cached) known[device][variant].store(blocks > 0 ? blocks : -1, std::memory_order_release);
+  static std::atomic<int64_t> known[kMmaKernelVariants][kDeviceSlots] = {};  // capacity, or -1 for none
+  int64_t blocks = 0;
+  PVO_RETURN_IF_CUDA_ERROR(once_per_device(
+      known[variant],
+      [kernel](int device, int64_t* value) -> cudaError_t {
+        cudaFuncAttributes attributes;
+        PVO_RETURN_IF_CUDA_ERROR(cudaFuncGetAttributes(&attributes, kernel));
+        int multiprocessors = 0, resident = 0;
+        if (attributes.ptxVersion >= 80) {
+          PVO_RETURN_IF_CUDA_ERROR(
+              cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMmaSmemBytes));
+          PVO_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
+          PVO_RETURN_IF_CUDA_ERROR(
+              cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kMmaThreads, kMmaSmemBytes));
+        }
+        const int64_t count = static_cast<int64_t>(multiprocessors) * (resident > 0 ? resident : 0);
+        *value = count > 0 ? count : -1;
+        return cudaSuccess;
+      },
+      &blocks));
+  *capacity = blocks > 0 ? blocks : 0;
   return cudaSuccess;
 }
 

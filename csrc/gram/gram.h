@@ -122,6 +122,109 @@ PVO_HOST_DEVICE PVO_INLINE void gram_mma_accumulator_coords(int lane, int e, int
   column = (lane % 4) * 2 + e % 2;
 }
 
+// The block: kGramMmaThreads threads in 8 warps, 2 (down) x 4 (across) warp tiles of
+// kGramMmaWarpRows x kGramMmaWarpCols, each warp holding kGramMmaM16 x kGramMmaN8 mma.m16n8k16
+// accumulators (4 floats per lane each). Shared memory: kGramMmaStages stages of two staged
+// operands (tile rows, then tile columns; a diagonal tile uses only the first).
+constexpr int kGramMmaStages = 3;
+constexpr int kGramMmaWarpRows = 64;
+constexpr int kGramMmaWarpCols = 32;
+constexpr int kGramMmaWarpsPerRow = kGramMmaTile / kGramMmaWarpCols;  // 4
+constexpr int kGramMmaM16 = kGramMmaWarpRows / 16;                   // 4
+constexpr int kGramMmaN8 = kGramMmaWarpCols / 8;                     // 4
+constexpr int kGramMmaStageBytes = kGramMmaStageElements * 2;
+constexpr int kGramMmaSmemBytes = kGramMmaStages * 2 * kGramMmaStageBytes;
+constexpr int kGramMmaTileElements = kGramMmaTile * kGramMmaTile;
+
+// First tile row and column of warp `warp`'s 64 x 32 part of the block tile.
+PVO_HOST_DEVICE PVO_INLINE void gram_mma_warp_origin(int warp, int& row, int& column) {
+  row = (warp / kGramMmaWarpsPerRow) * kGramMmaWarpRows;
+  column = (warp % kGramMmaWarpsPerRow) * kGramMmaWarpCols;
+}
+
+// In a diagonal tile only the upper triangle is written: the 16 x 8 accumulator block (i, j)
+// of a warp is skipped when it lies wholly below the diagonal (its first row past its last
+// column), and a warp all of whose blocks are skipped does no products at all.
+PVO_HOST_DEVICE PVO_INLINE bool gram_mma_block_skipped(bool diagonal, int warp_row, int warp_col, int i, int j) {
+  return diagonal && warp_row + 16 * i > warp_col + 8 * j + 7;
+}
+PVO_HOST_DEVICE PVO_INLINE bool gram_mma_warp_idle(bool diagonal, int warp_row, int warp_col) {
+  return diagonal && warp_row > warp_col + kGramMmaWarpCols - 1;
+}
+
+// Byte offset, within a staged operand, of the 8 elements lane `lane` points ldmatrix.x4 at for
+// the 16 x 16 block whose first tile row is `first_row` and first chunk position is `first_k`.
+// gram_mma_stage_index is linear, so the kernel adds block steps to the offset of block (0, 0).
+PVO_HOST_DEVICE PVO_INLINE unsigned gram_mma_ldmatrix_byte(bool channels_last, bool b_operand, int lane, int first_row,
+                                                           int first_k) {
+  int row, k;
+  gram_mma_ldmatrix_lane(channels_last, b_operand, lane, row, k);
+  return 2u * static_cast<unsigned>(gram_mma_stage_index(channels_last, first_row + row, first_k + k));
+}
+
+// Element offset of split `split`'s float32 partial tile of tile `tile` for batch item `n` in the
+// split-K workspace (splits x tiles partial tiles of kGramMmaTileElements per item).
+PVO_HOST_DEVICE PVO_INLINE int64_t gram_mma_partial_offset(int64_t n, int64_t splits, int64_t split,
+                                                           int64_t tile_count, int64_t tile) {
+  return ((n * splits + split) * tile_count + tile) * static_cast<int64_t>(kGramMmaTileElements);
+}
+
+// One thread's part of staging one operand (the features of channels [first_channel,
+// first_channel + kGramMmaTile) over a chunk of L), see gram_mma_copy_start. Offsets are elements
+// from the features' base; nothing outside [0, C) x [0, L) is named as valid, and the caller
+// zeroes the slots of invalid copies. The CUDA kernel copies with cp.async (16 bytes) or 2-byte
+// loads; tests/cpp/gram_mma_emulated.cpp with host copies.
+template <bool kChannelsLast, bool kVector>
+struct GramMmaStager {
+  static constexpr int kCopies = gram_mma_copies(kChannelsLast, kVector);
+  static constexpr int kLinesPerPass = gram_mma_lines_per_pass(kChannelsLast, kVector);
+  // Slot step between copies q and q + 1 (kLinesPerPass lines).
+  static constexpr int kIndexStep =
+      gram_mma_stage_index(kChannelsLast, kChannelsLast ? 0 : kLinesPerPass, kChannelsLast ? kLinesPerPass : 0);
+
+  int64_t first_offset;  // copy 0 at the part's first chunk
+  int64_t copy_step;     // between copies q and q + 1 (kLinesPerPass lines)
+  int64_t chunk_step;    // between consecutive chunks
+  int64_t rows_left;     // C - channel of copy 0
+  int64_t length_left;   // L - position of copy 0 in the part's first chunk
+  int shared_index;      // slot of copy 0 in a staged operand
+
+  PVO_HOST_DEVICE PVO_INLINE GramMmaStager(const GramParams& p, int64_t n, int64_t first_channel,
+                                           int64_t first_position, int thread) {
+    int row, k;
+    gram_mma_copy_start(kChannelsLast, kVector, thread, 0, row, k);
+    const int64_t c = first_channel + row, l = first_position + k;
+    first_offset = p.feature_offset(n, c, l);
+    copy_step = static_cast<int64_t>(kLinesPerPass) * (kChannelsLast ? p.channels : p.length);
+    chunk_step = kChannelsLast ? kGramMmaChunk * p.channels : kGramMmaChunk;
+    rows_left = p.channels - c;
+    length_left = p.length - l;
+    shared_index = gram_mma_stage_index(kChannelsLast, row, k);
+  }
+
+  // Calls copy(slot, offset, valid) for each of this thread's copies of the part's chunk `local`:
+  // `slot` in the staged operand, `offset` of the first element in the features.
+  template <typename Copy>
+  PVO_HOST_DEVICE PVO_INLINE void stage(int64_t local, Copy&& copy) const {
+    // Copy q is q * kLinesPerPass lines (rows planar, positions channels-last) past copy 0.
+    int64_t offset = first_offset + local * chunk_step;
+    const int64_t chunk_length_left = length_left - local * kGramMmaChunk;
+    // Lines left inside C (planar) or inside L (channels-last) from copy 0; the other bound is
+    // the same for every copy. With 16-byte copies the contiguous dimension is a multiple of 8
+    // and copies start at multiples of 8: a copy is wholly inside or wholly outside.
+    const int64_t lines_left = kChannelsLast ? chunk_length_left : rows_left;
+    const bool other_inside = kChannelsLast ? rows_left > 0 : chunk_length_left > 0;
+    // The 2-byte path has 16 copies: unrolled 4 at a time, so that their 64-bit addresses do not
+    // all stay live beside the accumulators.
+#if defined(__CUDA_ARCH__)
+#pragma unroll(kVector ? kCopies : 4)
+#endif
+    for (int q = 0; q < kCopies; ++q, offset += copy_step) {
+      copy(shared_index + q * kIndexStep, offset, other_inside && lines_left > q * kLinesPerPass);
+    }
+  }
+};
+
 // Split-K: how many parts the L-chunks of every tile are cut into, so that about `slots`
 // blocks (SMs x resident blocks) have work when the triangle tiles alone (`tile_blocks`, over the
 // whole batch) are too few. Parts hold gram_mma_chunks_per_split consecutive chunks, none empty.

@@ -97,19 +97,14 @@ __global__ void __launch_bounds__(kThreadsPerSide * kThreadsPerSide)
 
 constexpr int kMmaThreads = kGramMmaThreads;
 constexpr int kMmaWarps = kMmaThreads / 32;
-constexpr int kMmaStages = 3;
-// Warp tile: 2 x 4 warps of 64 rows x 32 columns cover the 128 x 128 block tile; a warp holds
-// 4 (m16) x 4 (n8) mma accumulators of 4 floats.
-constexpr int kWarpRows = 64;
-constexpr int kWarpCols = 32;
-constexpr int kWarpsPerRow = kGramMmaTile / kWarpCols;  // 4
-constexpr int kM16 = kWarpRows / 16;                    // 4
-constexpr int kN8 = kWarpCols / 8;                      // 4
-// Per stage, two staged operands (tile rows, tile columns) of 16-bit elements.
-constexpr int kStageBytes = kGramMmaStageElements * 2;
-constexpr int kMmaSmemBytes = kMmaStages * 2 * kStageBytes;
-constexpr int kTileElements = kGramMmaTile * kGramMmaTile;
-static_assert(kGramMmaTile == 2 * kWarpRows && kMmaWarps == 2 * kWarpsPerRow, "8 warps tile the block tile");
+constexpr int kMmaStages = kGramMmaStages;
+constexpr int kM16 = kGramMmaM16;
+constexpr int kN8 = kGramMmaN8;
+constexpr int kStageBytes = kGramMmaStageBytes;
+constexpr int kMmaSmemBytes = kGramMmaSmemBytes;
+constexpr int kTileElements = kGramMmaTileElements;
+static_assert(kGramMmaTile == 2 * kGramMmaWarpRows && kMmaWarps == 2 * kGramMmaWarpsPerRow,
+              "8 warps tile the block tile");
 static_assert(kGramMmaChunk % 16 == 0 && kGramMmaTile % 16 == 0, "whole 16x16 blocks");
 static_assert(kGramMmaPlanarPitch % 8 == 0 && kGramMmaChannelsLastPitch % 8 == 0, "16-byte aligned rows");
 static_assert(kStageBytes % 128 == 0, "each staged operand starts 128-byte aligned");
@@ -174,63 +169,21 @@ __device__ PVO_INLINE void mma_16816(float (&d)[4], const unsigned (&a)[4], unsi
 #endif
 }
 
-// One thread's part of staging one operand (the features of channels [first_channel,
-// first_channel + kGramMmaTile) over a chunk), see gram_mma_copy_start. Offsets are elements
-// from `features`; nothing outside [0, C) x [0, L) is read, and those slots are zeroed.
+// Stages the part's chunk `local` into `operand` (a staged operand in shared memory): this
+// thread's copies of GramMmaStager (gram.h), by cp.async or 2-byte loads, zeros past C and L.
 template <bool kChannelsLast, bool kVector>
-struct OperandStager {
-  static constexpr int kCopies = gram_mma_copies(kChannelsLast, kVector);
-  static constexpr int kLinesPerPass = gram_mma_lines_per_pass(kChannelsLast, kVector);
-
-  int64_t first_offset;  // copy 0 at the part's first chunk
-  int64_t copy_step;     // between copies q and q + 1 (kLinesPerPass lines)
-  int64_t chunk_step;    // between consecutive chunks
-  int64_t rows_left;     // C - channel of copy 0
-  int64_t length_left;   // L - position of copy 0 in the part's first chunk
-  int shared_index;      // slot of copy 0 in a staged operand
-
-  __device__ PVO_INLINE OperandStager(const GramParams& p, int64_t n, int64_t first_channel, int64_t first_position,
-                                      int thread) {
-    int row, k;
-    gram_mma_copy_start(kChannelsLast, kVector, thread, 0, row, k);
-    const int64_t c = first_channel + row, l = first_position + k;
-    first_offset = p.feature_offset(n, c, l);
-    copy_step = static_cast<int64_t>(kLinesPerPass) * (kChannelsLast ? p.channels : p.length);
-    chunk_step = kChannelsLast ? kGramMmaChunk * p.channels : kGramMmaChunk;
-    rows_left = p.channels - c;
-    length_left = p.length - l;
-    shared_index = gram_mma_stage_index(kChannelsLast, row, k);
-  }
-
-  // Stages the part's chunk `local` into `operand` (a staged operand in shared memory).
-  __device__ PVO_INLINE void stage(const unsigned short* __restrict__ features, unsigned short* operand,
-                                   int64_t local) const {
-    // Copy q is q * kLinesPerPass lines (rows planar, positions channels-last) past copy 0.
-    int64_t offset = first_offset + local * chunk_step;
-    const int64_t chunk_length_left = length_left - local * kGramMmaChunk;
-    // Lines left inside C (planar) or inside L (channels-last) from copy 0; the other bound is
-    // the same for every copy.
-    const int64_t lines_left = kChannelsLast ? chunk_length_left : rows_left;
-    const bool other_inside = kChannelsLast ? rows_left > 0 : chunk_length_left > 0;
-    constexpr int kIndexStep =
-        gram_mma_stage_index(kChannelsLast, kChannelsLast ? 0 : kLinesPerPass, kChannelsLast ? kLinesPerPass : 0);
-    // The 2-byte path has 16 copies: unrolled 4 at a time, so that their 64-bit addresses do not
-    // all stay live beside the accumulators.
-#pragma unroll(kVector ? kCopies : 4)
-    for (int q = 0; q < kCopies; ++q, offset += copy_step) {
-      const bool valid = other_inside && lines_left > q * kLinesPerPass;
-      const int index = shared_index + q * kIndexStep;
-      if (kVector) {
-        // The contiguous dimension is a multiple of 8 and copies start at multiples of 8: a copy is
-        // wholly inside or wholly outside.
-        cp_async_16(static_cast<unsigned>(__cvta_generic_to_shared(operand + index)),
-                    valid ? features + offset : features, valid);
-      } else {
-        operand[index] = valid ? features[offset] : static_cast<unsigned short>(0);  // +0 in either type
-      }
+__device__ PVO_INLINE void stage_operand(const GramMmaStager<kChannelsLast, kVector>& stager,
+                                         const unsigned short* __restrict__ features, unsigned short* operand,
+                                         int64_t local) {
+  stager.stage(local, [=](int index, int64_t offset, bool valid) {
+    if (kVector) {
+      cp_async_16(static_cast<unsigned>(__cvta_generic_to_shared(operand + index)), valid ? features + offset : features,
+                  valid);
+    } else {
+      operand[index] = valid ? features[offset] : static_cast<unsigned short>(0);  // +0 in either type
     }
-  }
-};
+  });
+}
 
 // grid: (triangle tiles, L splits, batch items (looped past 65535)); kMmaThreads threads;
 // kMmaSmemBytes of dynamic shared memory. Block (t, s) multiplies L-chunks
@@ -261,16 +214,14 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   const int64_t my_chunks = chunk_end > chunk_begin ? chunk_end - chunk_begin : 0;
 
   const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
-  const int warp_row = (warp / kWarpsPerRow) * kWarpRows, warp_col = (warp % kWarpsPerRow) * kWarpCols;
+  int warp_row, warp_col;
+  gram_mma_warp_origin(warp, warp_row, warp_col);
   // In a diagonal tile, blocks wholly below the diagonal are never written: their products are
   // skipped (warp-uniform conditions), and a warp with only such blocks skips the loop body.
-  const bool warp_idle = diagonal && warp_row > warp_col + kWarpCols - 1;
+  const bool warp_idle = gram_mma_warp_idle(diagonal, warp_row, warp_col);
   // ldmatrix lane addresses (bytes) of the warp's first 16x16 A block and first B block.
-  int lane_row, lane_k;
-  gram_mma_ldmatrix_lane(kChannelsLast, false, lane, lane_row, lane_k);
-  const unsigned a_lane = 2u * gram_mma_stage_index(kChannelsLast, warp_row + lane_row, lane_k);
-  gram_mma_ldmatrix_lane(kChannelsLast, true, lane, lane_row, lane_k);
-  const unsigned b_lane = 2u * gram_mma_stage_index(kChannelsLast, warp_col + lane_row, lane_k);
+  const unsigned a_lane = gram_mma_ldmatrix_byte(kChannelsLast, false, lane, warp_row, 0);
+  const unsigned b_lane = gram_mma_ldmatrix_byte(kChannelsLast, true, lane, warp_col, 0);
   // Byte steps between 16x16 blocks: 16 rows, 16 positions of k.
   const unsigned rows16 = 2u * gram_mma_stage_index(kChannelsLast, 16, 0);
   const unsigned k16 = 2u * gram_mma_stage_index(kChannelsLast, 0, 16);
@@ -289,14 +240,14 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     }
 
     const int64_t first_position = chunk_begin * kGramMmaChunk;
-    const OperandStager<kChannelsLast, kVector> row_stager(p, n, row0, first_position, thread);
-    const OperandStager<kChannelsLast, kVector> col_stager(p, n, col0, first_position, thread);
+    const GramMmaStager<kChannelsLast, kVector> row_stager(p, n, row0, first_position, thread);
+    const GramMmaStager<kChannelsLast, kVector> col_stager(p, n, col0, first_position, thread);
     // Chunk `local` goes to stage local % kMmaStages: rows operand, then columns operand.
     auto stage_chunk = [&](int64_t local) {
       unsigned short* rows = reinterpret_cast<unsigned short*>(gram_shared) +
                              static_cast<int>(local % kMmaStages) * 2 * kGramMmaStageElements;
-      row_stager.stage(features, rows, local);
-      if (!diagonal) col_stager.stage(features, rows + kGramMmaStageElements, local);
+      stage_operand(row_stager, features, rows, local);
+      if (!diagonal) stage_operand(col_stager, features, rows + kGramMmaStageElements, local);
     };
 
     // Pipeline: one commit group per chunk (empty past the end), kMmaStages - 1 chunks in flight.
@@ -328,7 +279,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 #pragma unroll
             for (int j = 0; j < kN8; ++j) {
               // Skip blocks wholly below the diagonal (first row past last column).
-              if (!diagonal || warp_row + 16 * i <= warp_col + 8 * j + 7) {
+              if (!gram_mma_block_skipped(diagonal, warp_row, warp_col, i, j)) {
                 mma_16816<scalar_t>(acc[i][j], a, b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
               }
             }
@@ -341,8 +292,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 
     if (split) {
       // The whole tile, zero-padded, so that the reduction reads only written memory.
-      float* part = workspace + ((n * gridDim.y + blockIdx.y) * static_cast<int64_t>(gridDim.x) + blockIdx.x) *
-                                    static_cast<int64_t>(kTileElements);
+      float* part = workspace + gram_mma_partial_offset(n, gridDim.y, blockIdx.y, gridDim.x, blockIdx.x);
 #pragma unroll
       for (int i = 0; i < kM16; ++i) {
 #pragma unroll
@@ -417,7 +367,7 @@ __global__ void __launch_bounds__(kReduceSide * kReduceRows)
       const int r = ty + q * kReduceRows;
       const int64_t e = static_cast<int64_t>(sub_row * kReduceSide + r) * kGramMmaTile + sub_col * kReduceSide + tx;
       float sum = 0.0f;
-      for (int64_t s = 0; s < splits; ++s) sum += workspace[((n * splits + s) * tile_count + tile) * kTileElements + e];
+      for (int64_t s = 0; s < splits; ++s) sum += workspace[gram_mma_partial_offset(n, splits, s, tile_count, tile) + e];
       const float v = sum * scale;
       block_values[r][tx] = v;
       const int64_t gr = r0 + r, gc = c0 + tx;

@@ -1,11 +1,13 @@
-"""The distance family's mining rules (csrc/distance/distance_mining.h, used by the CUDA kernels)
-against copies of the CPU miners' algorithms, under AddressSanitizer and UBSan, without torch.
+"""The distance family's torch-free C++ under AddressSanitizer and UBSan.
 
-tests/cpp/distance_mining_agrees.cpp draws random problems full of ties, signed zeros and
-infinities, runs batch-hard, semi-hard, the window and the capped hard strategy both ways
-(simulating the warp lanes and the arbitrary merge order of the CUDA atomics), and prints the
-number of disagreements. Built with the system C++ compiler (tests/sanitized_cpp.py); skipped
-when there is none.
+tests/cpp/distance_mining_agrees.cpp: the mining rules (csrc/distance/distance_mining.h, used by
+the CUDA kernels) against copies of the CPU miners' algorithms on random problems full of ties,
+signed zeros and infinities: batch-hard, semi-hard, the window and the capped hard strategy both
+ways (simulating the warp lanes and the arbitrary merge order of the CUDA atomics).
+tests/cpp/distance_hierarchical_agrees.cpp: the hierarchical loss's per-entry rule.
+tests/cpp/distance_tiles_emulated.cpp: the CUDA tile kernels replayed on the host.
+Each prints the number of disagreements. Built with the system C++ compiler
+(tests/sanitized_cpp.py); skipped when there is none.
 """
 
 from __future__ import annotations
@@ -25,3 +27,19 @@ def test_hierarchical_entries_agree_with_the_triplet_definition(tmp_path: Path) 
     loop over every (anchor, positive, negative), under ASan/UBSan."""
     out = run_sanitized(tmp_path, "distance_hierarchical_agrees.cpp", [], ["300"])
     assert "bad 0" in out
+
+
+def test_cuda_tile_kernels_replayed_on_the_host(tmp_path: Path) -> None:
+    """tests/cpp/distance_tiles_emulated.cpp: distance_tiles_kernel and batch_hard_tiles_kernel
+    replayed thread by thread with the kernels' own tile code (csrc/distance/distance_cuda_tile.h:
+    geometry, shared-memory loader, epilogue) and their control flow restated (double-buffered
+    steps, grid-stride loops, symmetric exit, half-warp and column merges, atomics, exact pairs),
+    against a float64 brute force bit for bit on integer embeddings, under ASan/UBSan. What it
+    cannot check: the hardware, timing, and whether the restated control flow is the .cu's."""
+    out = run_sanitized(tmp_path, "distance_tiles_emulated.cpp", [], [])
+    assert "bad 0" in out, out[-4000:]
+    assert "WRONG" not in out
+    # both kernels, the symmetric and the anchor-block form, and pairs on the exact path
+    assert "tiles f32" in out and "tiles f64" in out and "batch-hard" in out
+    assert " symmetric " in out and " block " in out
+    assert any(line.split("exact pairs")[1].split()[0] != "0" for line in out.splitlines() if "exact pairs" in line)

@@ -1,6 +1,6 @@
 // CUDA kernels of the distance family (launchers: distance_kernel.h). No torch headers.
 //
-// The distance tile (tile_dot + fast_value / exact_value), shared by every op:
+// The distance tile (tile_dot + the epilogue of distance_cuda_tile.h), shared by every op:
 //   one block of 16 x 16 threads computes one tile of (x row, y row) pairs: 128 x 128 for float32
 //   (8 x 8 per thread), 64 x 64 for float64 (4 x 4 per thread). The centred rows are staged through
 //   shared memory 8 positions k at a time (double-buffered, one barrier per step; the next step's
@@ -42,52 +42,20 @@
 namespace pyvision_ops {
 namespace {
 
-constexpr int kTileThreads = 256;  // 16 x 16
-constexpr int kTileSide = 16;
-constexpr int kTileK = 8;          // positions k per shared-memory step
+constexpr int kTileThreads = kDistanceTileThreads;  // 16 x 16
+constexpr int kTileSide = kDistanceTileSide;
+constexpr int kTileK = kDistanceTileK;
 constexpr int kWarpSize = 32;
 constexpr int kTileWarps = kTileThreads / kWarpSize;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int64_t kMaxGridYZ = 65535;
 constexpr int64_t kMaxGridX = 2147483647;
 
+// The tile geometry, loader and epilogue: distance_cuda_tile.h.
 template <typename T>
-struct TileVector;
-template <>
-struct TileVector<float> {
-  static constexpr int kWidth = 4;
-  using type = float4;
-};
-template <>
-struct TileVector<double> {
-  static constexpr int kWidth = 2;
-  using type = double2;
-};
-
-// A thread's rows (and columns): two runs of kVec consecutive tile rows, one in each half of the
-// tile, at ty * kVec (tx * kVec for columns).
+using Tile = DistanceTile<T>;
 template <typename T>
-struct Tile {
-  static constexpr int kVec = TileVector<T>::kWidth;
-  static constexpr int kPer = 2 * kVec;             // rows (columns) per thread: 8 float, 4 double
-  static constexpr int kSize = kTileSide * kPer;    // rows (columns) per tile: 128 float, 64 double
-  static constexpr int kHalf = kSize / 2;
-  static constexpr int kPitch = kSize + 4;          // conflict-free k-major stores, 16-byte rows
-  static constexpr int kLoads = kSize * kTileK / kTileThreads;  // elements per thread and operand
-  using Vec = typename TileVector<T>::type;
-
-  static __device__ PVO_INLINE int local(int t, int r) { return (r / kVec) * kHalf + t * kVec + r % kVec; }
-};
-static_assert(Tile<float>::kLoads * kTileThreads == Tile<float>::kSize * kTileK, "whole float tiles");
-static_assert(Tile<double>::kLoads * kTileThreads == Tile<double>::kSize * kTileK, "whole double tiles");
-static_assert((Tile<float>::kPitch * sizeof(float)) % 16 == 0 && (Tile<double>::kPitch * sizeof(double)) % 16 == 0,
-              "16-byte aligned shared rows");
-
-template <typename T>
-struct TileShared {
-  T a[2][kTileK][Tile<T>::kPitch];
-  T b[2][kTileK][Tile<T>::kPitch];
-};
+using TileShared = DistanceTileShared<T>;
 
 __device__ PVO_INLINE void load_vec(const float* p, float* out) {
   const float4 v = *reinterpret_cast<const float4*>(p);
@@ -105,44 +73,6 @@ __device__ PVO_INLINE void load_vec(const double* p, double* out) {
 __device__ PVO_INLINE float fused_multiply_add(float a, float b, float c) { return fmaf(a, b, c); }
 __device__ PVO_INLINE double fused_multiply_add(double a, double b, double c) { return fma(a, b, c); }
 
-// Stages one operand: element e = thread + q * 256 of a step is tile row e / kTileK = lr + 32 q
-// (lr = thread / kTileK), position k0 + e % kTileK = k0 + lk, the same position for every q.
-// Rows at or past `end` and positions past dim read as zero.
-template <typename T>
-struct TileLoader {
-  static constexpr int kRowStep = kTileThreads / kTileK;  // 32 rows between a thread's elements
-  const T* base;                                          // row first + lr, position lk
-  int64_t row_step;                                       // kRowStep * dim
-  int64_t k_left;                                         // dim - lk
-  unsigned valid;                                         // bit q: row lr + 32 q exists
-  int lr, lk;
-
-  __device__ PVO_INLINE TileLoader(const T* rows, int64_t first, int64_t end, int64_t dim) {
-    lr = static_cast<int>(threadIdx.x) / kTileK;
-    lk = static_cast<int>(threadIdx.x) % kTileK;
-    valid = 0;
-#pragma unroll
-    for (int q = 0; q < Tile<T>::kLoads; ++q) {
-      if (first + lr + q * kRowStep < end) valid |= 1u << q;
-    }
-    // Only dereferenced at valid rows and positions.
-    base = rows + ((valid & 1u) ? (first + lr) * dim + lk : 0);
-    row_step = kRowStep * dim;
-    k_left = dim - lk;
-  }
-  __device__ PVO_INLINE void fetch(int64_t k0, T (&reg)[Tile<T>::kLoads]) const {
-    const bool k_inside = k0 < k_left;
-#pragma unroll
-    for (int q = 0; q < Tile<T>::kLoads; ++q) {
-      reg[q] = (k_inside && ((valid >> q) & 1u)) ? base[q * row_step + k0] : T(0);
-    }
-  }
-  __device__ PVO_INLINE void store(T (&dst)[kTileK][Tile<T>::kPitch], const T (&reg)[Tile<T>::kLoads]) const {
-#pragma unroll
-    for (int q = 0; q < Tile<T>::kLoads; ++q) dst[lk][lr + q * kRowStep] = reg[q];
-  }
-};
-
 // acc[r][c] = sum_k x[x0 + local(ty, r)][k] * y[y0 + local(tx, c)][k] over the centred rows (row
 // pitch dim), rows at or past x_end / y_end counting as zero rows. Every thread of the block must
 // call it (barriers); it ends with a barrier, so the shared buffers are free on return.
@@ -159,7 +89,8 @@ __device__ PVO_INLINE void tile_dot(const T* __restrict__ x, int64_t x0, int64_t
   }
   const int64_t steps = (dim + kTileK - 1) / kTileK;
   if (steps == 0) return;
-  const TileLoader<T> load_x(x, x0, x_end, dim), load_y(y, y0, y_end, dim);
+  const int thread = static_cast<int>(threadIdx.x);
+  const DistanceTileLoader<T> load_x(x, x0, x_end, dim, thread), load_y(y, y0, y_end, dim, thread);
   T ra[S::kLoads], rb[S::kLoads];
   load_x.fetch(0, ra);
   load_y.fetch(0, rb);
@@ -195,45 +126,11 @@ __device__ PVO_INLINE void tile_dot(const T* __restrict__ x, int64_t x0, int64_t
   }
 }
 
-// One pair's metric value (distance.h; the CPU's finish_row + exact recomputation), in two
-// parts so that the tile epilogues keep the exact form, which reads the original rows from
-// global memory, out of their unrolled 8 x 8 loops: fast_value gives the value from the dot
-// product of centred rows, or false where needs_exact_distance asks for exact_value.
-template <typename T>
-__device__ PVO_INLINE bool fast_value(DistanceMetric metric, T dot, T norm_x, T norm_y, T& value) {
-  if (metric == DistanceMetric::Dot) {
-    value = dot;
-    return true;
-  }
-  const T d2 = norm_x + norm_y - T(2) * dot;
-  if (needs_exact_distance(d2, norm_x, norm_y)) return false;
-  value = finish_distance(metric, d2);
-  return true;
-}
-template <typename T>
-__device__ PVO_INLINE T exact_value(DistanceMetric metric, const T* x_orig, const T* y_orig, int64_t dim) {
-  return finish_distance(metric, exact_sq_distance<T, T>(x_orig, y_orig, dim));
-}
-
-// Bit r * kPer + c of a thread's 8 x 8 (4 x 4) pairs; the next set bit of a mask.
-template <typename T>
-__device__ PVO_INLINE unsigned long long pair_bit(int r, int c) {
-  return 1ull << (r * Tile<T>::kPer + c);
-}
+// The next set bit of a mask (cleared).
 __device__ PVO_INLINE int pop_lowest_bit(unsigned long long& mask) {
   const int bit = __ffsll(static_cast<long long>(mask)) - 1;
   mask &= mask - 1;
   return bit;
-}
-
-template <typename T>
-__device__ PVO_INLINE T output_value(DistanceOutput output, DistanceMetric metric, T v) {
-  switch (output) {
-    case DistanceOutput::SmallestKeys: return v != v ? mining_infinity<T>() : v;
-    case DistanceOutput::LargestKeys: return v != v ? mining_infinity<T>() : -v;
-    case DistanceOutput::MiningKeys: return mining_key(metric, v);
-    default: return v;
-  }
 }
 
 // Pointers of batch item b.
@@ -283,18 +180,18 @@ __global__ void __launch_bounds__(kTileThreads, 2) distance_tiles_kernel(const D
           const int64_t j = y0 + S::local(tx, c);
           if (j >= s.y_n) continue;
           T v;
-          if (fast_value(a.metric, acc[r][c], norm_x, item.y_norms[j], v)) {
-            out_row[j] = output_value(a.output, a.metric, v);
+          if (distance_fast_value(a.metric, acc[r][c], norm_x, item.y_norms[j], v)) {
+            out_row[j] = distance_output_value(a.output, a.metric, v);
           } else {
-            exact |= pair_bit<T>(r, c);
+            exact |= distance_pair_bit<T>(r, c);
           }
         }
       }
       while (exact != 0) {
         const int bit = pop_lowest_bit(exact);
         const int64_t i = x0 + S::local(ty, bit / S::kPer), j = y0 + S::local(tx, bit % S::kPer);
-        const T v = exact_value(a.metric, item.x_orig + i * dim, item.y_orig + j * dim, dim);
-        out[(bz * a.rows + (i - a.row_begin)) * a.ld + j] = output_value(a.output, a.metric, v);
+        const T v = distance_exact_value(a.metric, item.x_orig + i * dim, item.y_orig + j * dim, dim);
+        out[(bz * a.rows + (i - a.row_begin)) * a.ld + j] = distance_output_value(a.output, a.metric, v);
       }
     }
   }
@@ -350,12 +247,12 @@ __global__ void __launch_bounds__(kTileThreads, 2) batch_hard_tiles_kernel(const
         const int lc = S::local(tx, c);
         if (lc >= col_limit) continue;
         float v;
-        if (fast_value(a.metric, acc[r][c], norm_x, y_norms[lc], v)) {
+        if (distance_fast_value(a.metric, acc[r][c], norm_x, y_norms[lc], v)) {
           acc[r][c] = mining_key(a.metric, v);
         } else {
-          exact |= pair_bit<float>(r, c);
+          exact |= distance_pair_bit<float>(r, c);
         }
-        if (row_label[lr] == column_label[lc]) same |= pair_bit<float>(r, c);
+        if (row_label[lr] == column_label[lc]) same |= distance_pair_bit<float>(r, c);
       }
     }
     // Rows: anchor anchor_offset + i against the tile's columns. The 16 lanes of a half-warp
@@ -371,7 +268,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) batch_hard_tiles_kernel(const
 #pragma unroll
         for (int c = 0; c < S::kPer; ++c) {
           const int lc = S::local(tx, c);
-          const unsigned long long bit = pair_bit<float>(r, c);
+          const unsigned long long bit = distance_pair_bit<float>(r, c);
           if (lc < col_limit && (exact & bit) == 0) {
             batch_hard_offer_packed(positive, negative, (same & bit) != 0, lc == self, y0 + lc, acc[r][c]);
           }
@@ -398,7 +295,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) batch_hard_tiles_kernel(const
 #pragma unroll
           for (int r = 0; r < S::kPer; ++r) {
             const int lr = S::local(ty, r);
-            const unsigned long long bit = pair_bit<float>(r, c);
+            const unsigned long long bit = distance_pair_bit<float>(r, c);
             if (lr < row_limit && (exact & bit) == 0) {
               batch_hard_offer_packed(positive, negative, (same & bit) != 0, false, x0 + lr, acc[r][c]);
             }
@@ -432,7 +329,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) batch_hard_tiles_kernel(const
     while (exact != 0) {
       const int bit = pop_lowest_bit(exact);
       const int64_t i = x0 + S::local(ty, bit / S::kPer), j = y0 + S::local(tx, bit % S::kPer);
-      const float key = mining_key(a.metric, exact_value(a.metric, item.x_orig + i * dim, item.y_orig + j * dim, dim));
+      const float key = mining_key(a.metric, distance_exact_value(a.metric, item.x_orig + i * dim, item.y_orig + j * dim, dim));
       const bool same_label = ((same >> bit) & 1ull) != 0;
       unsigned long long positive = kNoFarthestPacked, negative = kNoNearestPacked;
       batch_hard_offer_packed(positive, negative, same_label, j == a.anchor_offset + i, j, key);
@@ -443,7 +340,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) batch_hard_tiles_kernel(const
         // orders put a short row's extra term in different partial sums, so the value can differ
         // from x_i against y_j in the last bit, and pairwise_distance's d(j, i) is this one.
         const float column_key =
-            mining_key(a.metric, exact_value(a.metric, item.x_orig + j * dim, item.y_orig + i * dim, dim));
+            mining_key(a.metric, distance_exact_value(a.metric, item.x_orig + j * dim, item.y_orig + i * dim, dim));
         positive = kNoFarthestPacked;
         negative = kNoNearestPacked;
         batch_hard_offer_packed(positive, negative, same_label, i == j, i, column_key);

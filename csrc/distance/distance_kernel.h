@@ -11,6 +11,7 @@
 
 #include "common/host_device.h"
 #include "distance/distance.h"
+#include "distance/distance_cuda_tile.h"
 
 namespace pyvision_ops {
 
@@ -28,10 +29,7 @@ struct DistanceSides {
   int64_t dim = 0;
 };
 
-// What launch_distance_tiles writes for a pair whose metric value is v:
-//   Values: v;  SmallestKeys: v, NaN -> +inf;  LargestKeys: -v, NaN -> +inf (the keys
-//   pairwise_topk selects the k smallest of);  MiningKeys: mining_key(metric, v).
-enum class DistanceOutput : int { Values = 0, SmallestKeys = 1, LargestKeys = 2, MiningKeys = 3 };
+// What launch_distance_tiles writes for a pair: DistanceOutput (distance_cuda_tile.h).
 
 // The rows [row_begin, row_begin + rows) of x of the batch items [batch_begin, batch_begin +
 // batch_count) against every row of y of the same item:

@@ -34,22 +34,11 @@
 #include <string>
 #include <vector>
 
+#include "expect.h"
+
 using namespace pyvision_ops;
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(condition, ...)                                \
-  do {                                                        \
-    if (!(condition)) {                                       \
-      if (++failures <= 20) {                                 \
-        std::printf("FAIL line %d: ", __LINE__);              \
-        std::printf(__VA_ARGS__);                             \
-        std::printf("\n");                                    \
-      }                                                       \
-    }                                                         \
-  } while (0)
 
 enum class Format { Float16, BFloat16 };
 

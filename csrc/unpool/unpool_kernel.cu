@@ -2,13 +2,16 @@
 // One thread per element of the tensor being written, in its memory order (planar or
 // channels-last), so that writes are coalesced; offsets are 64-bit, or 32-bit where every tensor of
 // the launch has fewer than 2^30 elements (dispatch_offset). The values
-// moved are read in place through p.values (any strides, unpool.h).
+// moved are read in place through p.values (any strides, unpool.h). What a thread of an unpooling
+// kernel computes for its element is in unpool_cuda_elements.h (replayed on the host by
+// tests/cpp/unpool_kernels_replayed.cpp).
 #include <algorithm>
 #include <climits>
 #include <type_traits>
 
 #include "common/cuda_check.h"
 #include "common/cuda_dispatch.cuh"
+#include "unpool/unpool_cuda_elements.h"
 #include "unpool/unpool_kernel.h"
 
 namespace pyvision_ops {
@@ -65,51 +68,15 @@ template <typename scalar_t, typename index_t, bool Compact, typename offset_t>
 __global__ void tile_unpool_kernel(const UnpoolParams p, const scalar_t* __restrict__ source,
                                    const index_t* __restrict__ indices, scalar_t* __restrict__ target,
                                    long long* status) {
-  const offset_t target_plane = static_cast<offset_t>(p.target_plane());
-  const offset_t source_plane = static_cast<offset_t>(p.source_plane());
-  const offset_t channels = static_cast<offset_t>(p.channels);
-  const offset_t tw_size = static_cast<offset_t>(p.target_size[2]), th_size = static_cast<offset_t>(p.target_size[1]);
-  const offset_t kd_size = static_cast<offset_t>(p.kernel[0]), kh_size = static_cast<offset_t>(p.kernel[1]),
-                 kw_size = static_cast<offset_t>(p.kernel[2]);
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * p.target_plane());
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
-    offset_t n, c, t;
-    element_coords<offset_t>(linear, channels, target_plane, p.channels_last, n, c, t);
-    const offset_t tw = t % tw_size;
-    const offset_t th = (t / tw_size) % th_size;
-    const offset_t td = t / (tw_size * th_size);
-    const offset_t pd = td / kd_size, ph = th / kh_size, pw = tw / kw_size;
-    scalar_t out = zero_value<scalar_t>();
-    if (pd < p.source_size[0] && ph < p.source_size[1] && pw < p.source_size[2]) {
-      const offset_t kd = td - pd * kd_size, kh = th - ph * kh_size, kw = tw - pw * kw_size;
-      const offset_t window = (pd * static_cast<offset_t>(p.source_size[1]) + ph) * static_cast<offset_t>(p.source_size[2]) + pw;
-      const offset_t at = p.channels_last ? (n * source_plane + window) * channels + c
-                                          : (n * channels + c) * source_plane + window;
-      const int64_t value_index = static_cast<int64_t>(indices[at]);
-      const offset_t local = (kd * kh_size + kh) * kw_size + kw;
-      if (value_index == (Compact ? static_cast<int64_t>(local) : static_cast<int64_t>(t))) {
-        out = source[p.values.at(n, c, window, p.source_size)];
-      }
-      if (local == 0) {
-        // One thread per window checks that its index stays inside the window; otherwise the
-        // glue redoes the whole tensor with zero-fill + scatter (which also names bad indices).
-        bool inside;
-        if (Compact) {
-          inside = value_index < static_cast<int64_t>(kd_size * kh_size * kw_size);  // tiles lie inside the target
-        } else {
-          const int64_t offset = value_index - static_cast<int64_t>(t);  // from the window's first element
-          inside = false;
-          for (offset_t a = 0; a < kd_size; ++a) {
-            for (offset_t b = 0; b < kh_size; ++b) {
-              const int64_t row = (static_cast<int64_t>(a) * th_size + b) * tw_size;
-              inside |= offset >= row && offset < row + kw_size;
-            }
-          }
-        }
-        if (!inside) status[1] = 1;
-      }
-    }
-    target[linear] = out;
+    offset_t n, c, window;
+    bool outside = false;
+    const bool take = tile_unpool_element<index_t, Compact, offset_t>(p, indices, linear, n, c, window, outside);
+    // One thread per window checks that its index stays inside the window; otherwise the glue
+    // redoes the whole tensor with claim + resolve (which also names bad indices).
+    if (outside) status[1] = 1;
+    target[linear] = take ? source[p.values.at(n, c, window, p.source_size)] : zero_value<scalar_t>();
   }
 }
 
@@ -121,11 +88,8 @@ __global__ void scatter_kernel(const UnpoolParams p, const scalar_t* __restrict_
   const int64_t target_plane = p.target_plane();
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * source_plane);
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
-    offset_t n_, c_, s_;
-    element_coords<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(source_plane),
-                        p.channels_last, n_, c_, s_);
-    const int64_t n = n_, c = c_, s = s_;
-    const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[linear]));
+    int64_t n, c, s;
+    const int64_t t = source_element_target<index_t, Compact, offset_t>(p, indices, linear, n, c, s);
     if (t < 0) {
       record_bad(status, (n * p.channels + c) * source_plane + s);
       continue;
@@ -150,16 +114,14 @@ __global__ void claim_kernel(const UnpoolParams p, const index_t* __restrict__ i
   const int64_t target_plane = p.target_plane();
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * source_plane);
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
-    offset_t n_, c_, s_;
-    element_coords<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(source_plane),
-                        p.channels_last, n_, c_, s_);
-    const int64_t plane = static_cast<int64_t>(n_) * p.channels + c_;
-    const int64_t t = index_target<Compact>(p, s_, static_cast<int64_t>(indices[linear]));
+    int64_t n, c, s;
+    const int64_t t = source_element_target<index_t, Compact, offset_t>(p, indices, linear, n, c, s);
+    const int64_t plane = n * p.channels + c;
     if (t < 0) {
-      record_bad(status, plane * source_plane + s_);
+      record_bad(status, plane * source_plane + s);
       continue;
     }
-    atomicMax(winner + plane * target_plane + t, static_cast<winner_t>(s_));
+    atomicMax(winner + plane * target_plane + t, static_cast<winner_t>(s));
   }
 }
 
@@ -169,10 +131,8 @@ __global__ void resolve_kernel(const UnpoolParams p, const scalar_t* __restrict_
   const int64_t target_plane = p.target_plane();
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * target_plane);
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
-    offset_t n, c, t;
-    element_coords<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(target_plane),
-                        p.channels_last, n, c, t);
-    const int64_t plane = static_cast<int64_t>(n) * p.channels + c;
+    int64_t plane, n, c, t;
+    target_element<offset_t>(p, linear, plane, n, c, t);
     const winner_t w = winner[plane * target_plane + t];
     target[linear] = w < 0 ? zero_value<scalar_t>() : source[p.values.at(n, c, static_cast<int64_t>(w), p.source_size)];
   }
@@ -185,11 +145,8 @@ __global__ void gather_kernel(const UnpoolParams p, const scalar_t* __restrict__
   const int64_t source_plane = p.source_plane();
   const offset_t total = static_cast<offset_t>(p.batch * p.channels * source_plane);
   for (offset_t linear = blockIdx.x * blockDim.x + threadIdx.x; linear < total; linear += gridDim.x * blockDim.x) {
-    offset_t n_, c_, s_;
-    element_coords<offset_t>(linear, static_cast<offset_t>(p.channels), static_cast<offset_t>(source_plane),
-                        p.channels_last, n_, c_, s_);
-    const int64_t n = n_, c = c_, s = s_;
-    const int64_t t = index_target<Compact>(p, s, static_cast<int64_t>(indices[linear]));
+    int64_t n, c, s;
+    const int64_t t = source_element_target<index_t, Compact, offset_t>(p, indices, linear, n, c, s);
     if (t < 0) {
       record_bad(status, (n * p.channels + c) * source_plane + s);
       source[linear] = zero_value<scalar_t>();

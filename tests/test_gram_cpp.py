@@ -27,13 +27,15 @@ def test_packed_gram_kernel_under_sanitizers(tmp_path: Path) -> None:
 # kernel's geometry from csrc/gram/gram.h and ldmatrix / mma.sync / cp.async emulated from the PTX
 # ISA; the result must equal a float64 reference bit for bit (inputs are exact in 16 bits), every
 # element of G must have one writer, and no shared slot may be left unstaged. What it cannot
-# check: the PTX layouts themselves (read from the ISA), timing, and the launch.
+# check: the PTX layouts themselves (read from the ISA), timing, and the launch. The same program
+# runs the CUDA-core gram_tile_kernel's threads (gram_tile_stage / accumulate / write of gram.h).
 def test_mma_kernel_emulated(tmp_path: Path) -> None:
     out = run_sanitized(tmp_path, "gram_mma_emulated.cpp", [], ["quick"])
     assert "bad 0" in out, out[-4000:]
     assert " ok" in out and "WRONG" not in out
     # the quick set reaches split-K (splits > 1) and multi-tile triangles
     assert "splits 2," in out and "tiles 3:" in out
+    assert "tile kernel f32" in out and "tile kernel f64" in out
 
 
 @pytest.mark.slow

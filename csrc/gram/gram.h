@@ -45,6 +45,76 @@ PVO_HOST_DEVICE PVO_INLINE int64_t triangle_tile_index(int64_t row, int64_t colu
   return row * tiles - row * (row - 1) / 2 + (column - row);
 }
 
+// The CUDA-core tile kernel (gram_tile_kernel: float32, float64, and 16-bit types where the
+// loaded image predates sm_80): one kGramTile^2 tile of the upper triangle per block of
+// kGramTileSide^2 threads, each thread 4 x 4 outputs (rows ty * 4 + r, columns tx * 4 + c); the
+// features of the tile's rows and columns staged through shared memory kGramTileChunk positions
+// of L at a time, zero past C and L, accumulated in acc_t. What one thread does between the
+// kernel's barriers is below; tests/cpp/gram_mma_emulated.cpp runs it for every thread on the host.
+constexpr int kGramTile = 64;
+constexpr int kGramTileChunk = 16;
+constexpr int kGramTileSide = 16;  // 16 x 16 threads
+constexpr int kGramTileThreads = kGramTileSide * kGramTileSide;
+constexpr int kGramTilePer = kGramTile / kGramTileSide;  // 4 x 4 outputs per thread
+
+// Thread `thread`'s part of staging chunk [l0, l0 + kGramTileChunk) for batch item n:
+// elements e = thread, thread + 256, ... of the 64 x 16 chunk of each operand, consecutive
+// threads along the dimension contiguous in memory (L planar, C channels-last).
+// load(offset) converts features[offset] to acc_t.
+template <typename acc_t, typename Load>
+PVO_HOST_DEVICE PVO_INLINE void gram_tile_stage(const GramParams& p, int64_t n, int64_t l0, int64_t row0, int64_t col0,
+                                                int thread, const Load& load,
+                                                acc_t (&a_tile)[kGramTileChunk][kGramTile + 1],
+                                                acc_t (&b_tile)[kGramTileChunk][kGramTile + 1]) {
+  for (int e = thread; e < kGramTile * kGramTileChunk; e += kGramTileThreads) {
+    const int i = p.channels_last ? e % kGramTile : e / kGramTileChunk;
+    const int k = p.channels_last ? e / kGramTile : e % kGramTileChunk;
+    const int64_t l = l0 + k;
+    const int64_t ra = row0 + i, rb = col0 + i;
+    a_tile[k][i] = (ra < p.channels && l < p.length) ? load(p.feature_offset(n, ra, l)) : acc_t(0);
+    b_tile[k][i] = (rb < p.channels && l < p.length) ? load(p.feature_offset(n, rb, l)) : acc_t(0);
+  }
+}
+
+// Thread (tx, ty)'s products over a staged chunk.
+template <typename acc_t>
+PVO_HOST_DEVICE PVO_INLINE void gram_tile_accumulate(const acc_t (&a_tile)[kGramTileChunk][kGramTile + 1],
+                                                     const acc_t (&b_tile)[kGramTileChunk][kGramTile + 1], int tx,
+                                                     int ty, acc_t (&acc)[kGramTilePer][kGramTilePer]) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int k = 0; k < kGramTileChunk; ++k) {
+    acc_t a[kGramTilePer], b[kGramTilePer];
+    for (int q = 0; q < kGramTilePer; ++q) {
+      a[q] = a_tile[k][ty * kGramTilePer + q];
+      b[q] = b_tile[k][tx * kGramTilePer + q];
+    }
+    for (int r = 0; r < kGramTilePer; ++r) {
+      for (int c = 0; c < kGramTilePer; ++c) acc[r][c] += a[r] * b[c];
+    }
+  }
+}
+
+// Thread (tx, ty)'s outputs: scale * acc into G's upper triangle (column >= row, inside C) and
+// its mirror, `g` being batch item n's C x C matrix.
+template <typename acc_t>
+PVO_HOST_DEVICE PVO_INLINE void gram_tile_write(const GramParams& p, acc_t* g, int64_t row0, int64_t col0, int tx,
+                                                int ty, const acc_t (&acc)[kGramTilePer][kGramTilePer]) {
+  const int64_t C = p.channels;
+  const acc_t scale = static_cast<acc_t>(p.scale);
+  for (int r = 0; r < kGramTilePer; ++r) {
+    for (int c = 0; c < kGramTilePer; ++c) {
+      const int64_t gr = row0 + ty * kGramTilePer + r, gc = col0 + tx * kGramTilePer + c;
+      if (gr < C && gc < C && gc >= gr) {
+        const acc_t v = acc[r][c] * scale;
+        g[gr * C + gc] = v;
+        g[gc * C + gr] = v;
+      }
+    }
+  }
+}
+
 // Geometry of the tensor-core (float16/bfloat16) CUDA kernel, kept here as host-and-device
 // functions so that host code can check the index maps. A block owns one kGramMmaTile^2 tile of
 // the upper triangle of G and a range of L-chunks (split-K); the features of the tile's rows and

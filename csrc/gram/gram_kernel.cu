@@ -19,75 +19,33 @@
 namespace pyvision_ops {
 namespace {
 
-constexpr int kTile = 64;
-constexpr int kChunk = 16;
-constexpr int kThreadsPerSide = 16;  // 16 x 16 threads, each 4 x 4 outputs
+constexpr int kTile = kGramTile;
+constexpr int kThreadsPerSide = kGramTileSide;  // 16 x 16 threads, each 4 x 4 outputs
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreadsPerSide * kThreadsPerSide)
+__global__ void __launch_bounds__(kGramTileThreads)
     gram_tile_kernel(const GramParams p, const scalar_t* __restrict__ features,
                      acc_type<scalar_t>* __restrict__ gram) {
   using acc_t = acc_type<scalar_t>;
   // +1 column of padding: the loaders write along the tile's rows.
-  __shared__ acc_t a_tile[kChunk][kTile + 1];
-  __shared__ acc_t b_tile[kChunk][kTile + 1];
-  const int64_t C = p.channels, L = p.length;
-  const int64_t tiles = (C + kTile - 1) / kTile;
+  __shared__ acc_t a_tile[kGramTileChunk][kTile + 1];
+  __shared__ acc_t b_tile[kGramTileChunk][kTile + 1];
+  const int64_t tiles = (p.channels + kTile - 1) / kTile;
   int64_t tile_row, tile_col;
   triangle_tile(blockIdx.x, tiles, tile_row, tile_col);
   const int64_t row0 = tile_row * kTile, col0 = tile_col * kTile;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int thread = ty * kThreadsPerSide + tx;
+  const auto load = [features](int64_t offset) { return static_cast<acc_t>(to_acc(features[offset])); };
   for (int64_t n = blockIdx.y; n < p.batch; n += gridDim.y) {
-    acc_t acc[4][4] = {};
-    for (int64_t l0 = 0; l0 < L; l0 += kChunk) {
-      // 64 x 16 elements per operand, 4 per thread. Planar: consecutive threads walk L;
-      // channels-last: consecutive threads walk C (both contiguous in memory).
-      for (int e = thread; e < kTile * kChunk; e += kThreadsPerSide * kThreadsPerSide) {
-        int i, k;
-        if (p.channels_last) {
-          i = e % kTile;
-          k = e / kTile;
-        } else {
-          k = e % kChunk;
-          i = e / kChunk;
-        }
-        const int64_t l = l0 + k;
-        const int64_t ra = row0 + i, rb = col0 + i;
-        a_tile[k][i] = (ra < C && l < L) ? static_cast<acc_t>(to_acc(features[p.feature_offset(n, ra, l)])) : acc_t(0);
-        b_tile[k][i] = (rb < C && l < L) ? static_cast<acc_t>(to_acc(features[p.feature_offset(n, rb, l)])) : acc_t(0);
-      }
+    acc_t acc[kGramTilePer][kGramTilePer] = {};
+    for (int64_t l0 = 0; l0 < p.length; l0 += kGramTileChunk) {
+      gram_tile_stage<acc_t>(p, n, l0, row0, col0, thread, load, a_tile, b_tile);
       __syncthreads();
-#pragma unroll
-      for (int k = 0; k < kChunk; ++k) {
-        acc_t a[4], b[4];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          a[q] = a_tile[k][ty * 4 + q];
-          b[q] = b_tile[k][tx * 4 + q];
-        }
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-#pragma unroll
-          for (int c = 0; c < 4; ++c) acc[r][c] += a[r] * b[c];
-        }
-      }
+      gram_tile_accumulate<acc_t>(a_tile, b_tile, tx, ty, acc);
       __syncthreads();
     }
-    acc_t* g = gram + n * C * C;
-    const acc_t scale = static_cast<acc_t>(p.scale);
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int64_t gr = row0 + ty * 4 + r, gc = col0 + tx * 4 + c;
-        if (gr < C && gc < C && gc >= gr) {
-          const acc_t v = acc[r][c] * scale;
-          g[gr * C + gc] = v;
-          g[gc * C + gr] = v;
-        }
-      }
-    }
+    gram_tile_write<acc_t>(p, gram + n * p.channels * p.channels, row0, col0, tx, ty, acc);
   }
 }
 

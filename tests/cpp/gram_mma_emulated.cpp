@@ -21,9 +21,13 @@
 // mirror does).
 // Inputs are small multiples of 1/8, exact in both 16-bit types, so every sum is exact in float32
 // whatever the order: the result must equal the float64 reference bit for bit.
+// The CUDA-core gram_tile_kernel (float32, float64) is run too, thread by thread between its
+// barriers, with gram.h's gram_tile_stage / gram_tile_accumulate / gram_tile_write.
 // Usage: gram_mma_emulated [quick]. Prints "bad N" (N failures).
 #include "gram/gram.h"
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -475,7 +479,101 @@ Problem make_problem(int64_t batch, int64_t channels, int64_t length, bool chann
   return problem;
 }
 
+// ---- gram_tile_kernel (the CUDA-core path) -------------------------------------------------
+
+// One launch of gram_tile_kernel<T> (grid: triangle tiles x a batch grid of 2), every thread's
+// stage / accumulate / write of gram.h between the kernel's two barriers; shared tiles poisoned
+// (NaN) before each chunk, each slot written once per chunk.
+template <typename T>
+void check_tile_case(int64_t batch, int64_t channels, int64_t length, bool channels_last, bool normalise,
+                     std::mt19937& rng) {
+  GramParams p;
+  p.batch = batch;
+  p.channels = channels;
+  p.length = length;
+  p.channels_last = channels_last;
+  p.scale = normalise ? 1.0 / static_cast<double>(channels * length) : 1.0;
+  std::vector<T> features(static_cast<size_t>(batch * channels * length));
+  std::uniform_int_distribution<int> pick(1, 64);
+  std::bernoulli_distribution negative(0.5);
+  for (auto& f : features) f = static_cast<T>(pick(rng)) / T(8) * (negative(rng) ? T(-1) : T(1));
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  std::vector<T> gram(static_cast<size_t>(batch * channels * channels), nan);
+  const int64_t tiles = (channels + kGramTile - 1) / kGramTile;
+  const int64_t grid_y = batch < 2 ? batch : 2;
+  const auto load = [&](int64_t offset) {
+    EXPECT(offset >= 0 && offset < static_cast<int64_t>(features.size()), "tile kernel reads feature %lld of %zu",
+           static_cast<long long>(offset), features.size());
+    return offset >= 0 && offset < static_cast<int64_t>(features.size()) ? features[offset] : nan;
+  };
+  static T a_tile[kGramTileChunk][kGramTile + 1], b_tile[kGramTileChunk][kGramTile + 1];
+  std::vector<std::array<std::array<T, kGramTilePer>, kGramTilePer>> acc(kGramTileThreads);
+  for (int64_t block = 0; block < triangle_tile_count(tiles); ++block) {
+    int64_t tile_row, tile_col;
+    triangle_tile(block, tiles, tile_row, tile_col);
+    const int64_t row0 = tile_row * kGramTile, col0 = tile_col * kGramTile;
+    for (int64_t by = 0; by < grid_y; ++by) {
+      for (int64_t n = by; n < batch; n += grid_y) {
+        for (auto& a : acc) {
+          for (auto& row : a) row.fill(T(0));
+        }
+        for (int64_t l0 = 0; l0 < length; l0 += kGramTileChunk) {
+          for (auto& row : a_tile) std::fill(std::begin(row), std::end(row), nan);
+          for (auto& row : b_tile) std::fill(std::begin(row), std::end(row), nan);
+          for (int thread = 0; thread < kGramTileThreads; ++thread) {
+            gram_tile_stage<T>(p, n, l0, row0, col0, thread, load, a_tile, b_tile);
+          }
+          // __syncthreads()
+          for (int thread = 0; thread < kGramTileThreads; ++thread) {
+            T thread_acc[kGramTilePer][kGramTilePer];
+            for (int r = 0; r < kGramTilePer; ++r) {
+              for (int c = 0; c < kGramTilePer; ++c) thread_acc[r][c] = acc[thread][r][c];
+            }
+            gram_tile_accumulate<T>(a_tile, b_tile, thread % kGramTileSide, thread / kGramTileSide, thread_acc);
+            for (int r = 0; r < kGramTilePer; ++r) {
+              for (int c = 0; c < kGramTilePer; ++c) acc[thread][r][c] = thread_acc[r][c];
+            }
+          }
+          // __syncthreads()
+        }
+        for (int thread = 0; thread < kGramTileThreads; ++thread) {
+          T thread_acc[kGramTilePer][kGramTilePer];
+          for (int r = 0; r < kGramTilePer; ++r) {
+            for (int c = 0; c < kGramTilePer; ++c) thread_acc[r][c] = acc[thread][r][c];
+          }
+          gram_tile_write<T>(p, gram.data() + n * channels * channels, row0, col0, thread % kGramTileSide,
+                             thread / kGramTileSide, thread_acc);
+        }
+      }
+    }
+  }
+  const T scale = static_cast<T>(p.scale);
+  int64_t wrong = 0;
+  for (int64_t n = 0; n < batch; ++n) {
+    for (int64_t r = 0; r < channels; ++r) {
+      for (int64_t c = 0; c < channels; ++c) {
+        double exact = 0.0;
+        for (int64_t l = 0; l < length; ++l) {
+          exact += static_cast<double>(features[p.feature_offset(n, r, l)]) * features[p.feature_offset(n, c, l)];
+        }
+        const T expected = static_cast<T>(exact) * scale;
+        const T got = gram[n * channels * channels + r * channels + c];
+        if (std::memcmp(&got, &expected, sizeof(T)) != 0 && ++wrong <= 3) {
+          EXPECT(false, "tile kernel %s: G[%lld][%lld][%lld] = %.17g, expected %.17g", sizeof(T) == 4 ? "f32" : "f64",
+                 static_cast<long long>(n), static_cast<long long>(r), static_cast<long long>(c),
+                 static_cast<double>(got), static_cast<double>(expected));
+        }
+      }
+    }
+  }
+  if (wrong > 3) EXPECT(false, "tile kernel: %lld wrong elements in all", static_cast<long long>(wrong));
+  std::printf("tile kernel %s N=%lld C=%lld L=%lld %s: %s\n", sizeof(T) == 4 ? "f32" : "f64",
+              static_cast<long long>(batch), static_cast<long long>(channels), static_cast<long long>(length),
+              channels_last ? "channels-last" : "planar", wrong == 0 ? "ok" : "WRONG");
+}
+
 }  // namespace
+
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "quick";
@@ -531,6 +629,19 @@ int main(int argc, char** argv) {
         }
       }
     }
+  }
+  // The CUDA-core tile kernel, float32 and float64.
+  struct TileShape {
+    int64_t batch, channels, length;
+  };
+  const std::vector<TileShape> tile_shapes = quick ? std::vector<TileShape>{{3, 70, 33}, {1, 130, 16}}
+                                                   : std::vector<TileShape>{{1, 1, 1},   {3, 70, 33}, {1, 130, 16},
+                                                                            {2, 64, 100}, {1, 200, 47}};
+  bool channels_last = false;
+  for (const TileShape& shape : tile_shapes) {
+    channels_last = !channels_last;
+    check_tile_case<float>(shape.batch, shape.channels, shape.length, channels_last, true, rng);
+    check_tile_case<double>(shape.batch, shape.channels, shape.length, !channels_last, false, rng);
   }
   std::printf("bad %d\n", failures);
   return 0;

@@ -5,7 +5,8 @@ the CUDA kernels) against copies of the CPU miners' algorithms on random problem
 signed zeros and infinities: batch-hard, semi-hard, the window and the capped hard strategy both
 ways (simulating the warp lanes and the arbitrary merge order of the CUDA atomics).
 tests/cpp/distance_hierarchical_agrees.cpp: the hierarchical loss's per-entry rule.
-tests/cpp/distance_tiles_emulated.cpp: the CUDA tile kernels replayed on the host.
+tests/cpp/distance_tiles_emulated.cpp, tests/cpp/distance_warps_replayed.cpp: the CUDA tile and warp
+kernels replayed on the host.
 Each prints the number of disagreements. Built with the system C++ compiler
 (tests/sanitized_cpp.py); skipped when there is none.
 """
@@ -43,3 +44,15 @@ def test_cuda_tile_kernels_replayed_on_the_host(tmp_path: Path) -> None:
     assert "tiles f32" in out and "tiles f64" in out and "batch-hard" in out
     assert " symmetric " in out and " block " in out
     assert any(line.split("exact pairs")[1].split()[0] != "0" for line in out.splitlines() if "exact pairs" in line)
+
+
+def test_cuda_warp_kernels_replayed_on_the_host(tmp_path: Path) -> None:
+    """tests/cpp/distance_warps_replayed.cpp: the warp-per-row kernels' bodies
+    (csrc/distance/distance_warp_kernels.h: top-k collection, batch-hard, semi-hard, window / hard
+    count and fill) run with a Warp of 32 std::threads in lockstep (a barrier at every ballot and
+    shuffle), grids of 1 and 3 warps, against top-k and batch-hard written from their definitions
+    and one sequential scanner for the other miners, under ASan/UBSan."""
+    out = run_sanitized(tmp_path, "distance_warps_replayed.cpp", [], [])
+    assert "bad 0" in out, out[-4000:]
+    assert "WRONG" not in out
+    assert "topk f32" in out and "topk f64" in out and "(wrong thresholds)" in out and "miners f64" in out

@@ -38,6 +38,7 @@
 #include "distance/distance_hierarchical.h"
 #include "distance/distance_kernel.h"
 #include "distance/distance_mining.h"
+#include "distance/distance_warp_kernels.h"
 
 namespace pyvision_ops {
 namespace {
@@ -365,76 +366,26 @@ __global__ void batch_hard_unpack_kernel(const unsigned long long* __restrict__ 
 // Warp-per-row kernels (top-k selection, mining on key blocks)
 // ------------------------------------------------------------------------------------------------
 
-__device__ PVO_INLINE int64_t first_warp() {
-  return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
-}
-__device__ PVO_INLINE int64_t warp_stride() { return static_cast<int64_t>(gridDim.x) * blockDim.x / kWarpSize; }
-__device__ PVO_INLINE int lane_id() { return static_cast<int>(threadIdx.x) % kWarpSize; }
-__device__ PVO_INLINE unsigned lanes_below(int lane) { return (1u << lane) - 1u; }
-
-template <typename T>
-__device__ PVO_INLINE MiningCandidate<T> shuffle_candidate(const MiningCandidate<T>& c, int offset) {
-  MiningCandidate<T> o;
-  o.key = __shfl_xor_sync(kFullMask, c.key, offset);
-  o.index = __shfl_xor_sync(kFullMask, static_cast<long long>(c.index), offset);
-  return o;
-}
-
-__device__ PVO_INLINE int64_t warp_sum(int64_t v) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset >= 1; offset >>= 1) v += __shfl_xor_sync(kFullMask, static_cast<long long>(v), offset);
-  return v;
-}
+// The Warp of distance_warp_kernels.h on the device: the CUDA intrinsics, full mask.
+struct DeviceWarp {
+  __device__ PVO_INLINE int lane() const { return static_cast<int>(threadIdx.x) % kWarpSize; }
+  __device__ PVO_INLINE int64_t first() const {
+    return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
+  }
+  __device__ PVO_INLINE int64_t stride() const { return static_cast<int64_t>(gridDim.x) * blockDim.x / kWarpSize; }
+  __device__ PVO_INLINE unsigned ballot(bool predicate) const { return __ballot_sync(kFullMask, predicate); }
+  template <typename V>
+  __device__ PVO_INLINE V shfl_xor(V value, int offset) const {
+    return __shfl_xor_sync(kFullMask, value, offset);
+  }
+};
+static_assert(kWarpSize == kMiningWarpSize, "one warp size");
 
 template <typename T>
 __global__ void topk_collect_kernel(const T* __restrict__ keys, int64_t rows, int64_t m, int64_t ld,
                                     const T* __restrict__ thresholds, int64_t k, T* __restrict__ out_keys,
                                     int64_t* __restrict__ out_indices) {
-  const int lane = lane_id();
-  for (int64_t w = first_warp(); w < rows; w += warp_stride()) {
-    const T* row = keys + w * ld;
-    const T t = thresholds[w];
-    int64_t below = 0;
-    for (int64_t j = lane; j < m; j += kWarpSize) below += row[j] < t ? 1 : 0;
-    below = warp_sum(below);
-    const int64_t take_below = below < k ? below : k;
-    const int64_t take_equal = k - take_below;
-    T* ok = out_keys + w * k;
-    int64_t* oi = out_indices + w * k;
-    int64_t seen_below = 0, seen_equal = 0;
-    for (int64_t j0 = 0; j0 < m; j0 += kWarpSize) {
-      if (seen_below >= below && seen_equal >= take_equal) break;  // uniform over the warp
-      const int64_t j = j0 + lane;
-      const T v = j < m ? row[j] : T(0);
-      const bool is_below = j < m && v < t;
-      const bool is_equal = j < m && v == t;
-      const unsigned ballot_below = __ballot_sync(kFullMask, is_below);
-      const unsigned ballot_equal = __ballot_sync(kFullMask, is_equal);
-      if (is_below) {
-        const int64_t q = seen_below + __popc(ballot_below & lanes_below(lane));
-        if (q < take_below) {
-          ok[q] = v;
-          oi[q] = j;
-        }
-      }
-      if (is_equal) {
-        const int64_t q = seen_equal + __popc(ballot_equal & lanes_below(lane));
-        if (q < take_equal) {
-          ok[take_below + q] = v;
-          oi[take_below + q] = j;
-        }
-      }
-      seen_below += __popc(ballot_below);
-      seen_equal += __popc(ballot_equal);
-    }
-    // Only if t was not the k-th smallest key of the row (never with a correct threshold): the
-    // missing slots get index -1 instead of being left unwritten.
-    const int64_t found_equal = seen_equal < take_equal ? seen_equal : take_equal;
-    for (int64_t q = take_below + found_equal + lane; q < k; q += kWarpSize) {
-      ok[q] = t;
-      oi[q] = -1;
-    }
-  }
+  topk_collect_rows<T>(DeviceWarp{}, keys, rows, m, ld, thresholds, k, out_keys, out_indices);
 }
 
 template <typename T>
@@ -472,115 +423,24 @@ __global__ void topk_finish_kernel(const TopkFinishArgs a) {
 template <typename T>
 __global__ void batch_hard_block_kernel(const MiningBlockArgs a, int64_t* __restrict__ positive,
                                         int64_t* __restrict__ negative) {
-  const T* keys = static_cast<const T*>(a.keys);
-  const int lane = lane_id();
-  for (int64_t w = first_warp(); w < a.rows; w += warp_stride()) {
-    const int64_t anchor = a.anchor_begin + w;
-    const int64_t label = a.labels[anchor];
-    const T* row = keys + w * a.ld;
-    BatchHardState<T> st;
-    for (int64_t j = lane; j < a.n; j += kWarpSize) batch_hard_offer(st, label, anchor, a.labels[j], j, row[j]);
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset >= 1; offset >>= 1) {
-      st.positive = combine_farthest(st.positive, shuffle_candidate(st.positive, offset));
-      st.negative = combine_nearest(st.negative, shuffle_candidate(st.negative, offset));
-    }
-    if (lane == 0) {
-      positive[w] = st.positive.index;
-      negative[w] = st.negative.index;
-    }
-  }
+  batch_hard_block_rows<T>(DeviceWarp{}, a, positive, negative);
 }
 
 template <typename T>
 __global__ void semi_hard_block_kernel(const MiningBlockArgs a, int64_t* __restrict__ negative) {
-  const T* keys = static_cast<const T*>(a.keys);
-  const int lane = lane_id();
-  const int64_t pairs = a.rows * a.n;
-  for (int64_t w = first_warp(); w < pairs; w += warp_stride()) {
-    const int64_t r = w / a.n, p = w % a.n;
-    const int64_t anchor = a.anchor_begin + r;
-    const int64_t label = a.labels[anchor];
-    if (!is_mining_positive(label, a.labels[p], anchor, p)) {
-      if (lane == 0) negative[w] = -1;
-      continue;
-    }
-    const T* row = keys + r * a.ld;
-    const T kp = row[p];
-    SemiHardState<T> st;
-    for (int64_t j = lane; j < a.n; j += kWarpSize) {
-      if (is_mining_negative(label, a.labels[j])) semi_hard_offer(st, kp, row[j], j);
-    }
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset >= 1; offset >>= 1) {
-      SemiHardState<T> other;
-      other.nearest_farther = shuffle_candidate(st.nearest_farther, offset);
-      other.farthest = shuffle_candidate(st.farthest, offset);
-      st = combine_semi_hard(st, other);
-    }
-    if (lane == 0) negative[w] = semi_hard_choice(st);
-  }
+  semi_hard_block_rows<T>(DeviceWarp{}, a, negative);
 }
 
 template <typename T>
 __global__ void window_count_kernel(const MiningBlockArgs a, bool hard, T margin, int64_t* __restrict__ counts) {
-  const T* keys = static_cast<const T*>(a.keys);
-  const int lane = lane_id();
-  const int64_t pairs = a.rows * a.n;
-  for (int64_t w = first_warp(); w < pairs; w += warp_stride()) {
-    const int64_t r = w / a.n, p = w % a.n;
-    const int64_t anchor = a.anchor_begin + r;
-    const int64_t label = a.labels[anchor];
-    if (!is_mining_positive(label, a.labels[p], anchor, p)) {
-      if (lane == 0) counts[w] = 0;
-      continue;
-    }
-    const T* row = keys + r * a.ld;
-    const T dp = row[p];
-    int64_t count = 0;
-    for (int64_t j = lane; j < a.n; j += kWarpSize) {
-      T violation;
-      if (is_mining_negative(label, a.labels[j]) && window_or_hard_triplet(hard, dp, row[j], margin, &violation)) ++count;
-    }
-    count = warp_sum(count);
-    if (lane == 0) counts[w] = count;
-  }
+  window_count_rows<T>(DeviceWarp{}, a, hard, margin, counts);
 }
 
 template <typename T>
 __global__ void window_fill_kernel(const MiningBlockArgs a, bool hard, T margin, const int64_t* __restrict__ offsets,
                                    int64_t total, int64_t* __restrict__ out_anchor, int64_t* __restrict__ out_positive,
                                    int64_t* __restrict__ out_negative, T* __restrict__ out_violation) {
-  const T* keys = static_cast<const T*>(a.keys);
-  const int lane = lane_id();
-  const int64_t pairs = a.rows * a.n;
-  for (int64_t w = first_warp(); w < pairs; w += warp_stride()) {
-    const int64_t r = w / a.n, p = w % a.n;
-    const int64_t anchor = a.anchor_begin + r;
-    const int64_t label = a.labels[anchor];
-    if (!is_mining_positive(label, a.labels[p], anchor, p)) continue;
-    const T* row = keys + r * a.ld;
-    const T dp = row[p];
-    const int64_t base = offsets[w];
-    int64_t written = 0;
-    for (int64_t j0 = 0; j0 < a.n; j0 += kWarpSize) {
-      const int64_t j = j0 + lane;
-      T violation = T(0);
-      const bool keep =
-          j < a.n && is_mining_negative(label, a.labels[j]) && window_or_hard_triplet(hard, dp, row[j], margin, &violation);
-      const unsigned ballot = __ballot_sync(kFullMask, keep);
-      if (keep) {
-        const int64_t o = base + written + __popc(ballot & lanes_below(lane));
-        if (o < total) {
-          out_anchor[o] = anchor;
-          out_positive[o] = p;
-          out_negative[o] = j;
-          if (out_violation != nullptr) out_violation[o] = violation;
-        }
-      }
-      written += __popc(ballot);
-    }
-  }
+  window_fill_rows<T>(DeviceWarp{}, a, hard, margin, offsets, total, out_anchor, out_positive, out_negative, out_violation);
 }
 
 unsigned int warp_blocks(int64_t warps) { return blocks_for(warps, kThreadsPerBlock / kWarpSize); }

@@ -12,6 +12,7 @@
 #include "common/host_device.h"
 #include "distance/distance.h"
 #include "distance/distance_cuda_tile.h"
+#include "distance/distance_warp_kernels.h"
 
 namespace pyvision_ops {
 
@@ -96,14 +97,7 @@ cudaError_t launch_batch_hard_tiles(const BatchHardTileArgs& args, cudaStream_t 
 cudaError_t launch_batch_hard_unpack(const unsigned long long* best_positive, const unsigned long long* best_negative,
                                      int64_t anchors, int64_t* positive, int64_t* negative, cudaStream_t stream);
 
-// A block of mining keys (launch_distance_tiles with MiningKeys): keys[r * ld + j] for the anchor
-// anchor_begin + r (r < rows) and the embedding j (j < n); labels (n,) int64.
-struct MiningBlockArgs {
-  const void* keys = nullptr;
-  int64_t rows = 0, n = 0, ld = 0;
-  const int64_t* labels = nullptr;
-  int64_t anchor_begin = 0;
-};
+// A block of mining keys: MiningBlockArgs (distance_warp_kernels.h).
 
 // Batch-hard on a key block (any compute dtype): positive[r] / negative[r], -1 for none.
 cudaError_t launch_batch_hard_block(ScalarKind scalar, const MiningBlockArgs& args, int64_t* positive,

@@ -439,7 +439,8 @@ def unpool_cases(draw, dims: int):
     else:
         # any in-range indices (duplicates included) into a valid output size
         sizes = [draw(st.integers(1, 4 if dims < 3 else 3)) for _ in range(dims)]
-    index_dtypes = [torch.int64, torch.int32] + ([torch.uint8] if dims == 2 and mode == "pool" else [])
+    # compact (uint8, window-local) indices: those of a pooling, in 2-D and 3-D
+    index_dtypes = [torch.int64, torch.int32] + ([torch.uint8] if dims >= 2 and mode == "pool" else [])
     return dict(
         seed=draw(SEEDS), mode=mode, sizes=sizes,
         kernel=k[0] if len(set(k)) == 1 and draw(st.booleans()) else tuple(k),
@@ -454,7 +455,35 @@ def unpool_cases(draw, dims: int):
         x_layout=draw(st.sampled_from(LAYOUTS)),
         index_layout=draw(st.sampled_from(LAYOUTS)),
         simd=draw(st.booleans()),
+        # the upstream gradient: dense, out.sum()'s (one value, every stride 0), or one value per
+        # channel expanded over the rest (the CPU has fast paths for the last two)
+        upstream_form=draw(st.sampled_from(["dense", "sum", "per-channel"])),
     )
+
+
+def flat_to_compact_3d(flat: torch.Tensor, out_sizes: Sequence[int], k, s, p) -> torch.Tensor:
+    """Flat indices of a 3-D pooling (..., D, H, W) -> uint8 window-local (kd * kH + kh) * kW + kw."""
+    TD, TH, TW = out_sizes
+    flat = flat.to(torch.int64)
+    td, th, tw = flat // (TH * TW), (flat // TW) % TH, flat % TW
+    D, H, W = flat.shape[-3:]
+    pd = torch.arange(D).view(D, 1, 1) * s[0] - p[0]
+    ph = torch.arange(H).view(1, H, 1) * s[1] - p[1]
+    pw = torch.arange(W).view(1, 1, W) * s[2] - p[2]
+    kd, kh, kw = td - pd, th - ph, tw - pw
+    assert bool(((kd >= 0) & (kd < k[0]) & (kh >= 0) & (kh < k[1]) & (kw >= 0) & (kw < k[2])).all())
+    return ((kd * k[1] + kh) * k[2] + kw).to(torch.uint8)
+
+
+def upstream_of_form(gen: torch.Generator, form: str, shape: Sequence[int], channel_dim: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    if form == "sum":
+        return torch.ones((), dtype=dtype).expand(*shape)
+    if form == "per-channel":
+        per_channel = [1] * len(shape)
+        per_channel[channel_dim] = shape[channel_dim]
+        return randn(gen, *per_channel).to(dtype).expand(*shape)
+    return upstream(gen, shape, dtype)
 
 
 def check_unpool(dims: int, case) -> None:
@@ -490,8 +519,12 @@ def check_unpool(dims: int, case) -> None:
         flat = torch.randint(0, plane, (*lead, *in_sizes), generator=gen)
         explicit_output = case["output_size_form"] != "none" or out_sizes != [
             (n - 1) * si - 2 * pi + ki for n, si, pi, ki in zip(in_sizes, s, p, k)]
-    if case["index_dtype"] == torch.uint8:
-        indices_values = flat_to_compact(flat, out_sizes[-1], k, s, p) if flat.numel() else flat.to(torch.uint8)
+    if case["index_dtype"] == torch.uint8 and not flat.numel():
+        indices_values = flat.to(torch.uint8)
+    elif case["index_dtype"] == torch.uint8 and dims == 3:
+        indices_values = flat_to_compact_3d(flat, out_sizes, k, s, p)
+    elif case["index_dtype"] == torch.uint8:
+        indices_values = flat_to_compact(flat, out_sizes[-1], k, s, p)
     else:
         indices_values = flat.to(case["index_dtype"])
     if not explicit_output:
@@ -507,13 +540,18 @@ def check_unpool(dims: int, case) -> None:
         x_layout = index_layout = "expanded"  # the values and indices repeat together
     x = inputs.add(randn(gen, *flat.shape), x_layout, case["dtype"], grad=True)
     indices = inputs.add(indices_values, index_layout)
+    # The references take the flat form (their compact decoding is 2-D only), with the same values
+    # as the op's indices ("expanded" repeats the first entry along dim 0).
+    ref_indices = indices
+    if case["index_dtype"] == torch.uint8:
+        ref_indices = flat[:1].expand(flat.shape) if index_layout == "expanded" and flat.shape[0] > 0 else flat
     if x.numel():
-        expected = reference_max_unpool(dims, x, indices, case["kernel"], case["stride"], case["padding"], output_size)
+        expected = reference_max_unpool(dims, x, ref_indices, case["kernel"], case["stride"], case["padding"], output_size)
     else:  # an empty batch (the reference needs one plane): an empty output of the right shape
         expected = torch.zeros(*lead, *out_sizes, dtype=torch.float64)
     with cpu_kernels(case["simd"]):
         out = UNPOOL[dims](x, indices, case["kernel"], case["stride"], case["padding"], output_size)
-        g = upstream(gen, out.shape, out.dtype)
+        g = upstream_of_form(gen, case["upstream_form"], out.shape, len(lead) - 1, out.dtype)
         (grad,) = grads_of(out, [x], g)
     inputs.check_unchanged()
     assert out.dtype == x.dtype
@@ -521,9 +559,9 @@ def check_unpool(dims: int, case) -> None:
     if not x.numel():
         ref_grad = torch.zeros(x.shape, dtype=torch.float64)
     elif case["batch"] is None:
-        ref_grad = reference_max_unpool_backward(g.unsqueeze(0), indices.unsqueeze(0), k, s, p)[0]
+        ref_grad = reference_max_unpool_backward(g.unsqueeze(0), ref_indices.unsqueeze(0), k, s, p)[0]
     else:
-        ref_grad = reference_max_unpool_backward(g, indices, k, s, p)
+        ref_grad = reference_max_unpool_backward(g, ref_indices, k, s, p)
     assert grad.dtype == x.dtype
     assert_exactly(grad, ref_grad, "grad (a gather)")
 

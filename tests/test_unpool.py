@@ -406,6 +406,33 @@ def test_max_unpool2d_random_compact_indices(config, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("compact", [False, True])
+@pytest.mark.parametrize("upstream", ["dense", "sum", "per-channel"])
+def test_max_unpool3d_1x2x2_windows_over_several_slices_backward(upstream, compact, device):
+    """3-D (1, 2, 2) windows over several depth slices: the CPU's 2x2 gather paths walk one slice,
+    and once served these too, leaving every slice but the first unwritten (regression)."""
+    torch.manual_seed(5)
+    src = torch.randn(2, 3, 4, 3, 5, device=device).requires_grad_(True)
+    codes = torch.randint(0, 4, src.shape, device=device, dtype=torch.uint8)
+    d = torch.arange(4, device=device).view(4, 1, 1)
+    h = torch.arange(3, device=device).view(1, 3, 1)
+    w = torch.arange(5, device=device).view(1, 1, 5)
+    flat = (d * 6 + 2 * h + codes.long() // 2) * 10 + 2 * w + codes.long() % 2  # target (4, 6, 10)
+    indices = codes if compact else flat
+    out = pyvision_ops.max_unpool3d(src, indices, (1, 2, 2), (1, 2, 2))
+    assert_values_equal(out.detach(), F.max_unpool3d(src.detach(), flat, (1, 2, 2), (1, 2, 2)))
+    if upstream == "dense":
+        grad = torch.randn(out.shape, device=device)
+    elif upstream == "sum":
+        grad = torch.ones((), device=device).expand(out.shape)
+    else:
+        grad = torch.randn(1, 3, 1, 1, 1, device=device).expand(out.shape)
+    (got,) = torch.autograd.grad(out, src, grad)
+    expected = torch.gather(grad.contiguous().flatten(2), 2, flat.flatten(2)).view_as(src)
+    assert_values_equal(got, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32], ids=str)
 @pytest.mark.parametrize("padding", [0, 1])
 @pytest.mark.parametrize("stride", [None, 1, 2])

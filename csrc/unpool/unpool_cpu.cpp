@@ -624,16 +624,22 @@ int64_t gather_2x2_constant_planar(const UnpoolParams& p, const float* __restric
   return first.load();
 }
 
+// The 2x2 gather paths above walk one depth slice: a single slice of 2x2 windows that tile the
+// target (2-D unpooling, or 3-D with one source depth slice); 3-D (1, 2, 2) windows over several
+// slices take the general loops.
+inline bool is_2d_2x2_tiling(const UnpoolParams& p) {
+  return p.kernel[0] == 1 && p.kernel[1] == 2 && p.kernel[2] == 2 && p.source_size[0] == 1 && windows_tile_target(p);
+}
+
 template <typename scalar_t, typename index_t, bool Compact>
 int64_t gather_from_target(const UnpoolParams& p, const scalar_t* target, const index_t* indices, scalar_t* source) {
   if constexpr (std::is_same_v<scalar_t, float> && (std::is_same_v<index_t, uint8_t> || std::is_same_v<index_t, int64_t>)) {
-    if (!p.channels_last && p.kernel[0] == 1 && p.kernel[1] == 2 && p.kernel[2] == 2 && windows_tile_target(p) &&
-        p.values.stride[1] == 0 && p.values.stride[2] == 0) {
+    if (!p.channels_last && is_2d_2x2_tiling(p) && p.values.stride[1] == 0 && p.values.stride[2] == 0) {
       return gather_2x2_constant_planar<index_t>(p, target, indices, source);
     }
   }
   if constexpr (Compact) {
-    if (!p.channels_last && p.kernel[0] == 1 && p.kernel[1] == 2 && p.kernel[2] == 2 && windows_tile_target(p)) {
+    if (!p.channels_last && is_2d_2x2_tiling(p)) {
       return gather_compact_2x2_planar<scalar_t>(p, target, indices, source);
     }
   } else {

@@ -484,13 +484,14 @@ def flat_to_compact_3d(flat: torch.Tensor, out_sizes: Sequence[int], k, s, p) ->
 
 def upstream_of_form(gen: torch.Generator, form: str, shape: Sequence[int], channel_dim: int,
                      dtype: torch.dtype) -> torch.Tensor:
+    """An upstream gradient of the drawn form: "dense", "sum" (out.sum()'s) or "per-channel"."""
     if form == "sum":
-        return torch.ones((), dtype=dtype).expand(*shape)
+        return torch.ones((), dtype=dtype).expand(tuple(shape))
     if form == "per-channel":
         per_channel = [1] * len(shape)
         per_channel[channel_dim] = shape[channel_dim]
-        return randn(gen, *per_channel).to(dtype).expand(*shape)
-    return upstream(gen, shape, dtype)
+        return randn(gen, *per_channel).to(dtype).expand(tuple(shape))
+    return randn(gen, *shape).to(dtype)
 
 
 def check_unpool(dims: int, case) -> None:

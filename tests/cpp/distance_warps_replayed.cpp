@@ -292,7 +292,10 @@ void check_miners(int64_t rows, int64_t n, int64_t anchor_begin, int64_t classes
       if (out_anchor[o] != want_anchor[o]) fail("fill anchor", o, out_anchor[o], want_anchor[o]);
       if (out_positive[o] != want_positive[o]) fail("fill positive", o, out_positive[o], want_positive[o]);
       if (out_negative[o] != want_negative[o]) fail("fill negative", o, out_negative[o], want_negative[o]);
-      if (hard && !(out_violation[o] == want_violation[o])) fail("fill violation (as integer)", o, 0, 1);
+      if (hard && !(out_violation[o] == want_violation[o]) && ++wrong <= 3) {
+        EXPECT(false, "%s: fill violation[%lld] = %g, expected %g", label, static_cast<long long>(o),
+               static_cast<double>(out_violation[o]), static_cast<double>(want_violation[o]));
+      }
     }
   }
   std::printf("%-80s %s\n", label, wrong == 0 ? "ok" : "WRONG");
